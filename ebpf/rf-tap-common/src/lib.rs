@@ -1,0 +1,259 @@
+//! Records shared by the rf-tap kernel programs and userspace.
+//!
+//! Everything here is `#[repr(C)]` plain data, laid out identically on both sides of the
+//! BPF map boundary. The matching and sampling functions are plain `no_std` Rust: the
+//! kernel programs call them per packet, and userspace unit tests call the very same code,
+//! so the semantics that are tested are the semantics that run in the kernel.
+#![no_std]
+
+/// Most rules one capture can carry. Userspace refuses more.
+pub const MAX_RULES: u32 = 64;
+
+/// Largest number of bytes copied from one packet. A power of two, so that the kernel can
+/// clamp a copy length arithmetically (`((min(len, N) - 1) & (N - 1)) + 1`). Large enough for
+/// a whole GSO/GRO super-packet (64 KiB); longer BIG TCP packets are cut here and counted
+/// as truncated, with their original length kept.
+pub const MAX_CAPTURE: u32 = 65536;
+
+/// Names of the maps and programs in the object file.
+pub mod names {
+    pub const RULES: &str = "RULES";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const TC_INGRESS: &str = "tc_ingress";
+    pub const TC_EGRESS: &str = "tc_egress";
+    pub const XDP_INGRESS: &str = "xdp_ingress";
+}
+
+/// Actions of a filter rule.
+pub const ACTION_ACCEPT: u8 = 1;
+pub const ACTION_REJECT: u8 = 2;
+
+/// Direction bits (a rule's `directions` is a mask of these; a packet has exactly one).
+pub const DIR_INGRESS: u8 = 1;
+pub const DIR_EGRESS: u8 = 2;
+
+/// `FilterRule::flags`: the rule names an IP protocol.
+pub const RULE_MATCH_PROTO: u8 = 1;
+/// `FilterRule::flags`: the rule names a port range, so only packets with ports (TCP, UDP,
+/// SCTP, first fragment) can match.
+pub const RULE_MATCH_PORTS: u8 = 2;
+
+/// How the frames of the attached interface begin.
+pub const LINK_ETHERNET: u32 = 0;
+/// No link-layer header (tun, wireguard, ...): the frame starts with the IP header.
+pub const LINK_RAW_IP: u32 = 1;
+
+/// Sampling thresholds are in units of 1/10000 (so 12.5 % is 1250).
+pub const SAMPLE_SCALE: u32 = 10_000;
+
+/// One numbered filter rule, in the order the kernel evaluates them (ascending number).
+///
+/// Addresses and masks are four 32-bit words in the byte order they have on the wire,
+/// loaded as native words; an IPv4 rule uses word 0 only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterRule {
+    pub number: u32,
+    pub action: u8,
+    pub directions: u8,
+    /// IP protocol number, meaningful with `RULE_MATCH_PROTO`.
+    pub protocol: u8,
+    /// 0: any frame (IP or not), 4: IPv4 only, 6: IPv6 only.
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Inclusive ranges `[lo, hi]`; `[0, 65535]` when the rule does not constrain it.
+    pub src_port: [u16; 2],
+    pub dst_port: [u16; 2],
+    pub src_addr: [u32; 4],
+    pub src_mask: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub dst_mask: [u32; 4],
+}
+
+/// Settings of one capture, in slot 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureConfig {
+    pub rule_count: u32,
+    /// Bytes copied per packet, 1..=MAX_CAPTURE.
+    pub snaplen: u32,
+    /// A flow is captured when `flow_hash % SAMPLE_SCALE < sample_threshold`.
+    pub sample_threshold: u32,
+    pub sample_seed: u32,
+    pub link_kind: u32,
+    pub _reserved: u32,
+}
+
+/// Header of each record in the `EVENTS` ring buffer; `cap_len` packet bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketRecord {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    pub cap_len: u32,
+    pub ifindex: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<PacketRecord>();
+
+/// The per-CPU staging area one packet is copied into before it goes to the ring.
+#[repr(C)]
+pub struct Scratch {
+    pub header: PacketRecord,
+    pub data: [u8; MAX_CAPTURE as usize],
+}
+
+/// Slots of the per-CPU `COUNTERS` array. For every packet:
+/// `seen = accepted + rejected + unmatched` and
+/// `accepted = sampled_out + copied + ring_full + copy_failed`.
+pub mod counter {
+    pub const SEEN: u32 = 0;
+    pub const ACCEPTED: u32 = 1;
+    pub const REJECTED: u32 = 2;
+    pub const UNMATCHED: u32 = 3;
+    pub const SAMPLED_OUT: u32 = 4;
+    pub const COPIED: u32 = 5;
+    /// Dropped because the ring buffer was full (userspace too slow).
+    pub const RING_FULL: u32 = 6;
+    /// Copied with fewer bytes than the packet had (snaplen or MAX_CAPTURE).
+    pub const TRUNCATED: u32 = 7;
+    /// Bytes of all copied packets, before truncation.
+    pub const COPIED_BYTES: u32 = 8;
+    /// Headers too short to parse; such packets are treated as non-IP frames.
+    pub const MALFORMED: u32 = 9;
+    /// The packet could not be read into the staging area (should never happen).
+    pub const COPY_FAILED: u32 = 10;
+    pub const SLOTS: u32 = 16;
+}
+
+/// What the kernel parsed out of a packet's headers, the input of rule matching.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketKey {
+    /// 0 for non-IP frames, else 4 or 6.
+    pub family: u8,
+    pub protocol: u8,
+    pub has_ports: bool,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+}
+
+#[inline(always)]
+fn addr_matches(addr: &[u32; 4], want: &[u32; 4], mask: &[u32; 4], family: u8) -> bool {
+    if family == 4 {
+        addr[0] & mask[0] == want[0]
+    } else {
+        (addr[0] & mask[0] == want[0])
+            & (addr[1] & mask[1] == want[1])
+            & (addr[2] & mask[2] == want[2])
+            & (addr[3] & mask[3] == want[3])
+    }
+}
+
+#[inline(always)]
+fn in_range(port: u16, range: [u16; 2]) -> bool {
+    port >= range[0] && port <= range[1]
+}
+
+/// Whether `rule` selects a packet with headers `key` seen in direction `direction`.
+#[inline(always)]
+pub fn rule_matches(rule: &FilterRule, key: &PacketKey, direction: u8) -> bool {
+    if rule.directions & direction == 0 {
+        return false;
+    }
+    if rule.family != 0 {
+        if key.family != rule.family {
+            return false;
+        }
+        if !addr_matches(&key.src_addr, &rule.src_addr, &rule.src_mask, rule.family)
+            || !addr_matches(&key.dst_addr, &rule.dst_addr, &rule.dst_mask, rule.family)
+        {
+            return false;
+        }
+    }
+    if rule.flags & RULE_MATCH_PROTO != 0 && (key.family == 0 || key.protocol != rule.protocol) {
+        return false;
+    }
+    if rule.flags & RULE_MATCH_PORTS != 0
+        && (!key.has_ports
+            || !in_range(key.src_port, rule.src_port)
+            || !in_range(key.dst_port, rule.dst_port))
+    {
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[inline(always)]
+fn endpoint_hash(addr: &[u32; 4], port: u16) -> u32 {
+    fmix32(
+        addr[0]
+            ^ addr[1].rotate_left(7)
+            ^ addr[2].rotate_left(13)
+            ^ addr[3].rotate_left(19)
+            ^ (port as u32).wrapping_mul(0x9e37_79b1),
+    )
+}
+
+/// A hash of the flow that is the same in both directions, so that sampling keeps or drops
+/// whole connections.
+#[inline(always)]
+pub fn flow_hash(key: &PacketKey, seed: u32) -> u32 {
+    let ports = key.has_ports;
+    let sp = if ports { key.src_port } else { 0 };
+    let dp = if ports { key.dst_port } else { 0 };
+    fmix32(
+        endpoint_hash(&key.src_addr, sp)
+            ^ endpoint_hash(&key.dst_addr, dp)
+            ^ (key.protocol as u32).wrapping_mul(0x27d4_eb2d)
+            ^ seed,
+    )
+}
+
+/// Whether sampling keeps this packet. Non-IP frames are always kept.
+#[inline(always)]
+pub fn sample_keeps(key: &PacketKey, threshold: u32, seed: u32) -> bool {
+    if threshold >= SAMPLE_SCALE || key.family == 0 {
+        return true;
+    }
+    flow_hash(key, seed) % SAMPLE_SCALE < threshold
+}
+
+/// Bytes to copy for a packet of `len` bytes under `snaplen`, clamped into
+/// `1..=MAX_CAPTURE` in a form the verifier can follow. Returns 0 for an empty packet.
+#[inline(always)]
+pub fn copy_len(len: u32, snaplen: u32) -> u32 {
+    let want = if len < snaplen { len } else { snaplen };
+    if want == 0 {
+        return 0;
+    }
+    let want = if want < MAX_CAPTURE { want } else { MAX_CAPTURE };
+    ((want - 1) & (MAX_CAPTURE - 1)) + 1
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] structs of integers and integer arrays with
+    // explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::FilterRule {}
+    unsafe impl aya::Pod for super::CaptureConfig {}
+    unsafe impl aya::Pod for super::PacketRecord {}
+}

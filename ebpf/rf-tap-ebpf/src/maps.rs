@@ -1,0 +1,37 @@
+//! The maps userspace configures and reads. Sizes marked "set at load" are placeholders that
+//! userspace overrides (`EbpfLoader::set_max_entries`).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use rf_tap_common::{CaptureConfig, FilterRule, Scratch, MAX_RULES};
+
+/// Filter rules in evaluation order; `CONFIG.rule_count` of them are live.
+#[map(name = "RULES")]
+pub static RULES: Array<FilterRule> = Array::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+
+/// Exact per-CPU counters, slots in `rf_tap_common::counter`.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(rf_tap_common::counter::SLOTS, 0);
+
+/// Copied packets for userspace (size set at load).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// One staging area per CPU (entries set at load to the number of possible CPUs). A plain
+/// array, because per-CPU map values are limited to 32 KiB.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(slot: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot is only touched by programs on this CPU, which do not nest
+        // (TC and XDP run with bottom halves disabled).
+        unsafe { *p += n }
+    }
+}

@@ -1,0 +1,64 @@
+//! Reading packet bytes the same way from TC (`bpf_skb_load_bytes`) and XDP
+//! (`bpf_xdp_load_bytes`), so that header parsing is written once and works on
+//! non-linear (GSO, multi-buffer) packets too.
+use aya_ebpf::{
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
+use core::mem::MaybeUninit;
+
+pub trait PacketBytes {
+    /// Whole packet length in bytes.
+    fn len(&self) -> u32;
+    /// Copies `len` bytes at `offset` to `dst`; returns false when they are not there.
+    fn read(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        let mut v = MaybeUninit::<T>::uninit();
+        if self.read(offset, v.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32) {
+            // SAFETY: the helper filled all size_of::<T>() bytes, and T is plain data.
+            Some(unsafe { v.assume_init() })
+        } else {
+            None
+        }
+    }
+    #[inline(always)]
+    fn u8_at(&self, offset: u32) -> Option<u8> {
+        self.load::<u8>(offset)
+    }
+    #[inline(always)]
+    fn be16_at(&self, offset: u32) -> Option<u16> {
+        self.load::<[u8; 2]>(offset).map(u16::from_be_bytes)
+    }
+    /// Four bytes as a native word in wire byte order (how rule addresses are stored).
+    #[inline(always)]
+    fn word_at(&self, offset: u32) -> Option<u32> {
+        self.load::<[u8; 4]>(offset).map(u32::from_ne_bytes)
+    }
+}
+
+impl PacketBytes for TcContext {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+    #[inline(always)]
+    fn read(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: dst points to at least len writable bytes (a stack value or the scratch map).
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) == 0 }
+    }
+}
+
+impl PacketBytes for XdpContext {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: ctx is the program's own context pointer.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+    #[inline(always)]
+    fn read(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as above.
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) == 0 }
+    }
+}

@@ -1,0 +1,198 @@
+//! The capture pipeline shared by every hook: parse, filter, sample, truncate, copy, count.
+use aya_ebpf::helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output};
+use rf_tap_common::{
+    copy_len, counter, rule_matches, sample_keeps, PacketKey, ACTION_ACCEPT, LINK_RAW_IP,
+    MAX_RULES, RECORD_HEADER_LEN,
+};
+
+use crate::{
+    maps::{count, CONFIG, EVENTS, RULES, SCRATCH},
+    packet::PacketBytes,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const MAX_VLAN_TAGS: u32 = 2;
+const MAX_IPV6_EXT_HEADERS: u32 = 4;
+
+/// Where parsing gave up: the packet is then matched as a non-IP frame.
+struct Malformed;
+
+#[inline(always)]
+fn parse_ipv4<P: PacketBytes>(p: &P, off: u32, key: &mut PacketKey) -> Result<(), Malformed> {
+    let vihl = p.u8_at(off).ok_or(Malformed)?;
+    let ihl = ((vihl & 0x0f) as u32) * 4;
+    if ihl < 20 {
+        return Err(Malformed);
+    }
+    let frag = p.be16_at(off + 6).ok_or(Malformed)?;
+    key.protocol = p.u8_at(off + 9).ok_or(Malformed)?;
+    key.src_addr[0] = p.word_at(off + 12).ok_or(Malformed)?;
+    key.dst_addr[0] = p.word_at(off + 16).ok_or(Malformed)?;
+    key.family = 4;
+    // Only the first fragment carries the transport header.
+    if frag & 0x1fff == 0 {
+        parse_ports(p, off + ihl, key);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6<P: PacketBytes>(p: &P, off: u32, key: &mut PacketKey) -> Result<(), Malformed> {
+    let mut next = p.u8_at(off + 6).ok_or(Malformed)?;
+    for i in 0..4u32 {
+        key.src_addr[i as usize] = p.word_at(off + 8 + 4 * i).ok_or(Malformed)?;
+        key.dst_addr[i as usize] = p.word_at(off + 24 + 4 * i).ok_or(Malformed)?;
+    }
+    key.family = 6;
+    let mut l4 = off + 40;
+    let mut first_fragment = true;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, minus one.
+            0 | 43 | 60 => {
+                let hdr = p.load::<[u8; 2]>(l4).ok_or(Malformed)?;
+                next = hdr[0];
+                l4 += (hdr[1] as u32 + 1) * 8;
+            }
+            // Fragment header: fixed 8 bytes.
+            44 => {
+                let hdr = p.load::<[u8; 4]>(l4).ok_or(Malformed)?;
+                next = hdr[0];
+                first_fragment = u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 == 0;
+                l4 += 8;
+            }
+            _ => break,
+        }
+    }
+    key.protocol = next;
+    if first_fragment {
+        parse_ports(p, l4, key);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ports<P: PacketBytes>(p: &P, l4: u32, key: &mut PacketKey) {
+    if matches!(key.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        if let Some(ports) = p.load::<[u8; 4]>(l4) {
+            key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+            key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            key.has_ports = true;
+        }
+    }
+}
+
+#[inline(always)]
+fn parse_key<P: PacketBytes>(p: &P, link_kind: u32, key: &mut PacketKey) -> Result<(), Malformed> {
+    let (mut ethertype, mut off) = if link_kind == LINK_RAW_IP {
+        match p.u8_at(0).ok_or(Malformed)? >> 4 {
+            4 => (ETH_P_IP, 0),
+            6 => (ETH_P_IPV6, 0),
+            _ => return Ok(()),
+        }
+    } else {
+        (p.be16_at(12).ok_or(Malformed)?, 14)
+    };
+    // 802.1Q and QinQ: match on the inner headers.
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = p.be16_at(off + 2).ok_or(Malformed)?;
+            off += 4;
+        }
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(p, off, key),
+        ETH_P_IPV6 => parse_ipv6(p, off, key),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the whole pipeline for one packet. Never fails the packet: errors are counted.
+#[inline(always)]
+pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32) {
+    count(counter::SEEN, 1);
+    let Some(cfg) = CONFIG.get(0) else {
+        return;
+    };
+    let mut key = PacketKey::default();
+    if parse_key(p, cfg.link_kind, &mut key).is_err() {
+        // Treat what could not be parsed as a non-IP frame; only catch-all rules take it.
+        key = PacketKey::default();
+        count(counter::MALFORMED, 1);
+    }
+
+    let mut verdict = 0u8;
+    for i in 0..MAX_RULES {
+        if i >= cfg.rule_count {
+            break;
+        }
+        if let Some(rule) = RULES.get(i) {
+            if rule_matches(rule, &key, direction) {
+                verdict = rule.action;
+                break;
+            }
+        }
+    }
+    match verdict {
+        0 => {
+            count(counter::UNMATCHED, 1);
+            return;
+        }
+        ACTION_ACCEPT => count(counter::ACCEPTED, 1),
+        _ => {
+            count(counter::REJECTED, 1);
+            return;
+        }
+    }
+
+    if !sample_keeps(&key, cfg.sample_threshold, cfg.sample_seed) {
+        count(counter::SAMPLED_OUT, 1);
+        return;
+    }
+
+    let orig_len = p.len();
+    let cap_len = copy_len(orig_len, cfg.snaplen);
+    // SAFETY: plain helper call.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        count(counter::COPY_FAILED, 1);
+        return;
+    };
+    // SAFETY: the scratch slot of this CPU is ours until the program returns (no nesting).
+    let scratch = unsafe { &mut *scratch };
+    if cap_len > 0 && !p.read(0, scratch.data.as_mut_ptr(), cap_len) {
+        count(counter::COPY_FAILED, 1);
+        return;
+    }
+    scratch.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    scratch.header.orig_len = orig_len;
+    scratch.header.cap_len = cap_len;
+    scratch.header.ifindex = ifindex;
+    scratch.header.direction = direction;
+
+    let size = RECORD_HEADER_LEN as u64 + cap_len as u64;
+    // SAFETY: `size` never exceeds the scratch value (header + MAX_CAPTURE bytes).
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS).cast_mut().cast(),
+            (scratch as *mut rf_tap_common::Scratch).cast(),
+            size,
+            0,
+        )
+    };
+    if ret == 0 {
+        count(counter::COPIED, 1);
+        count(counter::COPIED_BYTES, orig_len as u64);
+        if cap_len < orig_len {
+            count(counter::TRUNCATED, 1);
+        }
+    } else {
+        count(counter::RING_FULL, 1);
+    }
+}
