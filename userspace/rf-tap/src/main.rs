@@ -1,10 +1,26 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rf-tap"));
-    let mut bpf = aya::Ebpf::load(obj).expect("load");
-    for (name, _) in bpf.programs() { println!("{name}"); }
-    let p: &mut aya::programs::SchedClassifier = bpf.program_mut("tc_ingress").unwrap().try_into().unwrap();
-    p.load().expect("verify tc");
-    let p: &mut aya::programs::Xdp = bpf.program_mut("xdp_ingress").unwrap().try_into().unwrap();
-    p.load().expect("verify xdp");
-    println!("ok");
+//! The `rf-tap` binary.
+mod capture;
+mod cli;
+mod report;
+mod sink;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Attach(args) => cli::attach::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rf-tap: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

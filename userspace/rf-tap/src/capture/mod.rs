@@ -1,0 +1,274 @@
+//! Live capture: checks before anything is loaded, the kernel side (`kernel`), and turning
+//! ring-buffer records into [`CapturedPacket`]s.
+
+pub mod kernel;
+
+use std::{ffi::CString, fs, time::Duration};
+
+use pcap_file::DataLink;
+use rf_tap_common::{PacketRecord, DIR_EGRESS, LINK_ETHERNET, LINK_RAW_IP, RECORD_HEADER_LEN};
+use rf_tap_engine::packet::{CapturedPacket, PacketDirection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("no such interface `{0}` (list them with `ip link`)")]
+    NoSuchInterface(String),
+    #[error("interface `{iface}` has link type {kind}, which rf-tap cannot capture (Ethernet, loopback and raw-IP interfaces are supported)")]
+    UnsupportedLink { iface: String, kind: u32 },
+    #[error("attaching eBPF programs needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: run it with sudo")]
+    Permission,
+    #[error("kernel {found} is too old: {feature} needs Linux {needs} or newer{hint}")]
+    KernelTooOld {
+        found: String,
+        feature: &'static str,
+        needs: &'static str,
+        hint: &'static str,
+    },
+    #[error("the embedded eBPF object has no `{0}` (a build problem: rebuild rf-tap)")]
+    MissingObject(&'static str),
+    #[error("cannot {what}: {detail}")]
+    Kernel { what: &'static str, detail: String },
+    #[error("cannot attach {program} to `{iface}`: {detail}")]
+    Attach {
+        iface: String,
+        program: &'static str,
+        detail: String,
+    },
+}
+
+/// What rf-tap knows about the interface before attaching.
+#[derive(Clone, Debug)]
+pub struct InterfaceFacts {
+    pub name: String,
+    /// `LINK_ETHERNET` or `LINK_RAW_IP` for the kernel program.
+    pub link_kind: u32,
+    /// The pcap link type of the frames.
+    pub datalink: DataLink,
+}
+
+/// Looks the interface up and classifies its frames.
+pub fn interface_facts(name: &str) -> Result<InterfaceFacts, CaptureError> {
+    let c = CString::new(name).map_err(|_| CaptureError::NoSuchInterface(name.to_string()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 || name.contains('/') {
+        return Err(CaptureError::NoSuchInterface(name.to_string()));
+    }
+    let read = |f: &str| -> Option<u32> {
+        fs::read_to_string(format!("/sys/class/net/{name}/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let kind = read("type").unwrap_or(1);
+    let (link_kind, datalink) = match kind {
+        // ARPHRD_ETHER, ARPHRD_LOOPBACK (an all-zero Ethernet header).
+        1 | 772 => (LINK_ETHERNET, DataLink::ETHERNET),
+        // ARPHRD_NONE (tun, wireguard), ARPHRD_RAWIP.
+        65534 | 519 => (LINK_RAW_IP, DataLink::RAW),
+        other => {
+            return Err(CaptureError::UnsupportedLink {
+                iface: name.to_string(),
+                kind: other,
+            })
+        }
+    };
+    Ok(InterfaceFacts {
+        name: name.to_string(),
+        link_kind,
+        datalink,
+    })
+}
+
+/// Capabilities the process has in effect, from /proc/self/status.
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Refuses early, with the fix, when the process cannot load and attach programs.
+pub fn check_privileges() -> Result<(), CaptureError> {
+    const CAP_NET_ADMIN: u64 = 12;
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let caps = effective_caps();
+    let has = |c: u64| caps & (1 << c) != 0;
+    let bpf_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    if bpf_ok && has(CAP_NET_ADMIN) {
+        Ok(())
+    } else {
+        Err(CaptureError::Permission)
+    }
+}
+
+/// Kernel features each hook mode needs.
+pub fn check_kernel(mode: kernel::HookMode) -> Result<(), CaptureError> {
+    let Ok(v) = aya::util::KernelVersion::current() else {
+        return Ok(()); // unknown: let the syscalls decide
+    };
+    let found = v.to_string();
+    let at_least = |maj, min| v >= aya::util::KernelVersion::new(maj, min, 0);
+    if !at_least(5, 8) {
+        return Err(CaptureError::KernelTooOld {
+            found,
+            feature: "the BPF ring buffer",
+            needs: "5.8",
+            hint: "",
+        });
+    }
+    if mode == kernel::HookMode::Tc && !at_least(6, 6) {
+        return Err(CaptureError::KernelTooOld {
+            found,
+            feature: "TCX links (tc attach that detaches on exit)",
+            needs: "6.6",
+            hint: "; try --mode xdp",
+        });
+    }
+    if mode == kernel::HookMode::Xdp && !at_least(5, 18) {
+        return Err(CaptureError::KernelTooOld {
+            found,
+            feature: "multi-buffer XDP (bpf_xdp_load_bytes)",
+            needs: "5.18",
+            hint: "",
+        });
+    }
+    Ok(())
+}
+
+/// Converts `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockMap {
+    /// realtime - monotonic, in nanoseconds.
+    offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl ClockMap {
+    pub fn now() -> Self {
+        // Bracket the realtime read with two monotonic reads to halve the error.
+        let m1 = clock_ns(libc::CLOCK_MONOTONIC);
+        let r = clock_ns(libc::CLOCK_REALTIME);
+        let m2 = clock_ns(libc::CLOCK_MONOTONIC);
+        Self {
+            offset_ns: r - (m1 + m2) / 2,
+        }
+    }
+
+    pub fn wall(&self, mono_ns: u64) -> Duration {
+        let ns = (mono_ns as i128 + self.offset_ns).max(0);
+        Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+}
+
+/// Why a ring record could not be turned into a packet.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRecord;
+
+/// Decodes one ring-buffer record (header + bytes).
+pub fn decode_record<'a>(
+    bytes: &'a [u8],
+    clock: &ClockMap,
+) -> Result<CapturedPacket<'a>, BadRecord> {
+    let header = bytes.get(..RECORD_HEADER_LEN).ok_or(BadRecord)?;
+    // SAFETY: PacketRecord is plain #[repr(C)] data of RECORD_HEADER_LEN bytes; read_unaligned
+    // makes no alignment assumption.
+    let rec: PacketRecord = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
+    let data = bytes
+        .get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + rec.cap_len as usize)
+        .ok_or(BadRecord)?;
+    if rec.cap_len > rec.orig_len {
+        return Err(BadRecord);
+    }
+    Ok(CapturedPacket {
+        ts: clock.wall(rec.ts_ns),
+        ifindex: rec.ifindex,
+        direction: Some(if rec.direction == DIR_EGRESS {
+            PacketDirection::Egress
+        } else {
+            PacketDirection::Ingress
+        }),
+        orig_len: rec.orig_len,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cap: u32, orig: u32, dir: u8, payload: &[u8]) -> Vec<u8> {
+        let r = PacketRecord {
+            ts_ns: 5_000_000_123,
+            orig_len: orig,
+            cap_len: cap,
+            ifindex: 7,
+            direction: dir,
+            _pad: [0; 3],
+        };
+        // SAFETY: reading the bytes of a plain #[repr(C)] value.
+        let head: [u8; RECORD_HEADER_LEN] = unsafe { std::mem::transmute(r) };
+        let mut v = head.to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn decodes_header_and_truncated_payload() {
+        let clock = ClockMap { offset_ns: 1_000 };
+        let bytes = record(3, 1500, DIR_EGRESS, &[1, 2, 3]);
+        let p = decode_record(&bytes, &clock).unwrap();
+        assert_eq!(p.data, &[1, 2, 3]);
+        assert_eq!(p.orig_len, 1500);
+        assert_eq!(p.ifindex, 7);
+        assert_eq!(p.direction, Some(PacketDirection::Egress));
+        assert_eq!(p.ts, Duration::new(5, 1_123));
+    }
+
+    #[test]
+    fn refuses_records_that_lie_about_their_length() {
+        let clock = ClockMap { offset_ns: 0 };
+        assert_eq!(decode_record(&[0; 10], &clock), Err(BadRecord));
+        let short = record(100, 100, 1, &[0; 10]);
+        assert_eq!(decode_record(&short, &clock), Err(BadRecord));
+        let longer_than_wire = record(4, 2, 1, &[0; 4]);
+        assert_eq!(decode_record(&longer_than_wire, &clock), Err(BadRecord));
+    }
+
+    #[test]
+    fn clock_map_tracks_realtime() {
+        let m = ClockMap::now();
+        let wall = m.wall(clock_ns(libc::CLOCK_MONOTONIC) as u64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let diff = now.abs_diff(wall);
+        assert!(diff < Duration::from_millis(50), "{diff:?}");
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let e = interface_facts("rf-no-such0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no such interface `rf-no-such0` (list them with `ip link`)"
+        );
+        assert!(interface_facts("lo").is_ok());
+    }
+}

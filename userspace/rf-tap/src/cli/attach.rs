@@ -1,0 +1,425 @@
+//! `rf-tap attach IFACE`: copy packets in the kernel and write them to pcap/pcapng.
+
+use std::{
+    io::IsTerminal,
+    os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use rf_tap_common::{CaptureConfig, MAX_CAPTURE, SAMPLE_SCALE};
+use rf_tap_engine::{
+    filter::{PortRange, Rule, RuleSet},
+    pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
+};
+
+use crate::{
+    capture::{
+        self, decode_record,
+        kernel::{HookMode, KernelCapture, KernelSetup},
+        ClockMap,
+    },
+    cli::units::{parse_duration, parse_size},
+    report::{
+        packet_line::packet_line,
+        summary::{CaptureSummary, StatusLine, StopReason},
+    },
+    sink::capture_file::{CaptureFileSink, OutputTarget, Rotation},
+};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Filter rules (VPC Traffic Mirroring semantics): rules are evaluated in ascending number, the
+first match decides (accept copies, reject does not), and a packet that matches no rule is not
+copied. Without any rule everything is copied.
+  --rule 'num=100,dir=ingress,action=accept,proto=tcp,dst-port=80-443'
+  keys: num (1-32766), action (accept|reject), dir (ingress|egress|both, default both),
+        proto (tcp|udp|icmp|icmpv6|sctp|all|0-255), src-cidr, dst-cidr (IPv4 or IPv6),
+        src-port, dst-port (N or LO-HI)
+  --filter FILE takes the same rules as YAML:  rules: [ {number: 100, action: accept, ...} ]
+  --port 80-443 adds: accept TCP with either port in the range, both directions (numbered
+        after the explicit rules).
+
+Examples:
+  sudo rf-tap attach eth0 --port 80-443 -w web.pcap
+  sudo rf-tap attach eth0 --mode xdp -s 128 --sample-rate 10 -w sampled.pcapng --pcapng
+  sudo rf-tap attach eth0 --port 443 -w - | tshark -r -")]
+pub struct AttachArgs {
+    /// Interface to capture on
+    pub iface: String,
+
+    /// Hook: tc (clsact ingress and egress through TCX links) or xdp (ingress only; native
+    /// where the driver has it, generic otherwise)
+    #[arg(long, value_enum, default_value_t = HookMode::Tc)]
+    pub mode: HookMode,
+
+    /// Write packets to FILE (`-` for standard output) instead of printing a line per packet
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<String>,
+
+    /// Write pcapng (interface name and per-packet direction) instead of pcap
+    #[arg(long)]
+    pub pcapng: bool,
+
+    /// Start a new file when the current one would exceed SIZE (e.g. 100M, 1G, 512KiB); files
+    /// are named NAME-000.EXT, NAME-001.EXT, ...
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub rotate_size: Option<u64>,
+
+    /// Start a new file every N seconds (same naming as --rotate-size)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_duration)]
+    pub rotate_seconds: Option<Duration>,
+
+    /// Stop after this long (e.g. 30, 30s, 5m, 1h)
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Stop after writing N packets
+    #[arg(short = 'c', long)]
+    pub count: Option<u64>,
+
+    /// A filter rule (repeatable); see below
+    #[arg(long = "rule", value_name = "RULE")]
+    pub rules: Vec<String>,
+
+    /// Read filter rules from a YAML file
+    #[arg(long, value_name = "FILE")]
+    pub filter: Option<PathBuf>,
+
+    /// Shorthand: accept TCP with source or destination port in PORT or LO-HI, both directions
+    #[arg(long, value_name = "PORTS")]
+    pub port: Option<String>,
+
+    /// Copy at most N bytes of each packet (the original length is kept in the file)
+    #[arg(short = 's', long = "packet-length", visible_alias = "snaplen", value_name = "N",
+          default_value_t = MAX_CAPTURE)]
+    pub packet_length: u32,
+
+    /// Capture this percentage of flows (1-100; whole connections are kept or left out)
+    #[arg(long, value_name = "PCT", default_value_t = 100.0)]
+    pub sample_rate: f64,
+
+    /// Kernel ring buffer size (rounded up to a power of two)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
+    pub ring_size: u64,
+
+    /// Print the final summary as one JSON object on standard output
+    #[arg(long)]
+    pub json: bool,
+
+    /// No live status line
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl AttachArgs {
+    fn rule_set(&self) -> anyhow::Result<RuleSet> {
+        let mut rules: Vec<Rule> = Vec::new();
+        for r in &self.rules {
+            rules.push(r.parse().context("bad --rule")?);
+        }
+        if let Some(path) = &self.filter {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read filter file {}", path.display()))?;
+            rules.extend(
+                RuleSet::from_yaml(&text)
+                    .with_context(|| format!("bad filter file {}", path.display()))?,
+            );
+        }
+        if let Some(p) = &self.port {
+            let range: PortRange = p
+                .parse()
+                .map_err(|e| anyhow::anyhow!("bad --port `{p}`: {e}"))?;
+            let after = rules.iter().map(|r| r.number).max().unwrap_or(0);
+            rules.extend(RuleSet::port_shorthand(range, after)?);
+        }
+        if rules.is_empty() {
+            return Ok(RuleSet::accept_all());
+        }
+        Ok(RuleSet::new(rules)?)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.packet_length == 0 || self.packet_length > MAX_CAPTURE {
+            bail!("--packet-length must be 1..={MAX_CAPTURE}");
+        }
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 100.0) {
+            bail!("--sample-rate must be a percentage above 0 and at most 100");
+        }
+        let to_stdout = self.write.as_deref() == Some("-");
+        if self.json && (to_stdout || self.write.is_none()) {
+            bail!("--json prints the summary on standard output, so it needs -w FILE for the packets");
+        }
+        if to_stdout && (self.rotate_size.is_some() || self.rotate_seconds.is_some()) {
+            bail!("--rotate-size/--rotate-seconds need -w FILE, not standard output");
+        }
+        if self.write.is_none() && (self.rotate_size.is_some() || self.rotate_seconds.is_some() || self.pcapng) {
+            bail!("--pcapng, --rotate-size and --rotate-seconds need -w FILE");
+        }
+        if self.rotate_seconds.is_some_and(|d| d.is_zero()) {
+            bail!("--rotate-seconds must be above 0");
+        }
+        if self.count == Some(0) {
+            bail!("--count must be at least 1");
+        }
+        if !(4096..=(1 << 30)).contains(&self.ring_size) {
+            bail!("--ring-size must be between 4KiB and 1GiB");
+        }
+        Ok(())
+    }
+}
+
+/// Where packets go: a capture file, or one text line each on stdout.
+enum Output {
+    File(CaptureFileSink),
+    Lines { stdout: std::io::Stdout },
+}
+
+fn poll_readable(fds: &[RawFd], timeout: Duration) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: pfds is a valid array of pollfd of the given length.
+    unsafe {
+        libc::poll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )
+    };
+}
+
+pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
+    args.validate()?;
+    let rules = args.rule_set()?;
+    let facts = capture::interface_facts(&args.iface)?;
+    capture::check_kernel(args.mode)?;
+    capture::check_privileges()?;
+
+    let mut output = match &args.write {
+        None => Output::Lines {
+            stdout: std::io::stdout(),
+        },
+        Some(w) => {
+            let format = if args.pcapng {
+                CaptureFormat::PcapNg
+            } else {
+                CaptureFormat::Pcap
+            };
+            let encoder = FrameEncoder::new(
+                format,
+                InterfaceInfo {
+                    name: facts.name.clone(),
+                    linktype: facts.datalink,
+                    snaplen: args.packet_length,
+                },
+            );
+            let target = if w == "-" {
+                OutputTarget::Stdout
+            } else {
+                OutputTarget::File(PathBuf::from(w))
+            };
+            let rotation = Rotation {
+                max_bytes: args.rotate_size,
+                max_age: args.rotate_seconds,
+            };
+            Output::File(CaptureFileSink::open(encoder, target, rotation)?)
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
+    }
+
+    let compiled = rules.compile();
+    let config = CaptureConfig {
+        rule_count: compiled.len() as u32,
+        snaplen: args.packet_length,
+        sample_threshold: ((args.sample_rate / 100.0) * SAMPLE_SCALE as f64).round() as u32,
+        sample_seed: rand_seed(),
+        link_kind: facts.link_kind,
+        _reserved: 0,
+    };
+    let ring_bytes = args.ring_size.next_power_of_two().max(4096) as u32;
+    let (mut kernel, mut ring) = KernelCapture::attach(&KernelSetup {
+        iface: &facts.name,
+        mode: args.mode,
+        rules: &compiled,
+        config,
+        ring_bytes,
+    })?;
+    let clock = ClockMap::now();
+    let started = Instant::now();
+    let target_name = match &output {
+        Output::File(s) => s.files()[0].clone(),
+        Output::Lines { .. } => "standard output (text)".into(),
+    };
+    eprintln!(
+        "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}; Ctrl-C to stop",
+        facts.name,
+        kernel.attach_detail,
+        rules.rules().len(),
+        if rules.rules().len() == 1 { "" } else { "s" },
+        args.packet_length,
+        if args.sample_rate < 100.0 {
+            format!(", sampling {}% of flows", args.sample_rate)
+        } else {
+            String::new()
+        },
+        target_name,
+    );
+
+    let show_status = !args.quiet && std::io::stderr().is_terminal();
+    let mut status = StatusLine::new(show_status);
+    let mut summary = CaptureSummary::new(&facts.name, args.mode, &kernel.attach_detail);
+    let mut stop_reason;
+    let mut write_error: Option<anyhow::Error> = None;
+    let ring_fd = ring.as_raw_fd();
+
+    'capture: loop {
+        if stop.load(Ordering::Relaxed) {
+            stop_reason = StopReason::Signal;
+            break;
+        }
+        if let Some(d) = args.duration {
+            if started.elapsed() >= d {
+                stop_reason = StopReason::Duration;
+                break;
+            }
+        }
+        let timeout = args
+            .duration
+            .map(|d| d.saturating_sub(started.elapsed()))
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_millis(100));
+        poll_readable(&[ring_fd], timeout);
+        kernel.flush_logs();
+        while let Some(item) = ring.next() {
+            match deliver(&item, &clock, &mut output, &mut summary) {
+                Ok(()) => {}
+                Err(e) => {
+                    stop_reason = StopReason::OutputClosed;
+                    if !is_broken_pipe(&e) {
+                        write_error = Some(e);
+                        stop_reason = StopReason::WriteError;
+                    }
+                    break 'capture;
+                }
+            }
+            if args.count.is_some_and(|c| summary.written >= c) {
+                stop_reason = StopReason::Count;
+                break 'capture;
+            }
+        }
+        if let Output::File(s) = &mut output {
+            if let Err(e) = s.tick() {
+                stop_reason = StopReason::WriteError;
+                write_error = Some(e.into());
+                break;
+            }
+        }
+        if status.due() {
+            let k = kernel.counters()?;
+            status.show(started.elapsed(), &k, &summary);
+        }
+    }
+
+    // Detach first, so that the counters are final, then take what is still in the ring.
+    kernel.detach();
+    let limit_reached = matches!(stop_reason, StopReason::Count);
+    while let Some(item) = ring.next() {
+        if limit_reached || write_error.is_some() || matches!(stop_reason, StopReason::OutputClosed) {
+            summary.over_limit += 1;
+            continue;
+        }
+        if let Err(e) = deliver(&item, &clock, &mut output, &mut summary) {
+            if !is_broken_pipe(&e) {
+                write_error = Some(e);
+            }
+            summary.over_limit += 1;
+        }
+    }
+    if let Output::File(s) = &mut output {
+        if let Err(e) = s.finish() {
+            if write_error.is_none() && !is_broken_pipe(&anyhow::Error::from(e)) {
+                write_error = Some(anyhow::anyhow!("cannot finish the capture file"));
+            }
+        }
+        summary.bytes_written = s.bytes_written;
+        summary.files = s.files().to_vec();
+    }
+    status.clear();
+    let counters = kernel.counters()?;
+    summary.finish(counters, started.elapsed(), stop_reason, signal.load(Ordering::Relaxed));
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprint!("{}", summary.table());
+    }
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn deliver(
+    bytes: &[u8],
+    clock: &ClockMap,
+    output: &mut Output,
+    summary: &mut CaptureSummary,
+) -> anyhow::Result<()> {
+    let Ok(pkt) = decode_record(bytes, clock) else {
+        summary.dropped_user += 1;
+        return Ok(());
+    };
+    summary.received += 1;
+    match output {
+        Output::File(sink) => sink.write(&pkt)?,
+        Output::Lines { stdout } => {
+            use std::io::Write;
+            writeln!(stdout.lock(), "{}", packet_line(&pkt))?;
+        }
+    }
+    summary.written += 1;
+    Ok(())
+}
+
+/// A per-capture seed for flow sampling, so that repeated captures sample different flows.
+fn rand_seed() -> u32 {
+    let mut b = [0u8; 4];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok()
+    {
+        return u32::from_ne_bytes(b);
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0x5eed)
+}

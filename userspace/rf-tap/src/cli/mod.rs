@@ -1,0 +1,22 @@
+//! The command line.
+pub mod attach;
+pub mod units;
+
+use clap::{Parser, Subcommand};
+
+/// rf-tap: packet-level traffic capture, mirroring and replay.
+///
+/// Production traffic is copied in the kernel by eBPF programs (TC or XDP) that select,
+/// truncate and sample packets without touching the production path.
+#[derive(Debug, Parser)]
+#[command(name = "rf-tap", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture packets on an interface with in-kernel filter rules, truncation and sampling
+    Attach(attach::AttachArgs),
+}

@@ -1,0 +1,2 @@
+//! Where captured packets go.
+pub mod capture_file;
