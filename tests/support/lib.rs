@@ -1,1 +1,617 @@
+//! Support for rf-tap's end-to-end tests: network namespaces that clean up after themselves,
+//! real servers (nginx) and clients (curl) inside them, the rf-tap binary as a child process,
+//! and pcap reading.
+//!
+//! Every namespace, process and file a test makes is owned by a guard whose `Drop` removes
+//! it, so a failing assertion still leaves the machine clean. Traffic only ever goes to
+//! addresses inside namespaces the test made.
+#![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// True when the test may run (root). Outside CI a non-root run skips with a message; under
+/// `CI=true` it is a failure, because CI is where privileged tests must run.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root, and CI=true: privileged tests must run in CI");
+    }
+    eprintln!("skipped: {test} needs root (netns, veth, eBPF)");
+    false
+}
+
+/// The rf-tap binary under test: `RF_TAP_BIN`, else the workspace's release or debug build
+/// (whichever is newer).
+pub fn rf_tap_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RF_TAP_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let candidates = [target.join("debug/rf-tap"), target.join("release/rf-tap")];
+    candidates
+        .iter()
+        .filter_map(|p| Some((fs::metadata(p).ok()?.modified().ok()?, p.clone())))
+        .max()
+        .map(|(_, p)| p)
+        .expect("no rf-tap binary: run `cargo build -p rf-tap` (cargo xtask test does)")
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("rf-tap-{tag}-{}-{id}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two namespaces, client and server, joined by a veth pair with IPv4 and IPv6 addresses.
+/// Both are deleted on drop (which also removes the veth pair and anything attached to it).
+pub struct NetPair {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub client_if: String,
+    pub server_if: String,
+    pub client_ip: String,
+    pub server_ip: String,
+    pub client_ip6: String,
+    pub server_ip6: String,
+}
+
+impl NetPair {
+    pub fn new() -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{:x}{:02x}", pid % 0xfffff, id % 0xff);
+        let (a, b) = ((pid % 200) as u8 + 20, id as u8);
+        let pair = Self {
+            client_ns: format!("rftc-{tag}"),
+            server_ns: format!("rfts-{tag}"),
+            client_if: "rfc0".into(),
+            server_if: "rfs0".into(),
+            client_ip: format!("10.{a}.{b}.1"),
+            server_ip: format!("10.{a}.{b}.2"),
+            client_ip6: format!("fd00:{a}:{b}::1"),
+            server_ip6: format!("fd00:{a}:{b}::2"),
+        };
+        sh(&["ip", "netns", "add", &pair.client_ns]);
+        sh(&["ip", "netns", "add", &pair.server_ns]);
+        sh(&[
+            "ip",
+            "-n",
+            &pair.client_ns,
+            "link",
+            "add",
+            &pair.client_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.server_if,
+            "netns",
+            &pair.server_ns,
+        ]);
+        for (ns, ifname, ip, ip6) in [
+            (
+                &pair.client_ns,
+                &pair.client_if,
+                &pair.client_ip,
+                &pair.client_ip6,
+            ),
+            (
+                &pair.server_ns,
+                &pair.server_if,
+                &pair.server_ip,
+                &pair.server_ip6,
+            ),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                ifname,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// `curl` from the client namespace; returns the HTTP status (0 when it failed).
+    pub fn curl(&self, url: &str) -> u32 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client_ns,
+                "curl",
+                "-s",
+                "-g",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["--max-time", "5", "-w", "%{http_code}", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Default for NetPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A child process killed (by its own PID) on drop.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// nginx serving `root` on the given addresses and ports inside `ns`.
+pub fn nginx(ns: &str, dir: &TempDir, listen: &[String]) -> Proc {
+    let root = dir.path("www");
+    fs::create_dir_all(&root).unwrap();
+    let listens: String = listen.iter().map(|l| format!("listen {l};\n")).collect();
+    let d = dir.0.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; keepalive_requests 100000;\n\
+         client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         server {{ {listens} root {}; location / {{ }} }} }}\n",
+        root.display()
+    );
+    let conf_path = dir.path("nginx.conf");
+    fs::write(&conf_path, conf).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "nginx", "-c"])
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx not installed: run `cargo xtask setup`");
+    // Wait until it answers locally.
+    let proc = Proc {
+        child: Some(child),
+        name: "nginx".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = listen[0].clone();
+    let url = if probe.starts_with('[') || probe.contains(':') {
+        format!("http://{probe}/")
+    } else {
+        format!("http://{probe}:80/")
+    };
+    while Instant::now() < deadline {
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "curl",
+                "-s",
+                "-g",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "1",
+                &url,
+            ])
+            .status()
+            .unwrap();
+        if st.success() {
+            return proc;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nginx in {ns} did not come up on {url}");
+}
+
+/// A running `rf-tap attach` (or any rf-tap command) in a namespace.
+pub struct RfTap {
+    proc: Proc,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+/// What an rf-tap run ended with.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&self.stdout),
+                self.stderr
+            )
+        })
+    }
+}
+
+impl RfTap {
+    pub fn spawn(ns: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(rf_tap_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        Self {
+            proc: Proc {
+                child: Some(child),
+                name: "rf-tap".into(),
+            },
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Waits for the "attached" line (panics with stderr if the process ends first).
+    pub fn wait_attached(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match self.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let done = line.contains("attached to");
+                    self.stderr_seen.push(line);
+                    if done {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("rf-tap did not attach: {}", self.stderr_seen.join("\n"));
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// Sends `signal` to rf-tap itself (not to `ip netns exec`, which execs into it).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits (bounded) for the process to end and collects its output.
+    pub fn wait(mut self, limit: Duration) -> Finished {
+        let mut child = self.proc.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("rf-tap did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        let mut stderr = self.stderr_seen.join("\n");
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            stderr.push('\n');
+            stderr.push_str(&l);
+        }
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stop(self) -> Finished {
+        self.signal(libc::SIGINT);
+        self.wait(Duration::from_secs(20))
+    }
+}
+
+/// Runs rf-tap to completion (for commands that end by themselves).
+pub fn rf_tap_run(ns: Option<&str>, args: &[&str]) -> Finished {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(rf_tap_bin());
+            c
+        }
+        None => Command::new(rf_tap_bin()),
+    };
+    let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
+    Finished {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only (CLONE_NEWNET is per thread).
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Programs attached through TCX (ingress + egress) to `iface` in `ns`.
+pub fn tcx_program_count(ns: &str, iface: &str) -> usize {
+    let iface = iface.to_string();
+    in_netns(ns, move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .map(|t| {
+                SchedClassifier::query_tcx(&iface, t)
+                    .map(|(_, p)| p.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    })
+}
+
+/// Whether an XDP program is attached to `iface` in `ns` (as `ip link` reports it).
+pub fn xdp_attached(ns: &str, iface: &str) -> bool {
+    let out = sh(&["ip", "-n", ns, "-d", "link", "show", "dev", iface]);
+    out.contains("xdp")
+}
+
+/// Sends raw link-layer frames out of `iface` in `ns` through an AF_PACKET socket.
+pub fn send_raw_frames(ns: &str, iface: &str, frames: Vec<Vec<u8>>) {
+    let iface = iface.to_string();
+    in_netns(ns, move || {
+        let c = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: plain socket calls with valid arguments.
+        unsafe {
+            let ifindex = libc::if_nametoindex(c.as_ptr());
+            assert!(ifindex > 0);
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            for f in &frames {
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(n, f.len() as isize, "sendto");
+            }
+            libc::close(fd);
+        }
+    })
+}
+
+/// One record of a pcap file.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+    pub ts_ns: u64,
+}
+
+/// Reads every whole record of a pcap file (raw: pcap-file's validating reader refuses
+/// truncated packets). Returns the records and whether the file ended in a torn record.
+pub fn read_pcap(path: &Path) -> (Vec<Record>, bool) {
+    let bytes = fs::read(path).unwrap();
+    let mut r = pcap_file::pcap::PcapReader::new(&bytes[..]).unwrap();
+    let nanos = r.header().ts_resolution == pcap_file::TsResolution::NanoSecond;
+    let mut out = Vec::new();
+    let mut torn = false;
+    while let Some(p) = r.next_raw_packet() {
+        match p {
+            Ok(p) => out.push(Record {
+                orig_len: p.orig_len,
+                data: p.data.to_vec(),
+                ts_ns: p.ts_sec as u64 * 1_000_000_000
+                    + if nanos {
+                        p.ts_frac as u64
+                    } else {
+                        p.ts_frac as u64 * 1000
+                    },
+            }),
+            Err(_) => {
+                torn = true;
+                break;
+            }
+        }
+    }
+    (out, torn)
+}
+
+/// Transport ports and payload of an Ethernet frame, if it is TCP.
+pub fn tcp_of(frame: &[u8]) -> Option<(u16, u16, Vec<u8>, bool)> {
+    let s = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match s.transport? {
+        etherparse::TransportSlice::Tcp(t) => Some((
+            t.source_port(),
+            t.destination_port(),
+            t.payload().to_vec(),
+            t.syn(),
+        )),
+        _ => None,
+    }
+}
+
+/// The request paths of every `GET` seen in TCP payloads.
+pub fn get_paths(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| tcp_of(&r.data))
+        .filter_map(|(_, _, payload, _)| {
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            let line = text.strip_prefix("GET ")?;
+            Some(line.split(' ').next()?.to_string())
+        })
+        .collect()
+}
+
+/// tshark's count of packets matching a display filter (panics if tshark cannot read it).
+pub fn tshark_count(path: &Path, display_filter: &str) -> usize {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(path)
+        .args(["-Y", display_filter, "-T", "fields", "-e", "frame.number"])
+        .output()
+        .expect("tshark not installed: run `cargo xtask setup`");
+    assert!(
+        out.status.success(),
+        "tshark cannot read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Checks the accounting identities of an `attach --json` summary and returns it.
+pub fn check_accounting(summary: &serde_json::Value) {
+    let n = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary lacks `{k}`: {summary}"))
+    };
+    assert_eq!(
+        n("seen"),
+        n("matched") + n("rejected") + n("unmatched"),
+        "seen = matched + rejected + unmatched: {summary}"
+    );
+    assert_eq!(
+        n("matched"),
+        n("sampled_out") + n("captured") + n("dropped_kernel") + n("copy_failed"),
+        "matched = sampled_out + captured + dropped_kernel + copy_failed: {summary}"
+    );
+    assert_eq!(
+        n("captured"),
+        n("written") + n("dropped_user") + n("over_limit"),
+        "captured = written + dropped_user + over_limit: {summary}"
+    );
+}

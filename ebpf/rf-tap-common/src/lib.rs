@@ -98,7 +98,24 @@ pub struct PacketRecord {
     pub cap_len: u32,
     pub ifindex: u32,
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// `RECORD_VLAN`: the kernel had moved a VLAN tag out of the frame into metadata (VLAN
+    /// offload); userspace puts it back, as libpcap does.
+    pub flags: u8,
+    pub vlan_tci: u16,
+    /// Tag protocol in host order (0x8100 or 0x88a8).
+    pub vlan_proto: u16,
+    pub _pad: [u8; 6],
+}
+
+/// `PacketRecord::flags`: `vlan_tci`/`vlan_proto` hold a tag to re-insert after the MACs.
+pub const RECORD_VLAN: u8 = 1;
+
+/// A VLAN tag the kernel keeps outside the frame data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VlanMeta {
+    pub present: bool,
+    pub tci: u16,
+    pub proto: u16,
 }
 
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<PacketRecord>();
@@ -245,7 +262,11 @@ pub fn copy_len(len: u32, snaplen: u32) -> u32 {
     if want == 0 {
         return 0;
     }
-    let want = if want < MAX_CAPTURE { want } else { MAX_CAPTURE };
+    let want = if want < MAX_CAPTURE {
+        want
+    } else {
+        MAX_CAPTURE
+    };
     ((want - 1) & (MAX_CAPTURE - 1)) + 1
 }
 

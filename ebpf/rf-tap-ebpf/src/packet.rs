@@ -16,7 +16,11 @@ pub trait PacketBytes {
     #[inline(always)]
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
         let mut v = MaybeUninit::<T>::uninit();
-        if self.read(offset, v.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32) {
+        if self.read(
+            offset,
+            v.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+        ) {
             // SAFETY: the helper filled all size_of::<T>() bytes, and T is plain data.
             Some(unsafe { v.assume_init() })
         } else {

@@ -1,8 +1,10 @@
 //! The capture pipeline shared by every hook: parse, filter, sample, truncate, copy, count.
-use aya_ebpf::helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output};
+use aya_ebpf::helpers::generated::{
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output,
+};
 use rf_tap_common::{
-    copy_len, counter, rule_matches, sample_keeps, PacketKey, ACTION_ACCEPT, LINK_RAW_IP,
-    MAX_RULES, RECORD_HEADER_LEN,
+    copy_len, counter, rule_matches, sample_keeps, PacketKey, VlanMeta, ACTION_ACCEPT, LINK_RAW_IP,
+    MAX_RULES, RECORD_HEADER_LEN, RECORD_VLAN,
 };
 
 use crate::{
@@ -115,7 +117,7 @@ fn parse_key<P: PacketBytes>(p: &P, link_kind: u32, key: &mut PacketKey) -> Resu
 
 /// Runs the whole pipeline for one packet. Never fails the packet: errors are counted.
 #[inline(always)]
-pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32) {
+pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMeta) {
     count(counter::SEEN, 1);
     let Some(cfg) = CONFIG.get(0) else {
         return;
@@ -175,6 +177,9 @@ pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32) {
     scratch.header.cap_len = cap_len;
     scratch.header.ifindex = ifindex;
     scratch.header.direction = direction;
+    scratch.header.flags = if vlan.present { RECORD_VLAN } else { 0 };
+    scratch.header.vlan_tci = vlan.tci;
+    scratch.header.vlan_proto = vlan.proto;
 
     let size = RECORD_HEADER_LEN as u64 + cap_len as u64;
     // SAFETY: `size` never exceeds the scratch value (header + MAX_CAPTURE bytes).

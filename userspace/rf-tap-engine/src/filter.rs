@@ -13,8 +13,8 @@
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use rf_tap_common::{
-    FilterRule, ACTION_ACCEPT, ACTION_REJECT, DIR_EGRESS, DIR_INGRESS, MAX_RULES,
-    RULE_MATCH_PORTS, RULE_MATCH_PROTO,
+    FilterRule, ACTION_ACCEPT, ACTION_REJECT, DIR_EGRESS, DIR_INGRESS, MAX_RULES, RULE_MATCH_PORTS,
+    RULE_MATCH_PROTO,
 };
 use serde::Deserialize;
 
@@ -126,7 +126,11 @@ impl Cidr {
         let mut mask_bytes = [0u8; 16];
         for (i, m) in mask_bytes.iter_mut().enumerate().take((bits / 8) as usize) {
             let covered = (self.prefix as i32 - 8 * i as i32).clamp(0, 8);
-            *m = if covered == 0 { 0 } else { 0xffu8 << (8 - covered) };
+            *m = if covered == 0 {
+                0
+            } else {
+                0xffu8 << (8 - covered)
+            };
         }
         let mut addr = [0u32; 4];
         let mut mask = [0u32; 4];
@@ -245,11 +249,19 @@ struct RawRule {
     protocol: Option<YamlScalar>,
     #[serde(alias = "src-cidr", alias = "source_cidr", alias = "source-cidr")]
     src_cidr: Option<String>,
-    #[serde(alias = "dst-cidr", alias = "destination_cidr", alias = "destination-cidr")]
+    #[serde(
+        alias = "dst-cidr",
+        alias = "destination_cidr",
+        alias = "destination-cidr"
+    )]
     dst_cidr: Option<String>,
     #[serde(alias = "src-port", alias = "source_port", alias = "source-port")]
     src_port: Option<YamlScalar>,
-    #[serde(alias = "dst-port", alias = "destination_port", alias = "destination-port")]
+    #[serde(
+        alias = "dst-port",
+        alias = "destination_port",
+        alias = "destination-port"
+    )]
     dst_port: Option<YamlScalar>,
 }
 
@@ -377,10 +389,12 @@ impl FromStr for Rule {
         let label = s.to_string();
         let mut raw = RawRule::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (k, v) = item.split_once('=').ok_or_else(|| FilterError::NotKeyValue {
-                rule: label.clone(),
-                item: item.to_string(),
-            })?;
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| FilterError::NotKeyValue {
+                    rule: label.clone(),
+                    item: item.to_string(),
+                })?;
             let v = v.trim().to_string();
             match k.trim().to_ascii_lowercase().replace('_', "-").as_str() {
                 "num" | "number" | "rule-number" => {
@@ -645,7 +659,11 @@ mod tests {
         assert_eq!(r.action, Action::Accept);
         assert_eq!(r.protocol, Some(6));
         assert_eq!(r.dst_port, Some(PortRange { lo: 80, hi: 443 }));
-        assert_eq!(r.to_string().parse::<Rule>().unwrap(), r, "display round-trips");
+        assert_eq!(
+            r.to_string().parse::<Rule>().unwrap(),
+            r,
+            "display round-trips"
+        );
     }
 
     #[test]
@@ -689,7 +707,10 @@ mod tests {
     #[test]
     fn unmatched_packets_are_not_copied() {
         let s = set(&["num=1,action=accept,proto=udp"]);
-        assert_eq!(s.evaluate(&tcp4("1.1.1.1", 1, "2.2.2.2", 2), DIR_EGRESS), None);
+        assert_eq!(
+            s.evaluate(&tcp4("1.1.1.1", 1, "2.2.2.2", 2), DIR_EGRESS),
+            None
+        );
     }
 
     #[test]
@@ -707,12 +728,22 @@ mod tests {
             s.evaluate(&tcp4("10.1.200.3", 1, "192.168.7.9", 2), DIR_INGRESS),
             Some(Action::Accept)
         );
-        assert_eq!(s.evaluate(&tcp4("10.2.0.1", 1, "192.168.7.9", 2), DIR_INGRESS), None);
-        assert_eq!(s.evaluate(&tcp4("10.1.0.1", 1, "192.168.7.8", 2), DIR_INGRESS), None);
+        assert_eq!(
+            s.evaluate(&tcp4("10.2.0.1", 1, "192.168.7.9", 2), DIR_INGRESS),
+            None
+        );
+        assert_eq!(
+            s.evaluate(&tcp4("10.1.0.1", 1, "192.168.7.8", 2), DIR_INGRESS),
+            None
+        );
         // An odd prefix (/13) splits inside a byte.
         let s = set(&["num=1,action=accept,dst-cidr=172.16.0.0/13"]);
-        assert!(s.evaluate(&tcp4("1.1.1.1", 1, "172.23.255.255", 2), DIR_INGRESS).is_some());
-        assert!(s.evaluate(&tcp4("1.1.1.1", 1, "172.24.0.0", 2), DIR_INGRESS).is_none());
+        assert!(s
+            .evaluate(&tcp4("1.1.1.1", 1, "172.23.255.255", 2), DIR_INGRESS)
+            .is_some());
+        assert!(s
+            .evaluate(&tcp4("1.1.1.1", 1, "172.24.0.0", 2), DIR_INGRESS)
+            .is_none());
     }
 
     #[test]
@@ -786,18 +817,25 @@ rules:
 "#;
         let s = RuleSet::new(RuleSet::from_yaml(text).unwrap()).unwrap();
         assert_eq!(s.rules()[0].number, 100);
-        assert_eq!(s.rules()[1].dst_port, Some(PortRange { lo: 8080, hi: 8080 }));
+        assert_eq!(
+            s.rules()[1].dst_port,
+            Some(PortRange { lo: 8080, hi: 8080 })
+        );
         let err = RuleSet::from_yaml("rules:\n  - number: 1\n    action: maybe\n").unwrap_err();
-        assert!(err.to_string().contains("expected accept or reject"), "{err}");
+        assert!(
+            err.to_string().contains("expected accept or reject"),
+            "{err}"
+        );
         let err = RuleSet::from_yaml("rulez: []").unwrap_err();
         assert!(matches!(err, FilterError::Yaml(_)));
     }
 
     #[test]
     fn compiled_layout_is_what_the_kernel_reads() {
-        let r: Rule = "num=7,dir=egress,action=reject,proto=udp,src-cidr=10.1.2.3/24,src-port=1000-2000"
-            .parse()
-            .unwrap();
+        let r: Rule =
+            "num=7,dir=egress,action=reject,proto=udp,src-cidr=10.1.2.3/24,src-port=1000-2000"
+                .parse()
+                .unwrap();
         let c = r.compile();
         assert_eq!(c.number, 7);
         assert_eq!(c.action, ACTION_REJECT);
@@ -807,10 +845,17 @@ rules:
         assert_eq!(c.flags, RULE_MATCH_PROTO | RULE_MATCH_PORTS);
         assert_eq!(c.src_port, [1000, 2000]);
         assert_eq!(c.dst_port, [0, 65535]);
-        assert_eq!(c.src_addr[0].to_ne_bytes(), [10, 1, 2, 0], "address pre-masked");
+        assert_eq!(
+            c.src_addr[0].to_ne_bytes(),
+            [10, 1, 2, 0],
+            "address pre-masked"
+        );
         assert_eq!(c.src_mask[0].to_ne_bytes(), [255, 255, 255, 0]);
-        assert_eq!(c.dst_mask, [0; 4], "no destination CIDR: any address of the family");
+        assert_eq!(
+            c.dst_mask, [0; 4],
+            "no destination CIDR: any address of the family"
+        );
         assert_eq!(std::mem::size_of::<FilterRule>(), 84);
-        assert_eq!(std::mem::size_of::<rf_tap_common::PacketRecord>(), 24);
+        assert_eq!(std::mem::size_of::<rf_tap_common::PacketRecord>(), 32);
     }
 }

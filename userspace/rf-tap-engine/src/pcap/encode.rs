@@ -70,7 +70,8 @@ impl FrameEncoder {
                     endianness: Endianness::native(),
                     ..Default::default()
                 };
-                let mut w = PcapNgWriter::with_section_header(Vec::new(), section).map_err(io_err)?;
+                let mut w =
+                    PcapNgWriter::with_section_header(Vec::new(), section).map_err(io_err)?;
                 let idb = InterfaceDescriptionBlock {
                     linktype: self.iface.linktype,
                     snaplen: self.iface.snaplen,

@@ -9,8 +9,7 @@ use std::fmt;
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
-        XdpMode,
+        tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -236,7 +235,10 @@ impl CaptureError {
     }
     fn program(name: &'static str, e: ProgramError) -> Self {
         let detail = match &e {
-            ProgramError::LoadError { io_error, verifier_log } => {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
                 format!("{io_error}\n{verifier_log}")
             }
             other => other.to_string(),
@@ -244,10 +246,7 @@ impl CaptureError {
         if detail.contains("Operation not permitted") {
             return Self::Permission;
         }
-        Self::Kernel {
-            what: name,
-            detail,
-        }
+        Self::Kernel { what: name, detail }
     }
     fn attach(iface: &str, name: &'static str, e: ProgramError) -> Self {
         Self::Attach {
@@ -257,4 +256,3 @@ impl CaptureError {
         }
     }
 }
-

@@ -6,7 +6,9 @@ pub mod kernel;
 use std::{ffi::CString, fs, time::Duration};
 
 use pcap_file::DataLink;
-use rf_tap_common::{PacketRecord, DIR_EGRESS, LINK_ETHERNET, LINK_RAW_IP, RECORD_HEADER_LEN};
+use rf_tap_common::{
+    PacketRecord, DIR_EGRESS, LINK_ETHERNET, LINK_RAW_IP, RECORD_HEADER_LEN, RECORD_VLAN,
+};
 use rf_tap_engine::packet::{CapturedPacket, PacketDirection};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,20 +183,33 @@ impl ClockMap {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadRecord;
 
-/// Decodes one ring-buffer record (header + bytes).
+/// Decodes one ring-buffer record (header + bytes). A VLAN tag the kernel held as metadata
+/// is put back after the MAC addresses (in `rebuilt`, reused across calls), so the file shows
+/// the frame as it was on the wire, as libpcap does.
 pub fn decode_record<'a>(
     bytes: &'a [u8],
     clock: &ClockMap,
+    rebuilt: &'a mut Vec<u8>,
 ) -> Result<CapturedPacket<'a>, BadRecord> {
     let header = bytes.get(..RECORD_HEADER_LEN).ok_or(BadRecord)?;
     // SAFETY: PacketRecord is plain #[repr(C)] data of RECORD_HEADER_LEN bytes; read_unaligned
     // makes no alignment assumption.
     let rec: PacketRecord = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
-    let data = bytes
+    let mut data = bytes
         .get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + rec.cap_len as usize)
         .ok_or(BadRecord)?;
     if rec.cap_len > rec.orig_len {
         return Err(BadRecord);
+    }
+    let mut orig_len = rec.orig_len;
+    if rec.flags & RECORD_VLAN != 0 && data.len() >= 12 {
+        rebuilt.clear();
+        rebuilt.extend_from_slice(&data[..12]);
+        rebuilt.extend_from_slice(&rec.vlan_proto.to_be_bytes());
+        rebuilt.extend_from_slice(&rec.vlan_tci.to_be_bytes());
+        rebuilt.extend_from_slice(&data[12..]);
+        data = rebuilt;
+        orig_len += 4;
     }
     Ok(CapturedPacket {
         ts: clock.wall(rec.ts_ns),
@@ -204,7 +219,7 @@ pub fn decode_record<'a>(
         } else {
             PacketDirection::Ingress
         }),
-        orig_len: rec.orig_len,
+        orig_len,
         data,
     })
 }
@@ -214,13 +229,26 @@ mod tests {
     use super::*;
 
     fn record(cap: u32, orig: u32, dir: u8, payload: &[u8]) -> Vec<u8> {
+        record_vlan(cap, orig, dir, payload, None)
+    }
+
+    fn record_vlan(
+        cap: u32,
+        orig: u32,
+        dir: u8,
+        payload: &[u8],
+        vlan: Option<(u16, u16)>,
+    ) -> Vec<u8> {
         let r = PacketRecord {
             ts_ns: 5_000_000_123,
             orig_len: orig,
             cap_len: cap,
             ifindex: 7,
             direction: dir,
-            _pad: [0; 3],
+            flags: if vlan.is_some() { RECORD_VLAN } else { 0 },
+            vlan_proto: vlan.map(|v| v.0).unwrap_or(0),
+            vlan_tci: vlan.map(|v| v.1).unwrap_or(0),
+            _pad: [0; 6],
         };
         // SAFETY: reading the bytes of a plain #[repr(C)] value.
         let head: [u8; RECORD_HEADER_LEN] = unsafe { std::mem::transmute(r) };
@@ -233,7 +261,8 @@ mod tests {
     fn decodes_header_and_truncated_payload() {
         let clock = ClockMap { offset_ns: 1_000 };
         let bytes = record(3, 1500, DIR_EGRESS, &[1, 2, 3]);
-        let p = decode_record(&bytes, &clock).unwrap();
+        let mut re = Vec::new();
+        let p = decode_record(&bytes, &clock, &mut re).unwrap();
         assert_eq!(p.data, &[1, 2, 3]);
         assert_eq!(p.orig_len, 1500);
         assert_eq!(p.ifindex, 7);
@@ -244,11 +273,28 @@ mod tests {
     #[test]
     fn refuses_records_that_lie_about_their_length() {
         let clock = ClockMap { offset_ns: 0 };
-        assert_eq!(decode_record(&[0; 10], &clock), Err(BadRecord));
+        let mut re = Vec::new();
+        assert_eq!(decode_record(&[0; 10], &clock, &mut re), Err(BadRecord));
         let short = record(100, 100, 1, &[0; 10]);
-        assert_eq!(decode_record(&short, &clock), Err(BadRecord));
+        assert_eq!(decode_record(&short, &clock, &mut re), Err(BadRecord));
         let longer_than_wire = record(4, 2, 1, &[0; 4]);
-        assert_eq!(decode_record(&longer_than_wire, &clock), Err(BadRecord));
+        assert_eq!(
+            decode_record(&longer_than_wire, &clock, &mut re),
+            Err(BadRecord)
+        );
+    }
+
+    #[test]
+    fn reinserts_an_offloaded_vlan_tag_after_the_macs() {
+        let clock = ClockMap { offset_ns: 0 };
+        let mut frame = vec![0xaa; 12];
+        frame.extend_from_slice(&[0x08, 0x00, 0x45]);
+        let bytes = record_vlan(15, 60, 1, &frame, Some((0x8100, 100)));
+        let mut re = Vec::new();
+        let p = decode_record(&bytes, &clock, &mut re).unwrap();
+        assert_eq!(&p.data[12..18], &[0x81, 0x00, 0x00, 100, 0x08, 0x00]);
+        assert_eq!(p.data.len(), 19);
+        assert_eq!(p.orig_len, 64);
     }
 
     #[test]

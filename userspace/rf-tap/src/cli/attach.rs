@@ -154,12 +154,16 @@ impl AttachArgs {
         }
         let to_stdout = self.write.as_deref() == Some("-");
         if self.json && (to_stdout || self.write.is_none()) {
-            bail!("--json prints the summary on standard output, so it needs -w FILE for the packets");
+            bail!(
+                "--json prints the summary on standard output, so it needs -w FILE for the packets"
+            );
         }
         if to_stdout && (self.rotate_size.is_some() || self.rotate_seconds.is_some()) {
             bail!("--rotate-size/--rotate-seconds need -w FILE, not standard output");
         }
-        if self.write.is_none() && (self.rotate_size.is_some() || self.rotate_seconds.is_some() || self.pcapng) {
+        if self.write.is_none()
+            && (self.rotate_size.is_some() || self.rotate_seconds.is_some() || self.pcapng)
+        {
             bail!("--pcapng, --rotate-size and --rotate-seconds need -w FILE");
         }
         if self.rotate_seconds.is_some_and(|d| d.is_zero()) {
@@ -293,6 +297,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut stop_reason;
     let mut write_error: Option<anyhow::Error> = None;
     let ring_fd = ring.as_raw_fd();
+    let mut rebuilt = Vec::new();
 
     'capture: loop {
         if stop.load(Ordering::Relaxed) {
@@ -313,7 +318,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         poll_readable(&[ring_fd], timeout);
         kernel.flush_logs();
         while let Some(item) = ring.next() {
-            match deliver(&item, &clock, &mut output, &mut summary) {
+            match deliver(&item, &clock, &mut rebuilt, &mut output, &mut summary) {
                 Ok(()) => {}
                 Err(e) => {
                     stop_reason = StopReason::OutputClosed;
@@ -346,11 +351,12 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     kernel.detach();
     let limit_reached = matches!(stop_reason, StopReason::Count);
     while let Some(item) = ring.next() {
-        if limit_reached || write_error.is_some() || matches!(stop_reason, StopReason::OutputClosed) {
+        if limit_reached || write_error.is_some() || matches!(stop_reason, StopReason::OutputClosed)
+        {
             summary.over_limit += 1;
             continue;
         }
-        if let Err(e) = deliver(&item, &clock, &mut output, &mut summary) {
+        if let Err(e) = deliver(&item, &clock, &mut rebuilt, &mut output, &mut summary) {
             if !is_broken_pipe(&e) {
                 write_error = Some(e);
             }
@@ -368,7 +374,12 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     status.clear();
     let counters = kernel.counters()?;
-    summary.finish(counters, started.elapsed(), stop_reason, signal.load(Ordering::Relaxed));
+    summary.finish(
+        counters,
+        started.elapsed(),
+        stop_reason,
+        signal.load(Ordering::Relaxed),
+    );
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -390,10 +401,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn deliver(
     bytes: &[u8],
     clock: &ClockMap,
+    rebuilt: &mut Vec<u8>,
     output: &mut Output,
     summary: &mut CaptureSummary,
 ) -> anyhow::Result<()> {
-    let Ok(pkt) = decode_record(bytes, clock) else {
+    let Ok(pkt) = decode_record(bytes, clock, rebuilt) else {
         summary.dropped_user += 1;
         return Ok(());
     };

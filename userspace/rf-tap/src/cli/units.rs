@@ -5,9 +5,7 @@ use std::time::Duration;
 /// `65536`, `512K`, `100M`, `1G` (powers of 1000, like tcpdump -C), `64KiB`, `64MiB`, `1GiB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
@@ -20,7 +18,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}` (use K, M, G, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use K, M, G, KiB, MiB, GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .filter(|v| *v > 0)

@@ -123,14 +123,34 @@ impl CaptureSummary {
             ("matched", self.matched, "accepted by a filter rule"),
             ("rejected", self.rejected, "refused by a reject rule"),
             ("unmatched", self.unmatched, "matched no rule (not copied)"),
-            ("sampled out", self.sampled_out, "flows left out by --sample-rate"),
+            (
+                "sampled out",
+                self.sampled_out,
+                "flows left out by --sample-rate",
+            ),
             ("captured", self.captured, "copied to userspace"),
-            ("truncated", self.truncated, "cut to --packet-length (original length kept)"),
+            (
+                "truncated",
+                self.truncated,
+                "cut to --packet-length (original length kept)",
+            ),
             ("dropped (kernel)", self.dropped_kernel, "ring buffer full"),
-            ("dropped (user)", self.dropped_user, "undecodable or unwritable records"),
-            ("not written", self.over_limit, "left in the ring after the capture stopped"),
+            (
+                "dropped (user)",
+                self.dropped_user,
+                "undecodable or unwritable records",
+            ),
+            (
+                "not written",
+                self.over_limit,
+                "left in the ring after the capture stopped",
+            ),
             ("written", self.written, "records written"),
-            ("bytes written", self.bytes_written, "file bytes, headers included"),
+            (
+                "bytes written",
+                self.bytes_written,
+                "file bytes, headers included",
+            ),
         ];
         for (name, v, what) in rows {
             let _ = writeln!(s, "  {name:<18}{v:>14}  {what}");

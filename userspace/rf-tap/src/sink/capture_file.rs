@@ -13,10 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rf_tap_engine::{
-    packet::CapturedPacket,
-    pcap::FrameEncoder,
-};
+use rf_tap_engine::{packet::CapturedPacket, pcap::FrameEncoder};
 
 const FLUSH_BYTES: usize = 1 << 20;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -301,10 +298,7 @@ mod tests {
             rotated_name(Path::new("/tmp/cap.pcap"), 2),
             PathBuf::from("/tmp/cap-002.pcap")
         );
-        assert_eq!(
-            rotated_name(Path::new("cap"), 0),
-            PathBuf::from("cap-000")
-        );
+        assert_eq!(rotated_name(Path::new("cap"), 0), PathBuf::from("cap-000"));
     }
 
     #[test]
@@ -344,6 +338,8 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.to_string().starts_with("cannot write /nonexistent-dir/x.pcap"));
+        assert!(e
+            .to_string()
+            .starts_with("cannot write /nonexistent-dir/x.pcap"));
     }
 }
