@@ -1,1 +1,113 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | lint | demo | bench capture`.
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "rf-tap project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker); idempotent
+    Setup,
+    /// Setup, build, and run every test (privileged netns tests need root)
+    Test {
+        /// Extra arguments for `cargo test`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings
+    Lint,
+    /// Setup, build, and capture real traffic between two namespaces it makes
+    Demo,
+    /// Benchmarks that print rf-tap's figures beside the reference tools'
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Capture at wrk's maximum rate: rf-tap vs tcpdump and netsniff-ng
+    Capture {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !st.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_release() -> anyhow::Result<PathBuf> {
+    cargo(&["build", "--release", "-p", "rf-tap"])?;
+    Ok(root().join("target/release/rf-tap"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test { args } => {
+            setup::setup()?;
+            cargo(&["build", "-p", "rf-tap"])?;
+            let mut a = vec!["test", "--workspace"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        Task::Lint => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        }
+        Task::Demo => {
+            setup::setup()?;
+            let bin = build_release()?;
+            demo::demo(&root(), &bin)
+        }
+        Task::Bench { which } => {
+            setup::setup()?;
+            let bin = build_release()?;
+            match which {
+                Bench::Capture {
+                    seconds,
+                    rounds,
+                    connections,
+                    json,
+                } => bench::capture(&bin, seconds, rounds.max(1), connections, json),
+            }
+        }
+    }
+}

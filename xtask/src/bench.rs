@@ -1,0 +1,324 @@
+//! `cargo xtask bench capture`: rf-tap against tcpdump and netsniff-ng on the same traffic.
+//!
+//! wrk drives nginx at its maximum through a veth pair; each capture tool in turn records the
+//! server's interface. Per run: wrk's requests/s, the packets the interface carried (offered,
+//! from its kernel counters), the packets in the file (captured), the drops the tool admits,
+//! and the CPU time of the capture process. Configurations are interleaved round by round
+//! and medians are printed, with ratios against tcpdump.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use rf_tap_tests::{nginx, NetPair, Proc, TempDir};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    None,
+    RfTap,
+    Tcpdump,
+    TcpdumpBig,
+    Netsniff,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "no capture",
+            Self::RfTap => "rf-tap (tc)",
+            Self::Tcpdump => "tcpdump -w",
+            Self::TcpdumpBig => "tcpdump -B 65536",
+            Self::Netsniff => "netsniff-ng",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    rps: f64,
+    offered: u64,
+    captured: u64,
+    dropped: u64,
+    cpu_s: f64,
+}
+
+fn iface_packets(ns: &str, iface: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for f in ["rx_packets", "tx_packets"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat"])
+            .arg(format!("/sys/class/net/{iface}/statistics/{f}"))
+            .output()?;
+        total += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf is always safe to call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
+fn capinfos_count(path: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("capinfos")
+        .args(["-c", "-M", "-T"])
+        .arg(path)
+        .output()
+        .context("capinfos (from tshark) is needed: cargo xtask setup")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.split('\t').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("cannot read the packet count of {}: {text}", path.display()))
+}
+
+fn parse_after(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn one_run(
+    tool: Tool,
+    pair: &NetPair,
+    dir: &TempDir,
+    rf_tap: &Path,
+    seconds: u64,
+    connections: u32,
+) -> anyhow::Result<Run> {
+    let file = dir.path(&format!("{:?}.pcap", tool).to_lowercase());
+    let _ = std::fs::remove_file(&file);
+    let ns = pair.server_ns.as_str();
+    let ifc = pair.server_if.as_str();
+    let file_s = file.to_str().context("path")?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    match tool {
+        Tool::None => {}
+        Tool::RfTap => {
+            cmd.arg(rf_tap)
+                .args(["attach", ifc, "--port", "80", "-q", "--json", "-w", file_s]);
+        }
+        Tool::Tcpdump => {
+            cmd.args(["tcpdump", "-i", ifc, "-s", "0", "-w", file_s, "tcp", "port", "80"]);
+        }
+        Tool::TcpdumpBig => {
+            cmd.args(["tcpdump", "-i", ifc, "-s", "0", "-B", "65536", "-w", file_s]);
+            cmd.args(["tcp", "port", "80"]);
+        }
+        Tool::Netsniff => {
+            cmd.args(["netsniff-ng", "--in", ifc, "--out", file_s, "--silent"]);
+            cmd.args(["--filter", "tcp port 80"]);
+        }
+    }
+    let mut capture = if tool == Tool::None {
+        None
+    } else {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", tool.name()))?;
+        // Give it time to attach / open its socket.
+        std::thread::sleep(Duration::from_millis(1500));
+        Some(Proc {
+            child: Some(child),
+            name: tool.name().into(),
+        })
+    };
+
+    let before = iface_packets(ns, ifc)?;
+    let wrk = Command::new("ip")
+        .args(["netns", "exec", &pair.client_ns, "wrk", "-t1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .args(["--timeout", "2s"])
+        .arg(format!("http://{}/small", pair.server_ip))
+        .output()
+        .context("cannot run wrk")?;
+    let wrk_text = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let rps = parse_after(&wrk_text, "Requests/sec:").unwrap_or(0.0);
+    // Let the last packets drain into the capture.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = iface_packets(ns, ifc)?;
+
+    let mut run = Run {
+        rps,
+        offered: after - before,
+        ..Run::default()
+    };
+    if let Some(p) = capture.as_mut() {
+        let pid = p.pid() as u32;
+        run.cpu_s = cpu_seconds(pid);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let mut child = p.child.take().context("capture process")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("{} did not stop", tool.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        run.captured = capinfos_count(&file)?;
+        run.dropped = match tool {
+            Tool::RfTap => {
+                let v: serde_json::Value = serde_json::from_str(stdout.trim())
+                    .with_context(|| format!("rf-tap summary: {stdout} {stderr}"))?;
+                v["dropped_kernel"].as_u64().unwrap_or(0) + v["dropped_user"].as_u64().unwrap_or(0)
+            }
+            Tool::Tcpdump | Tool::TcpdumpBig => stderr
+                .lines()
+                .find(|l| l.contains("dropped by kernel"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        };
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(run)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+pub fn capture(rf_tap: &Path, seconds: u64, rounds: usize, connections: u32, json: bool) -> anyhow::Result<()> {
+    std::env::set_var("RF_TAP_BIN", rf_tap);
+    let pair = NetPair::new();
+    let dir = TempDir::new("bench-capture");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("small"), "{\"id\":\"u_1\",\"ok\":true}\n")?;
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let tools = [Tool::None, Tool::RfTap, Tool::Tcpdump, Tool::TcpdumpBig, Tool::Netsniff];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); tools.len()];
+    eprintln!(
+        "bench capture: wrk -t1 -c{connections} -d{seconds}s against nginx through a veth pair; {rounds} rounds of {} configurations",
+        tools.len()
+    );
+    for round in 0..rounds {
+        for (i, tool) in tools.iter().enumerate() {
+            eprint!("  round {}/{rounds}: {:<18}", round + 1, tool.name());
+            let r = one_run(*tool, &pair, &dir, rf_tap, seconds, connections)?;
+            eprintln!(
+                " {:>9.0} req/s  offered {:>9}  captured {:>9}  dropped {:>7}  cpu {:.2}s",
+                r.rps, r.offered, r.captured, r.dropped, r.cpu_s
+            );
+            results[i].push(r);
+        }
+    }
+
+    struct Row {
+        name: &'static str,
+        rps: f64,
+        cost: f64,
+        offered: f64,
+        captured: f64,
+        loss: f64,
+        dropped: f64,
+        cpu_us_per_pkt: f64,
+    }
+    let base_rps = median(results[0].iter().map(|r| r.rps).collect());
+    let rows: Vec<Row> = tools
+        .iter()
+        .zip(&results)
+        .map(|(t, runs)| {
+            let rps = median(runs.iter().map(|r| r.rps).collect());
+            let offered = median(runs.iter().map(|r| r.offered as f64).collect());
+            let captured = median(runs.iter().map(|r| r.captured as f64).collect());
+            let loss = median(
+                runs.iter()
+                    .map(|r| {
+                        if r.offered == 0 || *t == Tool::None {
+                            0.0
+                        } else {
+                            (r.offered.saturating_sub(r.captured)) as f64 / r.offered as f64 * 100.0
+                        }
+                    })
+                    .collect(),
+            );
+            Row {
+                name: t.name(),
+                rps,
+                cost: if base_rps > 0.0 { (1.0 - rps / base_rps) * 100.0 } else { 0.0 },
+                offered,
+                captured,
+                loss,
+                dropped: median(runs.iter().map(|r| r.dropped as f64).collect()),
+                cpu_us_per_pkt: median(
+                    runs.iter()
+                        .map(|r| if r.captured > 0 { r.cpu_s * 1e6 / r.captured as f64 } else { 0.0 })
+                        .collect(),
+                ),
+            }
+        })
+        .collect();
+
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "tool": r.name, "requests_per_s": r.rps, "cost_pct": r.cost,
+                    "offered_packets": r.offered, "captured_packets": r.captured,
+                    "loss_pct": r.loss, "dropped_reported": r.dropped,
+                    "cpu_us_per_packet": r.cpu_us_per_pkt,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "\ncapture benchmark: medians of {rounds} rounds, {seconds}s each, wrk -t1 -c{connections} on one veth pair (2 cores shared by wrk, nginx and the capture)"
+    );
+    println!(
+        "{:<18} {:>10} {:>9} {:>12} {:>12} {:>8} {:>9} {:>12}",
+        "tool", "req/s", "cost", "offered", "captured", "loss", "dropped", "CPU us/pkt"
+    );
+    for r in &rows {
+        println!(
+            "{:<18} {:>10.0} {:>8.1}% {:>12.0} {:>12.0} {:>7.2}% {:>9.0} {:>12.3}",
+            r.name, r.rps, r.cost, r.offered, r.captured, r.loss, r.dropped, r.cpu_us_per_pkt
+        );
+    }
+    let rf = &rows[1];
+    let td = &rows[2];
+    println!(
+        "\nrf-tap vs tcpdump: loss {:.2}% vs {:.2}%; production cost {:.1}% vs {:.1}%; CPU per captured packet {:.2}x tcpdump's",
+        rf.loss,
+        td.loss,
+        rf.cost,
+        td.cost,
+        if td.cpu_us_per_pkt > 0.0 { rf.cpu_us_per_pkt / td.cpu_us_per_pkt } else { f64::NAN }
+    );
+    Ok(())
+}
