@@ -117,7 +117,9 @@ fn one_run(
                 .args(["attach", ifc, "--port", "80", "-q", "--json", "-w", file_s]);
         }
         Tool::Tcpdump => {
-            cmd.args(["tcpdump", "-i", ifc, "-s", "0", "-w", file_s, "tcp", "port", "80"]);
+            cmd.args([
+                "tcpdump", "-i", ifc, "-s", "0", "-w", file_s, "tcp", "port", "80",
+            ]);
         }
         Tool::TcpdumpBig => {
             cmd.args(["tcpdump", "-i", ifc, "-s", "0", "-B", "65536", "-w", file_s]);
@@ -210,7 +212,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn capture(rf_tap: &Path, seconds: u64, rounds: usize, connections: u32, json: bool) -> anyhow::Result<()> {
+pub fn capture(
+    rf_tap: &Path,
+    seconds: u64,
+    rounds: usize,
+    connections: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     std::env::set_var("RF_TAP_BIN", rf_tap);
     let pair = NetPair::new();
     let dir = TempDir::new("bench-capture");
@@ -218,7 +226,13 @@ pub fn capture(rf_tap: &Path, seconds: u64, rounds: usize, connections: u32, jso
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("small"), "{\"id\":\"u_1\",\"ok\":true}\n")?;
     let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
-    let tools = [Tool::None, Tool::RfTap, Tool::Tcpdump, Tool::TcpdumpBig, Tool::Netsniff];
+    let tools = [
+        Tool::None,
+        Tool::RfTap,
+        Tool::Tcpdump,
+        Tool::TcpdumpBig,
+        Tool::Netsniff,
+    ];
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); tools.len()];
     eprintln!(
         "bench capture: wrk -t1 -c{connections} -d{seconds}s against nginx through a veth pair; {rounds} rounds of {} configurations",
@@ -268,14 +282,24 @@ pub fn capture(rf_tap: &Path, seconds: u64, rounds: usize, connections: u32, jso
             Row {
                 name: t.name(),
                 rps,
-                cost: if base_rps > 0.0 { (1.0 - rps / base_rps) * 100.0 } else { 0.0 },
+                cost: if base_rps > 0.0 {
+                    (1.0 - rps / base_rps) * 100.0
+                } else {
+                    0.0
+                },
                 offered,
                 captured,
                 loss,
                 dropped: median(runs.iter().map(|r| r.dropped as f64).collect()),
                 cpu_us_per_pkt: median(
                     runs.iter()
-                        .map(|r| if r.captured > 0 { r.cpu_s * 1e6 / r.captured as f64 } else { 0.0 })
+                        .map(|r| {
+                            if r.captured > 0 {
+                                r.cpu_s * 1e6 / r.captured as f64
+                            } else {
+                                0.0
+                            }
+                        })
                         .collect(),
                 ),
             }

@@ -40,7 +40,11 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
     let pair = NetPair::new();
     let scratch = TempDir::new("demo");
     let paths = write_api(&scratch)?;
-    let _server = nginx(&pair.server_ns, &scratch, &[format!("{}:80", pair.server_ip)]);
+    let _server = nginx(
+        &pair.server_ns,
+        &scratch,
+        &[format!("{}:80", pair.server_ip)],
+    );
     println!(
         "demo: nginx serves a JSON API at http://{}/ in namespace {}",
         pair.server_ip, pair.server_ns
@@ -80,7 +84,17 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
     }
     println!("demo: wrk -t1 -c8 -d2s (bounded load)");
     let wrk = Command::new("ip")
-        .args(["netns", "exec", &pair.client_ns, "wrk", "-t1", "-c8", "-d2s", "--timeout", "2s"])
+        .args([
+            "netns",
+            "exec",
+            &pair.client_ns,
+            "wrk",
+            "-t1",
+            "-c8",
+            "-d2s",
+            "--timeout",
+            "2s",
+        ])
         .arg(format!("http://{}/api/users/u_1", pair.server_ip))
         .output()
         .context("cannot run wrk (cargo xtask setup installs it)")?;
@@ -102,7 +116,14 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
         .arg("-r")
         .arg(&pcap)
         .args(["-Y", "http.request", "-T", "fields", "-E", "separator=  "])
-        .args(["-e", "frame.number", "-e", "ip.src", "-e", "http.request.method"])
+        .args([
+            "-e",
+            "frame.number",
+            "-e",
+            "ip.src",
+            "-e",
+            "http.request.method",
+        ])
         .args(["-e", "http.request.uri"])
         .output()
         .context("cannot run tshark")?;
@@ -110,7 +131,10 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
         .lines()
         .map(str::to_string)
         .collect();
-    println!("\ndemo: the first HTTP requests in {} (tshark):", pcap.display());
+    println!(
+        "\ndemo: the first HTTP requests in {} (tshark):",
+        pcap.display()
+    );
     for l in lines.iter().take(8) {
         println!("  {l}");
     }

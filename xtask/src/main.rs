@@ -84,13 +84,13 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup::setup()?;
             cargo(&["build", "-p", "rf-tap"])?;
-            let mut a = vec!["test", "--workspace"];
+            let mut a = vec!["test"];
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
         Task::Lint => {
             cargo(&["fmt", "--all", "--", "--check"])?;
-            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
         }
         Task::Demo => {
             setup::setup()?;

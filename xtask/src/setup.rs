@@ -36,7 +36,9 @@ pub fn have(cmd: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");
     }
@@ -44,7 +46,9 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn capture(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}",
@@ -109,7 +113,9 @@ fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
         .unwrap_or(false)
 }
 
@@ -158,7 +164,10 @@ fn bpf_linker() -> anyhow::Result<()> {
         .args(["--version", BPF_LINKER_VERSION, "--no-default-features"])
         .args(["--features", &format!("llvm-{major}")]))?;
     if !bpf_linker_ok() {
-        bail!("bpf-linker was installed but does not run; check {}", prefix.display());
+        bail!(
+            "bpf-linker was installed but does not run; check {}",
+            prefix.display()
+        );
     }
     Ok(())
 }

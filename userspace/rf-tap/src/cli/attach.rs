@@ -181,7 +181,7 @@ impl AttachArgs {
 
 /// Where packets go: a capture file, or one text line each on stdout.
 enum Output {
-    File(CaptureFileSink),
+    File(Box<CaptureFileSink>),
     Lines { stdout: std::io::Stdout },
 }
 
@@ -238,7 +238,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
                 max_bytes: args.rotate_size,
                 max_age: args.rotate_seconds,
             };
-            Output::File(CaptureFileSink::open(encoder, target, rotation)?)
+            Output::File(Box::new(CaptureFileSink::open(encoder, target, rotation)?))
         }
     };
 
