@@ -666,3 +666,41 @@ fn filter_file_count_and_rotation() {
     check_accounting(&summary);
     assert_eq!(read_pcap(&out).0.len(), 7);
 }
+
+#[test]
+fn without_w_it_prints_one_line_per_packet() {
+    if !privileged("without_w_it_prints_one_line_per_packet") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("text");
+    www(&dir, 1);
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    // The product card's verbatim use, on this namespace's interface.
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &["attach", &pair.client_if, "--port", "80-443"],
+    );
+    tap.wait_attached();
+    assert_eq!(pair.curl(&format!("http://{}/p0", pair.server_ip)), 200);
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let text = String::from_utf8_lossy(&fin.stdout);
+    let syn = format!("Out IP {}.", pair.client_ip);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&syn) && first.contains(&format!("> {}.80: Flags [S]", pair.server_ip)),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(|c: char| c.is_ascii_digit())
+                && l.contains(&format!("In  IP {}.80 >", pair.server_ip))),
+        "{text}"
+    );
+    assert!(
+        fin.stderr.contains("written"),
+        "summary on stderr: {}",
+        fin.stderr
+    );
+}

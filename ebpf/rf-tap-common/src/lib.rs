@@ -85,7 +85,10 @@ pub struct CaptureConfig {
     pub sample_threshold: u32,
     pub sample_seed: u32,
     pub link_kind: u32,
-    pub _reserved: u32,
+    /// Wake the reader only when the ring was empty before a record (the first of a burst)
+    /// or holds at least this many bytes; otherwise submit without a wakeup. Userspace drains
+    /// in batches, so per-packet wakeups would only burn CPU on the production path.
+    pub wakeup_bytes: u32,
 }
 
 /// Header of each record in the `EVENTS` ring buffer; `cap_len` packet bytes follow it.

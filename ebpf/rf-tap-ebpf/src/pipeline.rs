@@ -1,6 +1,9 @@
 //! The capture pipeline shared by every hook: parse, filter, sample, truncate, copy, count.
-use aya_ebpf::helpers::generated::{
-    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output,
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::{
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output, bpf_ringbuf_query,
+    },
 };
 use rf_tap_common::{
     copy_len, counter, rule_matches, sample_keeps, PacketKey, VlanMeta, ACTION_ACCEPT, LINK_RAW_IP,
@@ -182,13 +185,21 @@ pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMet
     scratch.header.vlan_proto = vlan.proto;
 
     let size = RECORD_HEADER_LEN as u64 + cap_len as u64;
+    let ring = core::ptr::addr_of!(EVENTS).cast_mut().cast();
+    // SAFETY: plain helper call on our own ring buffer map.
+    let pending = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA as u64) };
+    let flags = if pending == 0 || pending + size >= cfg.wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     // SAFETY: `size` never exceeds the scratch value (header + MAX_CAPTURE bytes).
     let ret = unsafe {
         bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS).cast_mut().cast(),
+            ring,
             (scratch as *mut rf_tap_common::Scratch).cast(),
             size,
-            0,
+            flags as u64,
         )
     };
     if ret == 0 {

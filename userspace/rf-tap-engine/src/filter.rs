@@ -859,3 +859,233 @@ rules:
         assert_eq!(std::mem::size_of::<rf_tap_common::PacketRecord>(), 32);
     }
 }
+
+/// The kernel's matching (shared `rule_matches` over compiled records) against a naive model
+/// written from the rule definitions with std's address types, on random rules and packets.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use rf_tap_common::PacketKey;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[derive(Clone, Debug)]
+    struct Pkt {
+        src: Option<IpAddr>,
+        dst: Option<IpAddr>,
+        proto: u8,
+        ports: Option<(u16, u16)>,
+        dir: u8,
+    }
+
+    fn in_prefix(c: &Cidr, a: &IpAddr) -> bool {
+        match (c.addr, a) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = if c.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - c.prefix as u32)
+                };
+                u32::from(n) & m == u32::from(*a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = if c.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - c.prefix as u32)
+                };
+                u128::from(n) & m == u128::from(*a) & m
+            }
+            _ => false,
+        }
+    }
+
+    fn reference(rules: &[Rule], p: &Pkt) -> Option<Action> {
+        let mut sorted = rules.to_vec();
+        sorted.sort_by_key(|r| r.number);
+        sorted
+            .iter()
+            .find(|r| {
+                let dir_ok = match r.direction {
+                    Direction::Both => true,
+                    Direction::Ingress => p.dir == DIR_INGRESS,
+                    Direction::Egress => p.dir == DIR_EGRESS,
+                };
+                let addr_ok = |c: &Option<Cidr>, a: &Option<IpAddr>| match (c, a) {
+                    (None, _) => true,
+                    (Some(c), Some(a)) => in_prefix(c, a),
+                    (Some(_), None) => false,
+                };
+                // A rule with a CIDR only takes packets of that family, on both sides.
+                let fam_ok = match r.src.or(r.dst) {
+                    None => true,
+                    Some(c) => p.src.is_some_and(|s| s.is_ipv4() == c.addr.is_ipv4()),
+                };
+                let proto_ok = r.protocol.is_none_or(|x| p.src.is_some() && x == p.proto);
+                let ports_ok = (r.src_port.is_none() && r.dst_port.is_none())
+                    || p.ports.is_some_and(|(s, d)| {
+                        r.src_port.is_none_or(|x| x.lo <= s && s <= x.hi)
+                            && r.dst_port.is_none_or(|x| x.lo <= d && d <= x.hi)
+                    });
+                dir_ok
+                    && fam_ok
+                    && addr_ok(&r.src, &p.src)
+                    && addr_ok(&r.dst, &p.dst)
+                    && proto_ok
+                    && ports_ok
+            })
+            .map(|r| r.action)
+    }
+
+    fn key(p: &Pkt) -> PacketKey {
+        let words = |a: &IpAddr| -> [u32; 4] {
+            let b: Vec<u8> = match a {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            let mut w = [0u32; 4];
+            for (i, c) in b.chunks(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            w
+        };
+        PacketKey {
+            family: match p.src {
+                None => 0,
+                Some(IpAddr::V4(_)) => 4,
+                Some(IpAddr::V6(_)) => 6,
+            },
+            protocol: if p.src.is_some() { p.proto } else { 0 },
+            has_ports: p.ports.is_some(),
+            src_port: p.ports.map(|x| x.0).unwrap_or(0),
+            dst_port: p.ports.map(|x| x.1).unwrap_or(0),
+            src_addr: p.src.as_ref().map(words).unwrap_or([0; 4]),
+            dst_addr: p.dst.as_ref().map(words).unwrap_or([0; 4]),
+        }
+    }
+
+    // Small value spaces so that random rules and packets often meet.
+    fn v4() -> impl Strategy<Value = IpAddr> {
+        (0u8..4, 0u8..4).prop_map(|(a, b)| IpAddr::V4(Ipv4Addr::new(10, a, 0, b)))
+    }
+    fn v6() -> impl Strategy<Value = IpAddr> {
+        (0u16..4, 0u16..4).prop_map(|(a, b)| IpAddr::V6(Ipv6Addr::new(0xfd00, a, 0, 0, 0, 0, 0, b)))
+    }
+    fn port() -> impl Strategy<Value = u16> {
+        prop_oneof![0u16..4, 78u16..84, Just(65535)]
+    }
+    fn range() -> impl Strategy<Value = Option<PortRange>> {
+        proptest::option::of((port(), port()).prop_map(|(a, b)| PortRange {
+            lo: a.min(b),
+            hi: a.max(b),
+        }))
+    }
+    fn pkt() -> impl Strategy<Value = Pkt> {
+        let addrs = prop_oneof![
+            Just((None, None)),
+            (v4(), v4()).prop_map(|(a, b)| (Some(a), Some(b))),
+            (v6(), v6()).prop_map(|(a, b)| (Some(a), Some(b))),
+        ];
+        (
+            addrs,
+            prop_oneof![Just(6u8), Just(17), Just(1)],
+            proptest::option::of((port(), port())),
+            prop_oneof![Just(DIR_INGRESS), Just(DIR_EGRESS)],
+        )
+            .prop_map(|((src, dst), proto, ports, dir)| {
+                let ports = if src.is_some() && proto != 1 {
+                    ports
+                } else {
+                    None
+                };
+                Pkt {
+                    src,
+                    dst,
+                    proto,
+                    ports,
+                    dir,
+                }
+            })
+    }
+    fn rule(number: u32) -> impl Strategy<Value = Rule> {
+        let fam_v4 = any::<bool>();
+        let cidr = move |is_v4: bool| {
+            let a = if is_v4 { v4().boxed() } else { v6().boxed() };
+            proptest::option::of((a, 0u8..=128).prop_map(|(addr, p)| Cidr {
+                addr,
+                prefix: if addr.is_ipv4() { p.min(32) } else { p },
+            }))
+        };
+        fam_v4
+            .prop_flat_map(move |f| {
+                (
+                    cidr(f),
+                    cidr(f),
+                    prop_oneof![Just(None), Just(Some(6u8)), Just(Some(17)), Just(Some(1))],
+                    range(),
+                    range(),
+                    prop_oneof![
+                        Just(Direction::Ingress),
+                        Just(Direction::Egress),
+                        Just(Direction::Both)
+                    ],
+                    any::<bool>(),
+                )
+            })
+            .prop_map(move |(src, dst, protocol, sp, dp, direction, accept)| {
+                let ports_allowed = matches!(protocol, None | Some(6) | Some(17));
+                Rule {
+                    number,
+                    direction,
+                    action: if accept {
+                        Action::Accept
+                    } else {
+                        Action::Reject
+                    },
+                    protocol,
+                    src,
+                    dst,
+                    src_port: sp.filter(|_| ports_allowed),
+                    dst_port: dp.filter(|_| ports_allowed),
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn kernel_matching_agrees_with_the_reference(
+            rules in (rule(30), rule(10), rule(20)).prop_map(|(a, b, c)| vec![a, b, c]),
+            pkts in proptest::collection::vec(pkt(), 8),
+        ) {
+            let set = RuleSet::new(rules.clone()).unwrap();
+            for p in &pkts {
+                prop_assert_eq!(set.evaluate(&key(p), p.dir), reference(&rules, p), "{:?}", p);
+            }
+        }
+
+        #[test]
+        fn rule_text_never_panics(s in "\\PC{0,80}") {
+            let _ = s.parse::<Rule>();
+        }
+
+        #[test]
+        fn rule_like_text_never_panics(
+            parts in proptest::collection::vec(
+                ("(num|dir|action|proto|src-cidr|dst-cidr|src-port|dst-port|x)", "[-0-9a-z:./]{0,12}"),
+                0..8,
+            )
+        ) {
+            let s: Vec<String> = parts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if let Ok(r) = s.join(",").parse::<Rule>() {
+                // Whatever parses, displays as text that parses to the same rule.
+                prop_assert_eq!(r.to_string().parse::<Rule>().unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn yaml_never_panics(s in "\\PC{0,200}") {
+            let _ = RuleSet::from_yaml(&s);
+        }
+    }
+}

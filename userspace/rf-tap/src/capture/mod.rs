@@ -173,9 +173,12 @@ impl ClockMap {
         }
     }
 
+    /// Called once per packet: plain 64-bit arithmetic (no 128-bit division).
     pub fn wall(&self, mono_ns: u64) -> Duration {
-        let ns = (mono_ns as i128 + self.offset_ns).max(0);
-        Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+        let ns = (mono_ns as i64)
+            .saturating_add(self.offset_ns as i64)
+            .max(0) as u64;
+        Duration::new(ns / 1_000_000_000, (ns % 1_000_000_000) as u32)
     }
 }
 
@@ -316,5 +319,19 @@ mod tests {
             "no such interface `rf-no-such0` (list them with `ip link`)"
         );
         assert!(interface_facts("lo").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Ring records come from the kernel, but the decoder still never trusts their
+        /// lengths: arbitrary bytes never panic and never read past the record.
+        #[test]
+        fn arbitrary_records_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            let clock = ClockMap { offset_ns: 0 };
+            let mut re = Vec::new();
+            if let Ok(p) = decode_record(&bytes, &clock, &mut re) {
+                proptest::prop_assert!(p.data.len() <= bytes.len().saturating_sub(RECORD_HEADER_LEN) + 4);
+                proptest::prop_assert!(p.data.len() as u32 <= p.orig_len);
+            }
+        }
     }
 }

@@ -179,6 +179,9 @@ impl AttachArgs {
     }
 }
 
+/// How long the reader lets records accumulate after draining a non-empty ring.
+const BATCH_PAUSE: Duration = Duration::from_millis(2);
+
 /// Where packets go: a capture file, or one text line each on stdout.
 enum Output {
     File(Box<CaptureFileSink>),
@@ -260,9 +263,14 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         sample_threshold: ((args.sample_rate / 100.0) * SAMPLE_SCALE as f64).round() as u32,
         sample_seed: rand_seed(),
         link_kind: facts.link_kind,
-        _reserved: 0,
+        wakeup_bytes: 0,
     };
     let ring_bytes = args.ring_size.next_power_of_two().max(4096) as u32;
+    // Wake the reader early when a quarter of the ring is used.
+    let config = CaptureConfig {
+        wakeup_bytes: ring_bytes / 4,
+        ..config
+    };
     let (mut kernel, mut ring) = KernelCapture::attach(&KernelSetup {
         iface: &facts.name,
         mode: args.mode,
@@ -317,7 +325,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             .min(Duration::from_millis(100));
         poll_readable(&[ring_fd], timeout);
         kernel.flush_logs();
+        let mut drained = 0u64;
         while let Some(item) = ring.next() {
+            drained += 1;
             match deliver(&item, &clock, &mut rebuilt, &mut output, &mut summary) {
                 Ok(()) => {}
                 Err(e) => {
@@ -333,6 +343,11 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
                 stop_reason = StopReason::Count;
                 break 'capture;
             }
+        }
+        if drained > 0 {
+            // Traffic is flowing: let a batch build up instead of waking per packet (the
+            // kernel wakes us early if the ring fills past a quarter).
+            std::thread::sleep(BATCH_PAUSE);
         }
         if let Output::File(s) = &mut output {
             if let Err(e) = s.tick() {
