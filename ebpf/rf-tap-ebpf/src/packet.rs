@@ -35,11 +35,6 @@ pub trait PacketBytes {
     fn be16_at(&self, offset: u32) -> Option<u16> {
         self.load::<[u8; 2]>(offset).map(u16::from_be_bytes)
     }
-    /// Four bytes as a native word in wire byte order (how rule addresses are stored).
-    #[inline(always)]
-    fn word_at(&self, offset: u32) -> Option<u32> {
-        self.load::<[u8; 4]>(offset).map(u32::from_ne_bytes)
-    }
 }
 
 impl PacketBytes for TcContext {

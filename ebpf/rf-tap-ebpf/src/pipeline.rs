@@ -22,23 +22,24 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
-const MAX_VLAN_TAGS: u32 = 2;
 const MAX_IPV6_EXT_HEADERS: u32 = 4;
 
 /// Where parsing gave up: the packet is then matched as a non-IP frame.
 struct Malformed;
 
+// Each header is read with one helper call (helper calls dominate the per-packet cost).
+
 #[inline(always)]
 fn parse_ipv4<P: PacketBytes>(p: &P, off: u32, key: &mut PacketKey) -> Result<(), Malformed> {
-    let vihl = p.u8_at(off).ok_or(Malformed)?;
-    let ihl = ((vihl & 0x0f) as u32) * 4;
+    let h = p.load::<[u8; 20]>(off).ok_or(Malformed)?;
+    let ihl = ((h[0] & 0x0f) as u32) * 4;
     if ihl < 20 {
         return Err(Malformed);
     }
-    let frag = p.be16_at(off + 6).ok_or(Malformed)?;
-    key.protocol = p.u8_at(off + 9).ok_or(Malformed)?;
-    key.src_addr[0] = p.word_at(off + 12).ok_or(Malformed)?;
-    key.dst_addr[0] = p.word_at(off + 16).ok_or(Malformed)?;
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    key.protocol = h[9];
+    key.src_addr[0] = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+    key.dst_addr[0] = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
     key.family = 4;
     // Only the first fragment carries the transport header.
     if frag & 0x1fff == 0 {
@@ -49,10 +50,13 @@ fn parse_ipv4<P: PacketBytes>(p: &P, off: u32, key: &mut PacketKey) -> Result<()
 
 #[inline(always)]
 fn parse_ipv6<P: PacketBytes>(p: &P, off: u32, key: &mut PacketKey) -> Result<(), Malformed> {
-    let mut next = p.u8_at(off + 6).ok_or(Malformed)?;
-    for i in 0..4u32 {
-        key.src_addr[i as usize] = p.word_at(off + 8 + 4 * i).ok_or(Malformed)?;
-        key.dst_addr[i as usize] = p.word_at(off + 24 + 4 * i).ok_or(Malformed)?;
+    let h = p.load::<[u8; 40]>(off).ok_or(Malformed)?;
+    let mut next = h[6];
+    for i in 0..4usize {
+        key.src_addr[i] =
+            u32::from_ne_bytes([h[8 + 4 * i], h[9 + 4 * i], h[10 + 4 * i], h[11 + 4 * i]]);
+        key.dst_addr[i] =
+            u32::from_ne_bytes([h[24 + 4 * i], h[25 + 4 * i], h[26 + 4 * i], h[27 + 4 * i]]);
     }
     key.family = 6;
     let mut l4 = off + 40;
@@ -95,22 +99,31 @@ fn parse_ports<P: PacketBytes>(p: &P, l4: u32, key: &mut PacketKey) {
 
 #[inline(always)]
 fn parse_key<P: PacketBytes>(p: &P, link_kind: u32, key: &mut PacketKey) -> Result<(), Malformed> {
-    let (mut ethertype, mut off) = if link_kind == LINK_RAW_IP {
+    let (ethertype, off) = if link_kind == LINK_RAW_IP {
         match p.u8_at(0).ok_or(Malformed)? >> 4 {
             4 => (ETH_P_IP, 0),
             6 => (ETH_P_IPV6, 0),
             _ => return Ok(()),
         }
     } else {
-        (p.be16_at(12).ok_or(Malformed)?, 14)
-    };
-    // 802.1Q and QinQ: match on the inner headers.
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = p.be16_at(off + 2).ok_or(Malformed)?;
-            off += 4;
+        // Ethertype plus room for two VLAN tags in one read; short frames fall back.
+        match p.load::<[u8; 10]>(12) {
+            Some(h) => {
+                let mut et = u16::from_be_bytes([h[0], h[1]]);
+                let mut off = 14;
+                if et == ETH_P_8021Q || et == ETH_P_8021AD {
+                    et = u16::from_be_bytes([h[4], h[5]]);
+                    off = 18;
+                    if et == ETH_P_8021Q || et == ETH_P_8021AD {
+                        et = u16::from_be_bytes([h[8], h[9]]);
+                        off = 22;
+                    }
+                }
+                (et, off)
+            }
+            None => (p.be16_at(12).ok_or(Malformed)?, 14),
         }
-    }
+    };
     match ethertype {
         ETH_P_IP => parse_ipv4(p, off, key),
         ETH_P_IPV6 => parse_ipv6(p, off, key),
