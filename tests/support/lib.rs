@@ -152,27 +152,14 @@ impl NetPair {
                 &pair.server_ip6,
             ),
         ] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                ifname,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                ifname,
-                "nodad",
-            ]);
+            for (addr, extra) in [
+                (format!("{ip}/24"), None),
+                (format!("{ip6}/64"), Some("nodad")),
+            ] {
+                let mut cmd = vec!["ip", "-n", ns, "addr", "add", &addr, "dev", ifname];
+                cmd.extend(extra);
+                sh(&cmd);
+            }
             sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }

@@ -23,7 +23,7 @@ pub enum CaptureError {
     KernelTooOld {
         found: String,
         feature: &'static str,
-        needs: &'static str,
+        needs: String,
         hint: &'static str,
     },
     #[error("the embedded eBPF object has no `{0}` (a build problem: rebuild rf-tap)")]
@@ -116,31 +116,31 @@ pub fn check_kernel(mode: kernel::HookMode) -> Result<(), CaptureError> {
     let Ok(v) = aya::util::KernelVersion::current() else {
         return Ok(()); // unknown: let the syscalls decide
     };
-    let found = v.to_string();
-    let at_least = |maj, min| v >= aya::util::KernelVersion::new(maj, min, 0);
-    if !at_least(5, 8) {
-        return Err(CaptureError::KernelTooOld {
-            found,
-            feature: "the BPF ring buffer",
-            needs: "5.8",
-            hint: "",
-        });
-    }
-    if mode == kernel::HookMode::Tc && !at_least(6, 6) {
-        return Err(CaptureError::KernelTooOld {
-            found,
-            feature: "TCX links (tc attach that detaches on exit)",
-            needs: "6.6",
-            hint: "; try --mode xdp",
-        });
-    }
-    if mode == kernel::HookMode::Xdp && !at_least(5, 18) {
-        return Err(CaptureError::KernelTooOld {
-            found,
-            feature: "multi-buffer XDP (bpf_xdp_load_bytes)",
-            needs: "5.18",
-            hint: "",
-        });
+    // (needed for this mode, minimum version, feature, hint)
+    let needs: [(bool, (u8, u8), &'static str, &'static str); 3] = [
+        (true, (5, 8), "the BPF ring buffer", ""),
+        (
+            mode == kernel::HookMode::Tc,
+            (6, 6),
+            "TCX links (tc attach that detaches on exit)",
+            "; try --mode xdp",
+        ),
+        (
+            mode == kernel::HookMode::Xdp,
+            (5, 18),
+            "multi-buffer XDP (bpf_xdp_load_bytes)",
+            "",
+        ),
+    ];
+    for (applies, (maj, min), feature, hint) in needs {
+        if applies && v < aya::util::KernelVersion::new(maj, min, 0) {
+            return Err(CaptureError::KernelTooOld {
+                found: v.to_string(),
+                feature,
+                needs: format!("{maj}.{min}"),
+                hint,
+            });
+        }
     }
     Ok(())
 }
