@@ -224,14 +224,16 @@ impl Drop for Proc {
     }
 }
 
-/// nginx serving `root` on the given addresses and ports inside `ns`.
+/// nginx serving `root` on the given addresses and ports inside `ns`, as a single process
+/// (`master_process off`): the PID the guard kills is the whole server, so no worker can be
+/// left behind.
 pub fn nginx(ns: &str, dir: &TempDir, listen: &[String]) -> Proc {
     let root = dir.path("www");
     fs::create_dir_all(&root).unwrap();
     let listens: String = listen.iter().map(|l| format!("listen {l};\n")).collect();
     let d = dir.0.display();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+        "master_process off;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; keepalive_requests 100000;\n\
          client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
