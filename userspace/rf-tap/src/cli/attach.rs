@@ -180,7 +180,7 @@ impl AttachArgs {
 }
 
 /// How long the reader lets records accumulate after draining a non-empty ring.
-const BATCH_PAUSE: Duration = Duration::from_millis(2);
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
 /// Where packets go: a capture file, or one text line each on stdout.
 enum Output {

@@ -15,7 +15,7 @@ use std::{
 
 use rf_tap_engine::{packet::CapturedPacket, pcap::FrameEncoder};
 
-const FLUSH_BYTES: usize = 1 << 20;
+const FLUSH_BYTES: usize = 1 << 16;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where the capture goes.
