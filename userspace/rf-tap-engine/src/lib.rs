@@ -1,5 +1,12 @@
 //! rf-tap's engine: the sans-IO parts of the pipeline. Nothing here needs root, a kernel
 //! feature or aya; a pcap file, a live capture and a unit test drive the same code.
+//!
+//! frames ([`pcap::reader`]) → IP/TCP ([`wire`]) → streams ([`reassembly`], per flow in
+//! [`flow`]) → HTTP exchanges ([`http`]).
 pub mod filter;
+pub mod flow;
+pub mod http;
 pub mod packet;
 pub mod pcap;
+pub mod reassembly;
+pub mod wire;

@@ -1,5 +1,6 @@
-//! pcap and pcapng: encoding captured packets into file bytes (no I/O here: the caller
-//! decides when whole records reach the disk).
+//! pcap and pcapng: reading captures ([`reader`]) and encoding captured packets into file
+//! bytes ([`FrameEncoder`]; no I/O here: the caller decides when whole records reach disk).
 mod encode;
+pub mod reader;
 
 pub use encode::{CaptureFormat, FrameEncoder, InterfaceInfo};
