@@ -604,3 +604,5 @@ pub fn check_accounting(summary: &serde_json::Value) {
         "captured = written + dropped_user + over_limit: {summary}"
     );
 }
+
+pub mod conformance;

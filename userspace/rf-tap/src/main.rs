@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Attach(args) => cli::attach::run(args),
+        cli::Command::Extract(args) => cli::extract::run(args),
     };
     match result {
         Ok(code) => code,

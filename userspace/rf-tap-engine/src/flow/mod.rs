@@ -204,6 +204,10 @@ impl Extractor {
             }
         }
         if !self.flows.contains_key(&key) {
+            // A bare ACK/FIN/RST (the tail of a closed connection, or a scan) opens nothing.
+            if seg.payload.is_empty() && !seg.has(tcp_flags::SYN) {
+                return;
+            }
             if self.flows.len() >= self.config.max_flows {
                 self.evict_oldest(out);
             }

@@ -734,6 +734,9 @@ fn parse_head(side: Side, b: &[u8]) -> HeadResult {
                 },
                 Ok(httparse::Status::Partial) => HeadResult::Partial,
                 Err(e) => {
+                    if let Some(lenient) = lenient_request(b) {
+                        return lenient;
+                    }
                     if let Some(fixed) = normalized_first_line(b) {
                         if let HeadResult::Complete {
                             len,
@@ -804,6 +807,68 @@ fn parse_head(side: Side, b: &[u8]) -> HeadResult {
     }
 }
 
+/// Request-line bytes as text, with bytes outside printable ASCII escaped `\xHH` (as Zeek
+/// logs them).
+fn escaped(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for &c in b {
+        if (0x20..0x7f).contains(&c) {
+            s.push(c as char);
+        } else {
+            s.push_str(&format!("\\x{c:02x}"));
+        }
+    }
+    s
+}
+
+/// What servers accept but httparse does not: a target with spaces or non-ASCII bytes, or
+/// an empty one. The method is the first token, the version the last word if it is
+/// `HTTP/x.y`, the target everything between; headers still go through httparse.
+fn lenient_request(b: &[u8]) -> Option<HeadResult> {
+    let nl = b.iter().position(|c| *c == b'\n')?;
+    let line = b[..nl].strip_suffix(b"\r").unwrap_or(&b[..nl]);
+    let sp = line.iter().position(|c| *c == b' ')?;
+    let method = &line[..sp];
+    if method.len() < 2
+        || !method
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+    {
+        return None;
+    }
+    let rest = &line[sp + 1..];
+    let vpos = rest
+        .windows(6)
+        .rposition(|w| w.eq_ignore_ascii_case(b" HTTP/"))
+        .map(|p| p + 1)
+        .or_else(|| rest.starts_with(b"HTTP/").then_some(0))?;
+    // Zeek accepts what servers do: `HTTP/1.1`, `HTTP/1.`, `HTTP/1`.
+    let version = &rest[vpos + 5..];
+    if version.is_empty()
+        || version.len() > 4
+        || !version[0].is_ascii_digit()
+        || !version.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+    {
+        return None;
+    }
+    let target = &rest[..vpos];
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&b[nl + 1..], &mut storage) {
+        Ok(httparse::Status::Complete((used, headers))) => Some(HeadResult::Complete {
+            len: nl + 1 + used,
+            head: Head::Request {
+                method: escaped(method).to_ascii_uppercase(),
+                target: escaped(target.trim_ascii()),
+                version: escaped(version),
+                headers: collect_headers(headers),
+            },
+            anomalies: vec!["request line accepted leniently".into()],
+        }),
+        Ok(httparse::Status::Partial) => Some(HeadResult::Partial),
+        Err(_) => None,
+    }
+}
+
 /// `GET /path` with no version: an HTTP/0.9 request (one line).
 fn http09_or_error(b: &[u8], e: httparse::Error) -> HeadResult {
     let Some(nl) = b.iter().position(|c| *c == b'\n') else {
@@ -820,8 +885,9 @@ fn http09_or_error(b: &[u8], e: httparse::Error) -> HeadResult {
         .filter(|p| !p.is_empty())
         .collect();
     if parts.len() == 2
-        && parts[0].bytes().all(|c| c.is_ascii_uppercase())
-        && !parts[1].contains("HTTP/")
+        && parts[0]
+            .bytes()
+            .all(|c| c.is_ascii_uppercase() || c == b'_' || c == b'-')
     {
         return HeadResult::Http09 {
             method: parts[0].to_string(),

@@ -1,5 +1,6 @@
 //! The command line.
 pub mod attach;
+pub mod extract;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -19,4 +20,6 @@ pub struct Cli {
 pub enum Command {
     /// Capture packets on an interface with in-kernel filter rules, truncation and sampling
     Attach(attach::AttachArgs),
+    /// Reassemble TCP and HTTP/1.x from a capture file and print the exchanges
+    Extract(extract::ExtractArgs),
 }
