@@ -32,6 +32,8 @@ enum Task {
     Lint,
     /// Setup, build, and capture real traffic between two namespaces it makes
     Demo,
+    /// Agreement with Zeek's http.log on ../shared/corpus/http: per case and in total
+    Conformance,
     /// Benchmarks that print rf-tap's figures beside the reference tools'
     Bench {
         #[command(subcommand)]
@@ -91,6 +93,19 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+        }
+        Task::Conformance => {
+            let bin = build_release()?;
+            let Some(corpus) = rf_tap_tests::conformance::corpus_dir() else {
+                bail!("../shared/corpus/http not found beside the repository");
+            };
+            let results: Vec<_> = rf_tap_tests::conformance::zeek_cases(&corpus)
+                .iter()
+                .filter_map(|c| rf_tap_tests::conformance::run_case(&bin, &corpus, c))
+                .collect();
+            let (table, _, _) = rf_tap_tests::conformance::report(&results);
+            print!("{table}");
+            Ok(())
         }
         Task::Demo => {
             setup::setup()?;

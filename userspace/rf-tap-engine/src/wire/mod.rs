@@ -339,19 +339,24 @@ pub fn transport<'a>(ip: &IpPacket<'a>, depth: u8) -> Result<Transport<'a>, Skip
                 let (et, rest) = ethernet(&body[8..])?;
                 return Ok(Transport::Inner(ip_layer(et, rest, ip.missing)?));
             }
-            if sport == 3544 || dport == 3544 {
-                // Teredo: optional authentication (0x0001) and origin (0x0000) headers.
-                let mut b = body;
-                if b.len() >= 4 && b[0] == 0 && b[1] == 1 {
-                    let skip = 4 + b[2] as usize + b[3] as usize + 9;
-                    b = b.get(skip..).ok_or(Skip::Malformed("Teredo header"))?;
-                }
-                if b.len() >= 8 && b[0] == 0 && b[1] == 0 {
-                    b = &b[8..];
-                }
-                if b.first().map(|v| v >> 4) == Some(6) {
-                    return Ok(Transport::Inner(ip_layer(0x86dd, b, ip.missing)?));
-                }
+            // Teredo (RFC 4380): port 3544 sets the tunnel up, but the data then flows
+            // between any ports, so it is recognised by shape: after the optional
+            // authentication and origin headers, exactly one whole IPv6 packet.
+            let mut b = body;
+            if b.len() >= 4 && b[0] == 0 && b[1] == 1 {
+                let skip = 4 + b[2] as usize + b[3] as usize + 9;
+                b = b.get(skip..).unwrap_or(&[]);
+            }
+            if b.len() >= 8 && b[0] == 0 && b[1] == 0 {
+                b = &b[8..];
+            }
+            let whole_ipv6 = b.len() >= 40
+                && b[0] >> 4 == 6
+                && be16(b, 4).is_some_and(|l| l as usize + 40 == b.len());
+            if whole_ipv6
+                || ((sport == 3544 || dport == 3544) && b.first().map(|v| v >> 4) == Some(6))
+            {
+                return Ok(Transport::Inner(ip_layer(0x86dd, b, ip.missing)?));
             }
             Err(Skip::NotTcp)
         }
