@@ -3,10 +3,13 @@
 //!
 //! frames ([`pcap::reader`]) → IP/TCP ([`wire`]) → streams ([`reassembly`], per flow in
 //! [`flow`]) → HTTP exchanges ([`http`]).
+pub mod archive;
 pub mod filter;
 pub mod flow;
+pub mod har;
 pub mod http;
 pub mod packet;
 pub mod pcap;
+pub mod query;
 pub mod reassembly;
 pub mod wire;

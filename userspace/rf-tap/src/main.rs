@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Attach(args) => cli::attach::run(args),
         cli::Command::Extract(args) => cli::extract::run(args),
+        cli::Command::Requests(args) => cli::requests::run(args),
     };
     match result {
         Ok(code) => code,

@@ -78,7 +78,7 @@ impl std::fmt::Debug for BodyState {
 }
 
 /// The finished body of a message.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Body {
     /// Bytes after transfer decoding (chunked removed), before content decoding.
     pub wire_len: u64,

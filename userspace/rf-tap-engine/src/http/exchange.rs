@@ -8,7 +8,7 @@ use super::message::{Limits, MessageParser, Parsed, Request, Response, Side};
 use crate::reassembly::Origin;
 
 /// Flags of an exchange (JSONL `flags`, as a list of names).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExchangeFlags {
     pub gap_request: bool,
     pub gap_response: bool,
@@ -40,7 +40,7 @@ impl ExchangeFlags {
 }
 
 /// One HTTP request/response exchange.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Exchange {
     pub id: u64,
     pub conn: u64,

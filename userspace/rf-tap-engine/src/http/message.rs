@@ -14,7 +14,7 @@ use crate::reassembly::Origin;
 /// Header name and raw value, in wire order.
 pub type Headers = Vec<(String, Vec<u8>)>;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub method: String,
     pub target: String,
@@ -29,7 +29,7 @@ pub struct Request {
     pub incomplete: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Response {
     pub version: String,
     pub status: u16,
@@ -937,7 +937,8 @@ mod tests {
 
     #[test]
     fn table_of_cases() {
-        let cases: Vec<(Side, &[u8], &[&str], Vec<&str>)> = vec![
+        type Case<'a> = (Side, &'a [u8], &'a [&'a str], Vec<&'a str>);
+        let cases: Vec<Case<'_>> = vec![
             (Side::Client, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", &[], vec!["REQ GET /a 1.1 body=0"]),
             (Side::Client, b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.0\r\n\r\n", &[], vec!["REQ POST /p 1.1 body=3", "REQ GET /b 1.0 body=0"]),
             (Side::Server, CHUNKED, &["GET"], vec!["RES 200 body=12"]),

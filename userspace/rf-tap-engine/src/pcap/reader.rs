@@ -262,7 +262,7 @@ impl<'a> CaptureReader<'a> {
                 return Some(Err(self.truncated(12)));
             };
             let blen = blen as usize;
-            if blen < 12 || blen % 4 != 0 {
+            if blen < 12 || !blen.is_multiple_of(4) {
                 self.failed = true;
                 return Some(Err(ReadError::Corrupt {
                     what: "block length",
@@ -563,10 +563,8 @@ mod tests {
             b.truncate(keep);
             b.extend_from_slice(&tail);
             if let Ok(r) = CaptureReader::new(&b) {
-                for f in r.take(10_000) {
-                    if let Ok(f) = f {
-                        proptest::prop_assert!(f.data.len() <= b.len());
-                    }
+                for f in r.take(10_000).flatten() {
+                    proptest::prop_assert!(f.data.len() <= b.len());
                 }
             }
         }

@@ -13,7 +13,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 /// Where an event's bytes came from: capture time and frame number.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
     pub ts: Duration,
     pub frame: u64,

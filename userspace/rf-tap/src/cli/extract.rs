@@ -9,7 +9,9 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use rf_tap_engine::{
+    archive::ArchiveWriter,
     flow::{ExtractConfig, Extractor},
+    har::{self, HAR_PREFIX, HAR_SUFFIX},
     pcap::reader::CaptureReader,
 };
 
@@ -18,6 +20,8 @@ pub enum ExtractFormat {
     /// One JSON object per exchange (id, conn, client, server, ts, method, uri, version,
     /// host, status, request_body_len, response_body_len, latency_ms, flags, ...)
     Jsonl,
+    /// HAR 1.2 (loads in browser devtools and HAR viewers)
+    Har,
 }
 
 #[derive(Debug, Args)]
@@ -29,7 +33,9 @@ their responses. Bad checksums are accepted. Body lengths are those of the decod
 (after chunked and gzip/deflate/br), as Zeek's http.log counts them.
 
 Example:
-  rf-tap extract capture.pcap | jq -r 'select(.status >= 500) | .uri'")]
+  rf-tap extract capture.pcap | jq -r 'select(.status >= 500) | .uri'
+  rf-tap extract capture.pcap -o capture.rfcap && rf-tap requests capture.rfcap --status 5xx
+  rf-tap extract capture.pcap --format har > capture.har")]
 pub struct ExtractArgs {
     /// The capture to read
     pub input: PathBuf,
@@ -37,6 +43,15 @@ pub struct ExtractArgs {
     /// Output format (to standard output)
     #[arg(long, value_enum, default_value_t = ExtractFormat::Jsonl)]
     pub format: ExtractFormat,
+
+    /// Write an .rfcap archive instead (see docs/rfcap.md)
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "OUT.rfcap",
+        conflicts_with = "format"
+    )]
+    pub output: Option<PathBuf>,
 
     /// Print the extraction counters as JSON on standard error at the end
     #[arg(long)]
@@ -57,7 +72,26 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let reader = CaptureReader::new(&map).with_context(|| format!("{}", args.input.display()))?;
     let mut extractor = Extractor::new(ExtractConfig::default());
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut out = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            Sink::Archive(Box::new(
+                ArchiveWriter::new(file, now)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+            ))
+        }
+        None => Sink::Text {
+            out: std::io::BufWriter::with_capacity(1 << 16, stdout.lock()),
+            format: args.format,
+            first: true,
+        },
+    };
+    out.begin()?;
     let mut batch = Vec::new();
     let mut stopped_at = None;
     let progress = !args.quiet && std::io::stderr().is_terminal();
@@ -65,8 +99,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut last_progress = Instant::now();
     let total = map.len().max(1);
     let mut reader = reader;
-    loop {
-        let Some(item) = reader.next() else { break };
+    while let Some(item) = reader.next() {
         match item {
             Ok(frame) => extractor.frame(&frame, &mut batch),
             Err(e) => {
@@ -89,7 +122,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     extractor.finish(&mut batch);
     write_batch(&mut out, &mut batch)?;
-    out.flush().or_else(ignore_broken_pipe)?;
+    let archive_bytes = out.end()?;
     if progress {
         eprint!("\r\x1b[K");
     }
@@ -104,6 +137,17 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
             s.reassembly.gap_bytes,
             started.elapsed().as_secs_f64()
         );
+    }
+    if let (Some(bytes), Some(path)) = (archive_bytes, &args.output) {
+        if !args.quiet {
+            eprintln!(
+                "rf-tap: wrote {} ({} bytes, {:.1}% of the capture's {} bytes)",
+                path.display(),
+                bytes,
+                bytes as f64 * 100.0 / map.len().max(1) as f64,
+                map.len()
+            );
+        }
     }
     if args.stats {
         eprintln!("{}", serde_json::to_string(s)?);
@@ -126,13 +170,82 @@ fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
+/// Where extracted exchanges go.
+enum Sink<'a> {
+    Text {
+        out: std::io::BufWriter<std::io::StdoutLock<'a>>,
+        format: ExtractFormat,
+        first: bool,
+    },
+    Archive(Box<ArchiveWriter<std::fs::File>>),
+}
+
+impl Sink<'_> {
+    fn begin(&mut self) -> anyhow::Result<()> {
+        if let Sink::Text {
+            out,
+            format: ExtractFormat::Har,
+            ..
+        } = self
+        {
+            out.write_all(HAR_PREFIX.as_bytes())
+                .or_else(ignore_broken_pipe)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the output; returns the archive size when writing one.
+    fn end(self) -> anyhow::Result<Option<u64>> {
+        match self {
+            Sink::Text {
+                mut out, format, ..
+            } => {
+                if format == ExtractFormat::Har {
+                    out.write_all(HAR_SUFFIX.as_bytes())
+                        .or_else(ignore_broken_pipe)?;
+                }
+                out.flush().or_else(ignore_broken_pipe)?;
+                Ok(None)
+            }
+            Sink::Archive(w) => {
+                let mut w = *w;
+                w.flush_block()?;
+                let total = w.bytes_written;
+                let file = w.finish()?;
+                file.sync_all()?;
+                Ok(Some(total))
+            }
+        }
+    }
+}
+
 fn write_batch(
-    out: &mut impl Write,
+    out: &mut Sink<'_>,
     batch: &mut Vec<rf_tap_engine::http::exchange::Exchange>,
 ) -> anyhow::Result<()> {
     for x in batch.drain(..) {
-        serde_json::to_writer(&mut *out, &x.to_json())?;
-        out.write_all(b"\n").or_else(ignore_broken_pipe)?;
+        match out {
+            Sink::Text {
+                out,
+                format: ExtractFormat::Jsonl,
+                ..
+            } => {
+                serde_json::to_writer(&mut *out, &x.to_json())?;
+                out.write_all(b"\n").or_else(ignore_broken_pipe)?;
+            }
+            Sink::Text {
+                out,
+                format: ExtractFormat::Har,
+                first,
+            } => {
+                if !*first {
+                    out.write_all(b",").or_else(ignore_broken_pipe)?;
+                }
+                *first = false;
+                serde_json::to_writer(&mut *out, &har::entry(&x))?;
+            }
+            Sink::Archive(w) => w.append(x)?,
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The command line.
 pub mod attach;
 pub mod extract;
+pub mod requests;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -22,4 +23,6 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Reassemble TCP and HTTP/1.x from a capture file and print the exchanges
     Extract(extract::ExtractArgs),
+    /// List the HTTP exchanges of an .rfcap or pcap, filtered; `requests show ID FILE` for one
+    Requests(requests::RequestsArgs),
 }

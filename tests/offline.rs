@@ -1,0 +1,296 @@
+//! The offline pipeline end to end, without root: a capture made here, `rf-tap extract`
+//! (JSONL, HAR, rfcap), `rf-tap requests` with filters, `requests show` with masking, a torn
+//! archive, and bad input.
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, time::Duration};
+
+use rf_tap_tests::{rf_tap_run, TempDir};
+
+/// Writes a pcap of one TCP connection carrying `client` then `server` bytes per exchange,
+/// with handshake, data segments of at most `mss` bytes, and FINs.
+fn conversation(path: &Path, exchanges: &[(&[u8], &[u8])], mss: usize) {
+    use rf_tap_engine::{
+        packet::CapturedPacket,
+        pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
+    };
+    let enc = FrameEncoder::new(
+        CaptureFormat::Pcap,
+        InterfaceInfo {
+            name: "t".into(),
+            linktype: pcap_file::DataLink::ETHERNET,
+            snaplen: 65535,
+        },
+    );
+    let mut buf = Vec::new();
+    enc.file_header(&mut buf).unwrap();
+    let (c, s) = ([10, 1, 1, 1], [10, 1, 1, 2]);
+    let (mut cseq, mut sseq) = (1000u32, 5000u32);
+    let mut t = Duration::from_secs(1_763_700_000);
+    let mut frame =
+        |from_client: bool, flags: &str, seq: u32, ack: u32, payload: &[u8], t: &mut Duration| {
+            *t += Duration::from_millis(1);
+            let (src, dst, sp, dp) = if from_client {
+                (c, s, 40000, 80)
+            } else {
+                (s, c, 80, 40000)
+            };
+            let mut b = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(src, dst, 64)
+                .tcp(sp, dp, seq, 65535);
+            if flags.contains('S') {
+                b = b.syn();
+            }
+            if flags.contains('A') {
+                b = b.ack(ack);
+            }
+            if flags.contains('F') {
+                b = b.fin();
+            }
+            let mut data = Vec::new();
+            b.write(&mut data, payload).unwrap();
+            enc.encode(
+                &CapturedPacket {
+                    ts: *t,
+                    ifindex: 1,
+                    direction: None,
+                    orig_len: data.len() as u32,
+                    data: &data,
+                },
+                &mut buf,
+            )
+            .unwrap();
+        };
+    frame(true, "S", cseq, 0, b"", &mut t);
+    frame(false, "SA", sseq, cseq + 1, b"", &mut t);
+    cseq += 1;
+    sseq += 1;
+    frame(true, "A", cseq, sseq, b"", &mut t);
+    for (q, r) in exchanges {
+        for part in q.chunks(mss) {
+            frame(true, "A", cseq, sseq, part, &mut t);
+            cseq += part.len() as u32;
+        }
+        for part in r.chunks(mss) {
+            frame(false, "A", sseq, cseq, part, &mut t);
+            sseq += part.len() as u32;
+        }
+    }
+    frame(true, "AF", cseq, sseq, b"", &mut t);
+    frame(false, "AF", sseq, cseq + 1, b"", &mut t);
+    frame(true, "A", cseq + 1, sseq + 1, b"", &mut t);
+    std::fs::write(path, buf).unwrap();
+}
+
+fn sample(dir: &TempDir) -> std::path::PathBuf {
+    let p = dir.path("s.pcap");
+    conversation(
+        &p,
+        &[
+            (
+                b"GET /api/users/u_1 HTTP/1.1\r\nHost: api.example\r\nAuthorization: Bearer s3cr3t-token\r\nCookie: sid=abc; theme=dark\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: sid=xyz; Path=/\r\nContent-Length: 18\r\n\r\n{\"id\":\"u_1\",\"a\":1}",
+            ),
+            (
+                b"POST /api/orders HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"qty\": 2 }",
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ncolumn\r\n9\r\n missing\n\r\n0\r\n\r\n",
+            ),
+            (b"GET /health HTTP/1.1\r\nHost: api.example\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ],
+        40,
+    );
+    p
+}
+
+fn lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn extract_jsonl_follows_the_contract() {
+    let dir = TempDir::new("off-jsonl");
+    let pcap = sample(&dir);
+    let fin = rf_tap_run(None, &["extract", pcap.to_str().unwrap()]);
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let xs = lines(&fin.stdout);
+    assert_eq!(xs.len(), 3);
+    for k in [
+        "id",
+        "conn",
+        "client",
+        "server",
+        "ts",
+        "method",
+        "uri",
+        "version",
+        "host",
+        "status",
+        "request_body_len",
+        "response_body_len",
+        "latency_ms",
+        "flags",
+    ] {
+        assert!(xs.iter().all(|x| x.get(k).is_some()), "key {k} missing");
+    }
+    assert_eq!(xs[0]["client"], "10.1.1.1:40000");
+    assert_eq!(xs[0]["server"], "10.1.1.2:80");
+    assert_eq!(xs[0]["host"], "api.example");
+    assert_eq!(xs[0]["response_body_len"], 18);
+    assert_eq!(xs[1]["method"], "POST");
+    assert_eq!(xs[1]["request_body_len"], 11);
+    assert_eq!(xs[1]["status"], 500);
+    assert_eq!(
+        xs[1]["response_body_len"], 15,
+        "chunked body, decoded length"
+    );
+    assert_eq!(xs[2]["status"], 204);
+    assert!(xs[0]["ts"].as_f64().unwrap() > 1_763_700_000.0);
+    assert!(xs[0]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(xs.iter().all(|x| x["conn"] == 1));
+}
+
+#[test]
+fn rfcap_requests_filters_and_show_with_masking() {
+    let dir = TempDir::new("off-rfcap");
+    let pcap = sample(&dir);
+    let archive = dir.path("s.rfcap");
+    let fin = rf_tap_run(
+        None,
+        &[
+            "extract",
+            pcap.to_str().unwrap(),
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let a = archive.to_str().unwrap();
+
+    let table = rf_tap_run(None, &["requests", a]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let header = text.lines().next().unwrap();
+    for col in ["ID", "TIME", "METHOD", "PATH", "STATUS", "DURATION", "SIZE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert_eq!(text.lines().count(), 4);
+
+    // The same filters on the archive and on the pcap read on the fly.
+    for file in [a, pcap.to_str().unwrap()] {
+        let only = |args: &[&str]| -> Vec<serde_json::Value> {
+            let mut v = vec!["requests", file, "--json"];
+            v.extend_from_slice(args);
+            lines(&rf_tap_run(None, &v).stdout)
+        };
+        assert_eq!(only(&["--status", "500"]).len(), 1);
+        assert_eq!(only(&["--status", "5xx"])[0]["path"], "/api/orders");
+        assert_eq!(only(&["--method", "post"]).len(), 1);
+        assert_eq!(only(&["--path", "/api/*"]).len(), 2);
+        assert_eq!(only(&["--path", "/health"]).len(), 1);
+        assert_eq!(only(&["--last", "1ms"]).len(), 1, "only the newest");
+        assert_eq!(only(&["--since", "2030-01-01T00:00:00Z"]).len(), 0);
+        assert_eq!(only(&["--until", "2030-01-01"]).len(), 3);
+    }
+
+    let show = rf_tap_run(None, &["requests", "show", "1", a]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{}", show.stderr);
+    assert!(text.contains("> GET /api/users/u_1 HTTP/1.1"));
+    assert!(text.contains("Authorization: Bearer ****"), "{text}");
+    assert!(text.contains("Cookie: sid=****; theme=****"));
+    assert!(text.contains("Set-Cookie: sid=****; Path=/"));
+    assert!(!text.contains("s3cr3t"));
+    assert!(
+        text.contains("{\"id\":\"u_1\",\"a\":1}"),
+        "response body shown"
+    );
+    let raw = rf_tap_run(None, &["requests", "show", "1", a, "--no-redact"]);
+    assert!(String::from_utf8_lossy(&raw.stdout).contains("Bearer s3cr3t-token"));
+    let show500 = rf_tap_run(None, &["requests", "show", "2", a]);
+    let t = String::from_utf8_lossy(&show500.stdout);
+    assert!(
+        t.contains("< HTTP/1.1 500 Internal Server Error") && t.contains("column missing"),
+        "{t}"
+    );
+
+    let missing = rf_tap_run(None, &["requests", "show", "99", a]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stderr.contains("no exchange 99"));
+}
+
+#[test]
+fn a_torn_archive_still_reads_up_to_the_tear() {
+    let dir = TempDir::new("off-torn");
+    let pcap = sample(&dir);
+    let archive = dir.path("s.rfcap");
+    rf_tap_run(
+        None,
+        &[
+            "extract",
+            pcap.to_str().unwrap(),
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    let mut bytes = std::fs::read(&archive).unwrap();
+    // Append a second, torn frame: the first one must still read.
+    let whole = bytes.clone();
+    bytes.extend_from_slice(&whole[32..whole.len() - 5]);
+    std::fs::write(&archive, &bytes).unwrap();
+    let fin = rf_tap_run(None, &["requests", archive.to_str().unwrap(), "--json"]);
+    assert_eq!(lines(&fin.stdout).len(), 3);
+    assert!(fin.stderr.contains("torn frame"), "{}", fin.stderr);
+}
+
+#[test]
+fn har_export_is_one_valid_document() {
+    let dir = TempDir::new("off-har");
+    let pcap = sample(&dir);
+    let fin = rf_tap_run(
+        None,
+        &["extract", pcap.to_str().unwrap(), "--format", "har"],
+    );
+    assert!(fin.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&fin.stdout).unwrap();
+    let es = v["log"]["entries"].as_array().unwrap();
+    assert_eq!(es.len(), 3);
+    assert_eq!(es[1]["request"]["postData"]["text"], "{\"qty\": 2 }");
+    assert_eq!(es[1]["response"]["content"]["text"], "column missing\n");
+    assert_eq!(es[0]["request"]["url"], "http://api.example/api/users/u_1");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
+    let dir = TempDir::new("off-bad");
+    let junk = dir.path("junk.pcap");
+    std::fs::write(&junk, b"this is not a capture at all").unwrap();
+    let fin = rf_tap_run(None, &["extract", junk.to_str().unwrap()]);
+    assert_eq!(fin.status.code(), Some(1));
+    assert!(
+        fin.stderr.contains("not a pcap or pcapng file"),
+        "{}",
+        fin.stderr
+    );
+    let fin = rf_tap_run(None, &["requests", "/nonexistent.rfcap"]);
+    assert_eq!(fin.status.code(), Some(1));
+    assert!(fin.stderr.contains("cannot open /nonexistent.rfcap"));
+    // A truncated capture: everything whole is extracted, the tear is reported, exit 1.
+    let pcap = sample(&dir);
+    let bytes = std::fs::read(&pcap).unwrap();
+    let cut = dir.path("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 30]).unwrap();
+    let fin = rf_tap_run(None, &["extract", cut.to_str().unwrap()]);
+    assert_eq!(fin.status.code(), Some(1));
+    assert!(
+        fin.stderr.contains("truncated record at byte"),
+        "{}",
+        fin.stderr
+    );
+    assert_eq!(
+        lines(&fin.stdout).len(),
+        3,
+        "the exchanges before the tear are there"
+    );
+}

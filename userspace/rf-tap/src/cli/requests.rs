@@ -1,0 +1,395 @@
+//! `rf-tap requests FILE` (a table of exchanges, filtered) and `rf-tap requests show ID FILE`.
+//! FILE is an .rfcap archive or a pcap/pcapng read on the fly.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use rf_tap_engine::{
+    archive::{ArchiveReader, Summary},
+    flow::{ExtractConfig, Extractor},
+    http::exchange::Exchange,
+    pcap::reader::CaptureReader,
+    query::{format_utc, is_secret_header, parse_time, redact, Filter, StatusFilter},
+};
+
+use crate::cli::units::parse_duration;
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "\
+Examples:
+  rf-tap requests capture.rfcap --status 5xx
+  rf-tap requests capture.pcap --method POST --path '/api/*' --last 1h
+  rf-tap requests show 42 capture.rfcap
+--last counts back from the newest exchange in the file (captures are often read long after
+they were made). Times are UTC."
+)]
+pub struct RequestsArgs {
+    #[command(subcommand)]
+    pub show: Option<RequestsCommand>,
+
+    /// An .rfcap archive, or a pcap/pcapng capture (extracted on the fly)
+    pub file: Option<PathBuf>,
+
+    /// Only this status (500) or class (5xx)
+    #[arg(long)]
+    pub status: Option<StatusFilter>,
+
+    /// Only this method
+    #[arg(long)]
+    pub method: Option<String>,
+
+    /// Only paths matching this glob (`*` any characters, `?` one)
+    #[arg(long)]
+    pub path: Option<String>,
+
+    /// Only the last DURATION of the file (e.g. 15m, 1h)
+    #[arg(long, value_parser = parse_duration)]
+    pub last: Option<Duration>,
+
+    /// Only from this time (2026-11-21T10:00:00Z, or epoch seconds)
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<Duration>,
+
+    /// Only until this time
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<Duration>,
+
+    /// One JSON object per line instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// The full request and response of one exchange, headers and bodies
+    Show {
+        /// Exchange id (first column of `rf-tap requests FILE`)
+        id: u64,
+        /// The .rfcap or pcap file
+        file: PathBuf,
+        /// Show credentials (Authorization, Cookie, Set-Cookie, API keys) unmasked
+        #[arg(long)]
+        no_redact: bool,
+    },
+}
+
+/// A file of exchanges, memory-mapped.
+struct Source {
+    map: memmap2::Mmap,
+    path: PathBuf,
+    archive: bool,
+}
+
+impl Source {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: read-only map; odd bytes from a concurrently changed file are handled like
+        // any other untrusted input.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        let archive = ArchiveReader::sniff(&map);
+        if !archive {
+            CaptureReader::new(&map).with_context(|| {
+                format!(
+                    "{} is neither an rfcap archive nor a capture",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(Self {
+            map,
+            path: path.to_path_buf(),
+            archive,
+        })
+    }
+
+    /// Visits every exchange's summary; `want(summary)` returning true asks for the full
+    /// exchange too (decoded only then). Stops early when `visit` returns false.
+    fn each(
+        &self,
+        want: &dyn Fn(&Summary) -> bool,
+        visit: &mut dyn FnMut(&Summary, Option<Exchange>) -> bool,
+    ) -> anyhow::Result<()> {
+        if self.archive {
+            let mut r = ArchiveReader::new(&self.map)?;
+            for block in r.by_ref() {
+                let needed = block.summaries.iter().any(want);
+                let full = if needed {
+                    Some(block.exchanges()?)
+                } else {
+                    None
+                };
+                for (i, s) in block.summaries.iter().enumerate() {
+                    let x = if want(s) {
+                        full.as_ref().and_then(|f| f.get(i).cloned())
+                    } else {
+                        None
+                    };
+                    if !visit(s, x) {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(e) = r.stopped {
+                eprintln!(
+                    "rf-tap: {}: {e}; showing what came before",
+                    self.path.display()
+                );
+            }
+            return Ok(());
+        }
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut batch = Vec::new();
+        let mut go = true;
+        let mut flush = |batch: &mut Vec<Exchange>, go: &mut bool| {
+            for e in batch.drain(..) {
+                if !*go {
+                    continue;
+                }
+                let s = Summary::of(&e);
+                let full = want(&s).then_some(e);
+                *go = visit(&s, full);
+            }
+        };
+        for f in CaptureReader::new(&self.map)? {
+            match f {
+                Ok(f) => x.frame(&f, &mut batch),
+                Err(e) => {
+                    eprintln!(
+                        "rf-tap: {}: {e}; showing what came before",
+                        self.path.display()
+                    );
+                    break;
+                }
+            }
+            flush(&mut batch, &mut go);
+            if !go {
+                return Ok(());
+            }
+        }
+        x.finish(&mut batch);
+        flush(&mut batch, &mut go);
+        Ok(())
+    }
+}
+
+pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(RequestsCommand::Show {
+        id,
+        file,
+        no_redact,
+    }) = args.show
+    {
+        return show(id, &file, !no_redact);
+    }
+    let Some(file) = args.file.as_deref() else {
+        bail!("which file? `rf-tap requests FILE` (an .rfcap or a pcap)");
+    };
+    let src = Source::open(file)?;
+    let mut filter = Filter {
+        status: args.status,
+        method: args.method.clone(),
+        path: args.path.clone(),
+        since_ns: args.since.map(|t| t.as_nanos() as u64),
+        until_ns: args.until.map(|t| t.as_nanos() as u64),
+    };
+    if let Some(last) = args.last {
+        let mut newest = 0u64;
+        src.each(&|_| false, &mut |s, _| {
+            newest = newest.max(s.ts_ns);
+            true
+        })?;
+        let from = newest.saturating_sub(last.as_nanos() as u64);
+        filter.since_ns = Some(filter.since_ns.map_or(from, |s| s.max(from)));
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut rows = 0u64;
+    let mut write_err = None;
+    if !args.json {
+        writeln!(
+            out,
+            "{:>6}  {:<23}  {:<7} {:<48} {:>6} {:>10} {:>10}",
+            "ID", "TIME", "METHOD", "PATH", "STATUS", "DURATION", "SIZE"
+        )?;
+    }
+    src.each(&|_| false, &mut |s, _| {
+        if !filter.matches(s) {
+            return true;
+        }
+        rows += 1;
+        let res = if args.json {
+            serde_json::to_string(s)
+                .map_err(std::io::Error::other)
+                .and_then(|j| writeln!(out, "{j}"))
+        } else {
+            let status = if s.status == 0 {
+                "-".to_string()
+            } else {
+                s.status.to_string()
+            };
+            let method = if s.method.is_empty() {
+                "-"
+            } else {
+                s.method.as_str()
+            };
+            let path = if s.path.chars().count() > 48 {
+                format!("{}…", s.path.chars().take(47).collect::<String>())
+            } else {
+                s.path.clone()
+            };
+            writeln!(
+                out,
+                "{:>6}  {:<23}  {:<7} {:<48} {:>6} {:>8.1}ms {:>10}",
+                s.id,
+                format_utc(Duration::from_nanos(s.ts_ns), ' ', 3),
+                method,
+                path,
+                status,
+                s.duration_us as f64 / 1000.0,
+                human_size(s.response_body_len)
+            )
+        };
+        if let Err(e) = res {
+            write_err = Some(e);
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let _ = out.flush();
+    if !args.json {
+        eprintln!("{rows} exchange{}", if rows == 1 { "" } else { "s" });
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+fn body_text(data: &[u8], len: u64) -> String {
+    if data.is_empty() {
+        return if len > 0 {
+            format!("({len} bytes, not kept)")
+        } else {
+            String::new()
+        };
+    }
+    match std::str::from_utf8(data) {
+        Ok(t) if t.chars().all(|c| !c.is_control() || c.is_whitespace()) => {
+            let mut s = t.to_string();
+            if (data.len() as u64) < len {
+                s.push_str(&format!("\n… ({} of {len} bytes kept)", data.len()));
+            }
+            s
+        }
+        _ => format!("({len} bytes, binary)"),
+    }
+}
+
+fn show(id: u64, file: &Path, mask: bool) -> anyhow::Result<std::process::ExitCode> {
+    let src = Source::open(file)?;
+    let mut found: Option<Exchange> = None;
+    src.each(&|s| s.id == id, &mut |s, x| {
+        if s.id == id {
+            found = x;
+            return false;
+        }
+        true
+    })?;
+    let Some(x) = found else {
+        bail!(
+            "no exchange {id} in {} (ids are the first column of `rf-tap requests`)",
+            file.display()
+        );
+    };
+    let header = |name: &str, value: &[u8]| -> String {
+        let v = String::from_utf8_lossy(value);
+        if mask && is_secret_header(name) {
+            format!("{name}: {}", redact(name, &v))
+        } else {
+            format!("{name}: {v}")
+        }
+    };
+    let mut o = String::new();
+    let flags = x.flags.names();
+    o.push_str(&format!(
+        "exchange {}  conn {}  {} → {}  {} UTC{}{}\n\n",
+        x.id,
+        x.conn,
+        x.client,
+        x.server,
+        format_utc(x.start().ts, ' ', 6),
+        x.latency_ms()
+            .map(|l| format!("  latency {l:.3} ms"))
+            .unwrap_or_default(),
+        if flags.is_empty() {
+            String::new()
+        } else {
+            format!("  flags: {}", flags.join(","))
+        }
+    ));
+    match &x.request {
+        Some(q) => {
+            o.push_str(&format!("> {} {} HTTP/{}\n", q.method, q.target, q.version));
+            for (n, v) in &q.headers {
+                o.push_str(&format!("> {}\n", header(n, v)));
+            }
+            o.push_str(">\n");
+            let b = body_text(&q.body.data, q.body.len);
+            if !b.is_empty() {
+                o.push_str(&b);
+                o.push('\n');
+            }
+        }
+        None => o.push_str("> (no request captured)\n"),
+    }
+    o.push('\n');
+    match &x.response {
+        Some(r) => {
+            for code in &r.interim {
+                o.push_str(&format!("< HTTP/{} {code} (interim)\n", r.version));
+            }
+            o.push_str(&format!("< HTTP/{} {} {}\n", r.version, r.status, r.reason));
+            for (n, v) in &r.headers {
+                o.push_str(&format!("< {}\n", header(n, v)));
+            }
+            o.push_str("<\n");
+            let b = body_text(&r.body.data, r.body.len);
+            if !b.is_empty() {
+                o.push_str(&b);
+                o.push('\n');
+            }
+        }
+        None => o.push_str("< (no response)\n"),
+    }
+    if !x.anomalies.is_empty() {
+        o.push_str(&format!("\nanomalies: {}\n", x.anomalies.join("; ")));
+    }
+    std::io::stdout().write_all(o.as_bytes()).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
