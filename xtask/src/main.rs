@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | test | lint | demo | bench capture`.
 mod bench;
+mod bench_extract;
 mod demo;
 mod setup;
 
@@ -53,6 +54,15 @@ enum Bench {
         connections: u32,
         #[arg(long)]
         json: bool,
+    },
+    /// Extraction speed and memory: rf-tap vs tshark, tcpflow and httpry on one large capture
+    Extract {
+        /// Size of the generated capture in MiB
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        /// Keep the generated files under target/bench
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -122,6 +132,9 @@ fn main() -> anyhow::Result<()> {
                     connections,
                     json,
                 } => bench::capture(&bin, seconds, rounds.max(1), connections, json),
+                Bench::Extract { size_mb, keep } => {
+                    bench_extract::extract(&bin, &root(), size_mb, keep)
+                }
             }
         }
     }

@@ -23,6 +23,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("netsniff-ng", "netsniff-ng"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
+    ("tcpflow", "tcpflow"),
+    ("httpry", "httpry"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -99,6 +99,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut last_progress = Instant::now();
     let total = map.len().max(1);
     let mut reader = reader;
+    let mut releaser = crate::cli::mapped::Releaser::new(&map);
     while let Some(item) = reader.next() {
         match item {
             Ok(frame) => extractor.frame(&frame, &mut batch),
@@ -110,6 +111,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         if !batch.is_empty() {
             write_batch(&mut out, &mut batch)?;
         }
+        releaser.parsed_up_to(&map, reader.offset());
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             eprint!(

@@ -1,6 +1,7 @@
 //! The command line.
 pub mod attach;
 pub mod extract;
+pub mod mapped;
 pub mod requests;
 pub mod units;
 

@@ -159,7 +159,10 @@ impl Source {
                 *go = visit(&s, full);
             }
         };
-        for f in CaptureReader::new(&self.map)? {
+        let mut releaser = crate::cli::mapped::Releaser::new(&self.map);
+        let mut frames = CaptureReader::new(&self.map)?;
+        while let Some(f) = frames.next() {
+            releaser.parsed_up_to(&self.map, frames.offset());
             match f {
                 Ok(f) => x.frame(&f, &mut batch),
                 Err(e) => {

@@ -1,0 +1,310 @@
+//! `cargo xtask bench extract`: extraction speed and memory, rf-tap beside tshark, tcpflow
+//! and httpry on the same file.
+//!
+//! The capture is made from real traffic (nginx serving JSON and larger files, wrk sending a
+//! mix of GETs and POSTs, rf-tap recording the server's interface) until it reaches the
+//! asked size; it is generated, never committed. A second capture holds 100k half-open
+//! connections, for the memory bound.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use rf_tap_tests::{nginx, NetPair, RfTap, TempDir};
+
+/// Runs a command to completion; returns (seconds, peak RSS in MiB, stdout line count).
+fn measure(cmd: &mut Command) -> anyhow::Result<(f64, f64, usize)> {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let counter = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut lines = 0usize;
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            lines += buf[..n].iter().filter(|b| **b == b'\n').count();
+        }
+        lines
+    });
+    let mut status = 0;
+    // SAFETY: plain wait4 on our own child, with valid out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    if rc < 0 {
+        bail!("wait4 failed for {cmd:?}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let lines = counter.join().unwrap_or(0);
+    Ok((secs, usage.ru_maxrss as f64 / 1024.0, lines))
+}
+
+const WRK_SCRIPT: &str = r#"
+local paths = {"/api/users/u_1", "/api/users/u_2", "/api/orders?page=2", "/health", "/static/big.json", "/missing"}
+local i = 0
+request = function()
+  i = i + 1
+  if i % 7 == 0 then
+    return wrk.format("POST", "/api/orders", {["Content-Type"] = "application/json"}, '{"item":"u_' .. i .. '","qty":3}')
+  end
+  return wrk.format("GET", paths[(i % #paths) + 1])
+end
+"#;
+
+/// Makes a capture of real HTTP traffic of at least `mib` MiB.
+fn make_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
+    std::env::set_var("RF_TAP_BIN", rf_tap);
+    let pair = NetPair::new();
+    let dir = TempDir::new("bench-extract");
+    let www = dir.path("www");
+    std::fs::create_dir_all(www.join("api/users"))?;
+    std::fs::create_dir_all(www.join("static"))?;
+    for u in 1..=2 {
+        std::fs::write(
+            www.join(format!("api/users/u_{u}")),
+            format!("{{\"id\":\"u_{u}\",\"name\":\"user {u}\",\"plan\":\"pro\"}}\n"),
+        )?;
+    }
+    std::fs::write(
+        www.join("api/orders"),
+        "[{\"id\":1,\"qty\":2},{\"id\":2,\"qty\":5}]\n",
+    )?;
+    std::fs::write(www.join("health"), "ok\n")?;
+    let big: String = (0..400)
+        .map(|i| format!("{{\"n\":{i},\"name\":\"item {i}\"}},"))
+        .collect();
+    std::fs::write(www.join("static/big.json"), format!("[{}{{}}]\n", big))?;
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let script = dir.path("mix.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let out_s = out.to_str().context("path")?;
+    let mut tap = RfTap::spawn(
+        &pair.server_ns,
+        &["attach", &pair.server_if, "--port", "80", "-q", "-w", out_s],
+    );
+    tap.wait_attached();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) < mib << 20 {
+        if Instant::now() > deadline {
+            bail!("the capture did not reach {mib} MiB in 10 minutes");
+        }
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pair.client_ns,
+                "wrk",
+                "-t1",
+                "-c32",
+                "-d5s",
+                "--timeout",
+                "2s",
+                "-s",
+            ])
+            .arg(&script)
+            .arg(format!("http://{}/", pair.server_ip))
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("wrk failed");
+        }
+        eprint!(
+            "\r  capture: {} MiB of {mib}",
+            std::fs::metadata(out).map(|m| m.len() >> 20).unwrap_or(0)
+        );
+    }
+    eprintln!();
+    let fin = tap.stop();
+    if !fin.status.success() {
+        bail!("rf-tap attach failed: {}", fin.stderr);
+    }
+    Ok(())
+}
+
+/// 100k connections that open (handshake) and send half a request, never answered.
+fn make_half_open(out: &Path, n: u32) -> anyhow::Result<()> {
+    use rf_tap_engine::{
+        packet::CapturedPacket,
+        pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
+    };
+    let enc = FrameEncoder::new(
+        CaptureFormat::Pcap,
+        InterfaceInfo {
+            name: "synthetic".into(),
+            linktype: pcap_file::DataLink::ETHERNET,
+            snaplen: 65535,
+        },
+    );
+    let mut buf = Vec::with_capacity(n as usize * 300);
+    enc.file_header(&mut buf)?;
+    let mut t = Duration::from_secs(1_763_700_000);
+    let server = [10, 200, 0, 1];
+    for i in 0..n {
+        let client = [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let sport = 10_000 + (i % 50_000) as u16;
+        let mut frames = Vec::new();
+        let mut w = |b: etherparse::PacketBuilderStep<etherparse::TcpHeader>, p: &[u8]| {
+            let mut v = Vec::new();
+            let _ = b.write(&mut v, p);
+            frames.push(v);
+        };
+        w(
+            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(client, server, 64)
+                .tcp(sport, 80, 100, 64000)
+                .syn(),
+            b"",
+        );
+        w(
+            etherparse::PacketBuilder::ethernet2([2; 6], [1; 6])
+                .ipv4(server, client, 64)
+                .tcp(80, sport, 900, 64000)
+                .syn()
+                .ack(101),
+            b"",
+        );
+        w(
+            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(client, server, 64)
+                .tcp(sport, 80, 101, 64000)
+                .ack(901),
+            b"GET /slow/upload HTTP/1.1\r\nHost: example\r\nUser-Agent: bench\r\nX-Pad: ",
+        );
+        for f in frames {
+            t += Duration::from_micros(3);
+            enc.encode(
+                &CapturedPacket {
+                    ts: t,
+                    ifindex: 1,
+                    direction: None,
+                    orig_len: f.len() as u32,
+                    data: &f,
+                },
+                &mut buf,
+            )?;
+        }
+    }
+    std::fs::write(out, buf)?;
+    Ok(())
+}
+
+pub fn extract(rf_tap: &Path, root: &Path, mib: u64, keep: bool) -> anyhow::Result<()> {
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let capture: PathBuf = dir.join(format!("http-{mib}m.pcap"));
+    if std::fs::metadata(&capture)
+        .map(|m| m.len() < mib << 20)
+        .unwrap_or(true)
+    {
+        eprintln!(
+            "bench extract: generating {} from real traffic (nginx + wrk, recorded by rf-tap)",
+            capture.display()
+        );
+        make_capture(rf_tap, &capture, mib)?;
+    }
+    let size = std::fs::metadata(&capture)?.len() as f64;
+    let frames = {
+        let out = Command::new("capinfos")
+            .args(["-c", "-M", "-T"])
+            .arg(&capture)
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split('\t').nth(1))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let c = capture.to_str().context("path")?;
+    let flowdir = dir.join("tcpflow-out");
+    let _ = std::fs::remove_dir_all(&flowdir);
+    std::fs::create_dir_all(&flowdir)?;
+    type Tool<'a> = (&'a str, &'a str, Command);
+    let mut tools: Vec<Tool<'_>> = Vec::new();
+    let mut rf = Command::new(rf_tap);
+    rf.args(["extract", "-q", c]);
+    tools.push(("rf-tap extract (1 thread)", "exchanges", rf));
+    let mut ts = Command::new("tshark");
+    ts.args([
+        "-r",
+        c,
+        "-Y",
+        "http",
+        "-T",
+        "fields",
+        "-e",
+        "http.request.method",
+        "-e",
+        "http.response.code",
+    ]);
+    tools.push(("tshark -Y http", "HTTP messages", ts));
+    let mut tf = Command::new("tcpflow");
+    tf.args(["-r", c, "-o"]).arg(&flowdir);
+    tools.push(("tcpflow (reassembly only)", "-", tf));
+    let mut hr = Command::new("httpry");
+    hr.args(["-r", c, "-q"]);
+    tools.push(("httpry (lines only)", "request/status lines", hr));
+    eprintln!(
+        "bench extract: {} ({:.0} MiB, {:.0} frames)",
+        capture.display(),
+        size / 1048576.0,
+        frames
+    );
+    let mut rows = Vec::new();
+    for (name, unit, mut cmd) in tools {
+        eprint!("  {name:<28}");
+        let (secs, rss, lines) = measure(&mut cmd)?;
+        eprintln!(" {secs:>7.2} s  {rss:>7.0} MiB peak");
+        rows.push((name, unit, secs, rss, lines));
+    }
+    let _ = std::fs::remove_dir_all(&flowdir);
+    let half = dir.join("half-open-100k.pcap");
+    make_half_open(&half, 100_000)?;
+    let (hsecs, hrss, _) = measure(Command::new(rf_tap).args(["extract", "-q"]).arg(&half))?;
+
+    println!(
+        "\nextraction benchmark: {} ({:.0} MiB, {:.0} frames of real HTTP traffic), one run each",
+        capture.display(),
+        size / 1048576.0,
+        frames
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>11} {:>10} {:>10}  output",
+        "tool", "seconds", "MB/s", "packets/s", "peak MiB", "vs tshark"
+    );
+    let tshark_secs = rows
+        .iter()
+        .find(|r| r.0.starts_with("tshark"))
+        .map(|r| r.2)
+        .unwrap_or(f64::NAN);
+    for (name, unit, secs, rss, lines) in &rows {
+        println!(
+            "{:<28} {:>9.2} {:>9.1} {:>11.0} {:>10.0} {:>9.1}x  {}",
+            name,
+            secs,
+            size / 1e6 / secs,
+            frames / secs,
+            rss,
+            tshark_secs / secs,
+            if *unit == "-" {
+                "files on disk".to_string()
+            } else {
+                format!("{lines} {unit}")
+            }
+        );
+    }
+    println!("\nmemory: rf-tap extract on 100,000 half-open connections ({}): {hrss:.0} MiB peak, {hsecs:.2} s (bound: 512 MiB)", half.display());
+    if !keep {
+        let _ = std::fs::remove_file(&half);
+    }
+    Ok(())
+}
