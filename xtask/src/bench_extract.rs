@@ -197,7 +197,13 @@ fn make_half_open(out: &Path, n: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn extract(rf_tap: &Path, root: &Path, mib: u64, keep: bool) -> anyhow::Result<()> {
+pub fn extract(
+    rf_tap: &Path,
+    root: &Path,
+    mib: u64,
+    rounds: usize,
+    keep: bool,
+) -> anyhow::Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let capture: PathBuf = dir.join(format!("http-{mib}m.pcap"));
@@ -261,9 +267,15 @@ pub fn extract(rf_tap: &Path, root: &Path, mib: u64, keep: bool) -> anyhow::Resu
     );
     let mut rows = Vec::new();
     for (name, unit, mut cmd) in tools {
-        eprint!("  {name:<28}");
-        let (secs, rss, lines) = measure(&mut cmd)?;
-        eprintln!(" {secs:>7.2} s  {rss:>7.0} MiB peak");
+        let mut runs = Vec::new();
+        for round in 0..rounds {
+            eprint!("  {name:<28} round {}/{rounds}", round + 1);
+            let r = measure(&mut cmd)?;
+            eprintln!(" {:>7.2} s  {:>7.0} MiB peak", r.0, r.1);
+            runs.push(r);
+        }
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (secs, rss, lines) = runs[runs.len() / 2];
         rows.push((name, unit, secs, rss, lines));
     }
     let _ = std::fs::remove_dir_all(&flowdir);
@@ -272,7 +284,7 @@ pub fn extract(rf_tap: &Path, root: &Path, mib: u64, keep: bool) -> anyhow::Resu
     let (hsecs, hrss, _) = measure(Command::new(rf_tap).args(["extract", "-q"]).arg(&half))?;
 
     println!(
-        "\nextraction benchmark: {} ({:.0} MiB, {:.0} frames of real HTTP traffic), one run each",
+        "\nextraction benchmark: {} ({:.0} MiB, {:.0} frames of real HTTP traffic), medians of {rounds} runs",
         capture.display(),
         size / 1048576.0,
         frames

@@ -60,6 +60,9 @@ enum Bench {
         /// Size of the generated capture in MiB
         #[arg(long, default_value_t = 1024)]
         size_mb: u64,
+        /// Runs per tool (the median is printed)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Keep the generated files under target/bench
         #[arg(long)]
         keep: bool,
@@ -132,9 +135,11 @@ fn main() -> anyhow::Result<()> {
                     connections,
                     json,
                 } => bench::capture(&bin, seconds, rounds.max(1), connections, json),
-                Bench::Extract { size_mb, keep } => {
-                    bench_extract::extract(&bin, &root(), size_mb, keep)
-                }
+                Bench::Extract {
+                    size_mb,
+                    rounds,
+                    keep,
+                } => bench_extract::extract(&bin, &root(), size_mb, rounds.max(1), keep),
             }
         }
     }

@@ -29,6 +29,9 @@ pub struct ExtractConfig {
     pub flow_buffer: usize,
     /// Most flows tracked at once; beyond it the least recently active is closed.
     pub max_flows: usize,
+    /// Most out-of-order bytes held over all flows; beyond it the flow holding the most
+    /// gives up on its holes (counted as gaps).
+    pub held_budget: usize,
     /// A flow with no packet for this long (capture time) is closed.
     pub idle_timeout: Duration,
     pub http: Limits,
@@ -38,7 +41,9 @@ impl Default for ExtractConfig {
     fn default() -> Self {
         Self {
             flow_buffer: 1 << 20,
-            max_flows: 200_000,
+            // About 3.8 KB per idle flow: 100k flows stay well under 512 MiB.
+            max_flows: 100_000,
+            held_budget: 64 << 20,
             idle_timeout: Duration::from_secs(300),
             http: Limits::default(),
         }
@@ -58,6 +63,8 @@ pub struct ExtractStats {
     pub flows: u64,
     pub flows_evicted: u64,
     pub flows_timed_out: u64,
+    /// Times the global held-bytes budget forced a flow to give up on its holes.
+    pub held_budget_releases: u64,
     pub exchanges: u64,
     pub snaplen_truncated_segments: u64,
     pub reassembly: ReassemblyStats,
@@ -95,11 +102,13 @@ struct Flow {
 
 pub struct Extractor {
     config: ExtractConfig,
-    flows: HashMap<FlowKey, Flow>,
+    /// foldhash: fast, and seeded per process so hostile flow keys cannot force collisions.
+    flows: HashMap<FlowKey, Flow, foldhash::fast::RandomState>,
     defrag: Defragmenter,
     next_flow: u64,
     next_exchange: u64,
     last_sweep: Duration,
+    held_total: usize,
     now: Duration,
     paired: Vec<Paired>,
     pub stats: ExtractStats,
@@ -118,11 +127,12 @@ impl Extractor {
     pub fn new(config: ExtractConfig) -> Self {
         Self {
             config,
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             defrag: Defragmenter::default(),
             next_flow: 1,
             next_exchange: 1,
             last_sweep: Duration::ZERO,
+            held_total: 0,
             now: Duration::ZERO,
             paired: Vec::new(),
             stats: ExtractStats::default(),
@@ -247,6 +257,7 @@ impl Extractor {
             return;
         };
         flow.last_seen = origin.ts;
+        let held_before = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
         let d = if SocketAddr::new(src.0, src.1) == flow.client {
             0
         } else {
@@ -296,7 +307,12 @@ impl Extractor {
             other.close(origin, &mut emit, true);
         }
         let finished = flow.dirs[0].finished() && flow.dirs[1].finished();
+        let held_after = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
+        self.held_total = (self.held_total + held_after).saturating_sub(held_before);
         self.emit_paired(&key, out);
+        if self.held_total > self.config.held_budget {
+            self.relieve_memory(out);
+        }
         if finished {
             if let Some(f) = self.flows.remove(&key) {
                 self.close_flow(f, out);
@@ -329,7 +345,38 @@ impl Extractor {
         }
     }
 
+    /// Over the global budget: the flow holding the most out-of-order bytes gives up on
+    /// its holes.
+    fn relieve_memory(&mut self, out: &mut Vec<Exchange>) {
+        let Some(key) = self
+            .flows
+            .iter()
+            .max_by_key(|(_, f)| f.dirs[0].held_bytes() + f.dirs[1].held_bytes())
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let before = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
+        let Flow {
+            dirs, http, gap, ..
+        } = flow;
+        for (d, r) in dirs.iter_mut().enumerate() {
+            let mut emit =
+                |e: StreamEvent<'_>| deliver(http, d == 0, e, &mut gap[d], &mut self.paired);
+            r.release_held(&mut emit);
+        }
+        self.held_total = self.held_total.saturating_sub(before);
+        self.stats.held_budget_releases += 1;
+        self.emit_paired(&key, out);
+    }
+
     fn close_flow(&mut self, mut flow: Flow, out: &mut Vec<Exchange>) {
+        self.held_total = self
+            .held_total
+            .saturating_sub(flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes());
         let origin = Origin {
             ts: flow.last_seen,
             frame: 0,
@@ -400,6 +447,66 @@ impl Extractor {
             self.close_flow(f, out);
         }
         self.stats.fragments_dropped = self.defrag.stats.dropped;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(data: &[u8], n: u64) -> RawFrame<'_> {
+        RawFrame {
+            number: n,
+            ts: Duration::from_secs(n),
+            linktype: wire::LINKTYPE_RAW,
+            orig_len: data.len() as u32,
+            data,
+        }
+    }
+
+    fn seg(i: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 9, 9, 9], 64)
+            .tcp(20_000 + i, 80, seq, 1000)
+            .write(&mut v, payload)
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn flow_count_is_bounded_and_evictions_counted() {
+        let mut x = Extractor::new(ExtractConfig {
+            max_flows: 10,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        for i in 0..25u16 {
+            let f = seg(i, 1, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+            x.frame(&frame(&f, i as u64 + 1), &mut out);
+        }
+        assert!(x.active_flows() <= 10);
+        assert_eq!(x.stats.flows_evicted, 15);
+        assert_eq!(out.len(), 15, "evicted flows hand over their requests");
+        assert!(out.iter().all(|e| e.flags.no_response));
+    }
+
+    #[test]
+    fn held_bytes_are_bounded_over_all_flows() {
+        let mut x = Extractor::new(ExtractConfig {
+            held_budget: 4096,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        let mut n = 1;
+        for i in 0..8u16 {
+            // Each flow starts, then sends 1 KiB far ahead of a hole.
+            x.frame(&frame(&seg(i, 1, b"GET / HTTP/1.1\r\n"), n), &mut out);
+            n += 1;
+            x.frame(&frame(&seg(i, 5000, &[b'x'; 1024]), n), &mut out);
+            n += 1;
+            assert!(x.held_total <= 4096 + 1024, "{}", x.held_total);
+        }
+        assert!(x.stats.held_budget_releases > 0);
     }
 }
 

@@ -198,17 +198,37 @@ impl MessageParser {
         if matches!(self.state, State::Tunnel) {
             return;
         }
-        self.buf.extend_from_slice(bytes);
-        self.run(origin, methods, out);
+        if self.buf.is_empty() {
+            // Fast path: parse straight from the delivered bytes; keep only what is left.
+            let used = self.run(bytes, origin, methods, out);
+            if !matches!(self.state, State::Tunnel) {
+                self.buf.extend_from_slice(&bytes[used.min(bytes.len())..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.extend_from_slice(bytes);
+            let used = self.run(&buf, origin, methods, out);
+            if !matches!(self.state, State::Tunnel) {
+                buf.drain(..used.min(buf.len()));
+                self.buf = buf;
+            }
+        }
     }
 
-    fn run(&mut self, origin: Origin, methods: &VecDeque<String>, out: &mut Vec<Parsed>) {
+    /// Parses from `input`; returns how many bytes were consumed.
+    fn run(
+        &mut self,
+        input: &[u8],
+        origin: Origin,
+        methods: &VecDeque<String>,
+        out: &mut Vec<Parsed>,
+    ) -> usize {
         let mut pos = 0;
         loop {
-            let rest = &self.buf[pos..];
+            let rest = &input[pos..];
             match &mut self.state {
                 State::Tunnel => {
-                    pos = self.buf.len();
+                    pos = input.len();
                     break;
                 }
                 State::Resync => {
@@ -426,7 +446,7 @@ impl MessageParser {
                 }
             }
         }
-        self.buf.drain(..pos.min(self.buf.len()));
+        pos
     }
 
     fn anomaly(&mut self, what: &str) {
@@ -716,8 +736,20 @@ fn normalized_first_line(b: &[u8]) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// Most messages have few headers: try a small table first (cheaper to set up), and the
+/// large one only when a message really has more.
 fn parse_head(side: Side, b: &[u8]) -> HeadResult {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let small = parse_head_with::<64>(side, b);
+    if let HeadResult::Error(e) = &small {
+        if e.contains("too many headers") {
+            return parse_head_with::<MAX_HEADERS>(side, b);
+        }
+    }
+    small
+}
+
+fn parse_head_with<const N: usize>(side: Side, b: &[u8]) -> HeadResult {
+    let mut storage = [httparse::EMPTY_HEADER; N];
     match side {
         Side::Client => {
             let mut req = httparse::Request::new(&mut storage);
@@ -963,6 +995,19 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn many_headers_fall_back_to_the_large_table() {
+        let mut req = b"GET /many HTTP/1.1\r\n".to_vec();
+        for i in 0..150 {
+            req.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse_all(Side::Client, &[&req], &[]),
+            vec!["REQ GET /many 1.1 body=0"]
+        );
     }
 
     #[test]

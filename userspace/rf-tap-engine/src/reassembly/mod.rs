@@ -302,6 +302,15 @@ impl Reassembler {
         }
     }
 
+    /// Gives up on every hole now (memory pressure): held bytes are delivered after gaps.
+    pub fn release_held(&mut self, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        while !self.held.is_empty() {
+            self.skip_hole(emit);
+            self.drain(emit);
+        }
+        self.check_fin(emit);
+    }
+
     /// The peer acknowledged up to `ack`: anything held beyond a hole it covers means the
     /// capture missed the hole's bytes (the receiver had them).
     pub fn acknowledged(&mut self, ack: u32, emit: &mut dyn FnMut(StreamEvent<'_>)) {

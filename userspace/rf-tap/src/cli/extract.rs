@@ -53,6 +53,10 @@ pub struct ExtractArgs {
     )]
     pub output: Option<PathBuf>,
 
+    /// Most TCP flows tracked at once (least recently active ones are closed beyond it)
+    #[arg(long, default_value_t = 100_000)]
+    pub max_flows: usize,
+
     /// Print the extraction counters as JSON on standard error at the end
     #[arg(long)]
     pub stats: bool,
@@ -70,7 +74,10 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("cannot map {}", args.input.display()))?;
     let reader = CaptureReader::new(&map).with_context(|| format!("{}", args.input.display()))?;
-    let mut extractor = Extractor::new(ExtractConfig::default());
+    let mut extractor = Extractor::new(ExtractConfig {
+        max_flows: args.max_flows.max(1),
+        ..ExtractConfig::default()
+    });
     let stdout = std::io::stdout();
     let mut out = match &args.output {
         Some(path) => {
