@@ -450,66 +450,6 @@ impl Extractor {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(data: &[u8], n: u64) -> RawFrame<'_> {
-        RawFrame {
-            number: n,
-            ts: Duration::from_secs(n),
-            linktype: wire::LINKTYPE_RAW,
-            orig_len: data.len() as u32,
-            data,
-        }
-    }
-
-    fn seg(i: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        etherparse::PacketBuilder::ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 9, 9, 9], 64)
-            .tcp(20_000 + i, 80, seq, 1000)
-            .write(&mut v, payload)
-            .unwrap();
-        v
-    }
-
-    #[test]
-    fn flow_count_is_bounded_and_evictions_counted() {
-        let mut x = Extractor::new(ExtractConfig {
-            max_flows: 10,
-            ..Default::default()
-        });
-        let mut out = Vec::new();
-        for i in 0..25u16 {
-            let f = seg(i, 1, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
-            x.frame(&frame(&f, i as u64 + 1), &mut out);
-        }
-        assert!(x.active_flows() <= 10);
-        assert_eq!(x.stats.flows_evicted, 15);
-        assert_eq!(out.len(), 15, "evicted flows hand over their requests");
-        assert!(out.iter().all(|e| e.flags.no_response));
-    }
-
-    #[test]
-    fn held_bytes_are_bounded_over_all_flows() {
-        let mut x = Extractor::new(ExtractConfig {
-            held_budget: 4096,
-            ..Default::default()
-        });
-        let mut out = Vec::new();
-        let mut n = 1;
-        for i in 0..8u16 {
-            // Each flow starts, then sends 1 KiB far ahead of a hole.
-            x.frame(&frame(&seg(i, 1, b"GET / HTTP/1.1\r\n"), n), &mut out);
-            n += 1;
-            x.frame(&frame(&seg(i, 5000, &[b'x'; 1024]), n), &mut out);
-            n += 1;
-            assert!(x.held_total <= 4096 + 1024, "{}", x.held_total);
-        }
-        assert!(x.stats.held_budget_releases > 0);
-    }
-}
-
 fn add_stats(total: &mut ReassemblyStats, s: &ReassemblyStats) {
     total.delivered_bytes += s.delivered_bytes;
     total.gap_bytes += s.gap_bytes;
@@ -576,5 +516,65 @@ fn make_exchange(
         response: p.response,
         flags,
         anomalies,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(data: &[u8], n: u64) -> RawFrame<'_> {
+        RawFrame {
+            number: n,
+            ts: Duration::from_secs(n),
+            linktype: wire::LINKTYPE_RAW,
+            orig_len: data.len() as u32,
+            data,
+        }
+    }
+
+    fn seg(i: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 9, 9, 9], 64)
+            .tcp(20_000 + i, 80, seq, 1000)
+            .write(&mut v, payload)
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn flow_count_is_bounded_and_evictions_counted() {
+        let mut x = Extractor::new(ExtractConfig {
+            max_flows: 10,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        for i in 0..25u16 {
+            let f = seg(i, 1, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+            x.frame(&frame(&f, i as u64 + 1), &mut out);
+        }
+        assert!(x.active_flows() <= 10);
+        assert_eq!(x.stats.flows_evicted, 15);
+        assert_eq!(out.len(), 15, "evicted flows hand over their requests");
+        assert!(out.iter().all(|e| e.flags.no_response));
+    }
+
+    #[test]
+    fn held_bytes_are_bounded_over_all_flows() {
+        let mut x = Extractor::new(ExtractConfig {
+            held_budget: 4096,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        let mut n = 1;
+        for i in 0..8u16 {
+            // Each flow starts, then sends 1 KiB far ahead of a hole.
+            x.frame(&frame(&seg(i, 1, b"GET / HTTP/1.1\r\n"), n), &mut out);
+            n += 1;
+            x.frame(&frame(&seg(i, 5000, &[b'x'; 1024]), n), &mut out);
+            n += 1;
+            assert!(x.held_total <= 4096 + 1024, "{}", x.held_total);
+        }
+        assert!(x.stats.held_budget_releases > 0);
     }
 }
