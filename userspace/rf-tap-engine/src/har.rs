@@ -155,10 +155,7 @@ pub fn entry(x: &Exchange) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        flow::{ExtractConfig, Extractor},
-        pcap::reader::CaptureReader,
-    };
+    use crate::flow::{extract_all, ExtractConfig};
 
     /// Checks an entry against the HAR 1.2 spec's required fields and types.
     fn check_entry(e: &Value) {
@@ -208,12 +205,7 @@ mod tests {
             "/../../pcaps/http-keepalive-get-post.pcap"
         ))
         .unwrap();
-        let mut x = Extractor::new(ExtractConfig::default());
-        let mut out = Vec::new();
-        for f in CaptureReader::new(&bytes).unwrap() {
-            x.frame(&f.unwrap(), &mut out);
-        }
-        x.finish(&mut out);
+        let (out, _) = extract_all(&bytes, ExtractConfig::default()).unwrap();
         let entries: Vec<String> = out.iter().map(|x| entry(x).to_string()).collect();
         let doc = format!("{HAR_PREFIX}{}{HAR_SUFFIX}", entries.join(","));
         let v: Value = serde_json::from_str(&doc).unwrap();

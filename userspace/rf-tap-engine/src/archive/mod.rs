@@ -358,10 +358,7 @@ impl<'a> Iterator for ArchiveReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        flow::{ExtractConfig, Extractor},
-        pcap::reader::CaptureReader,
-    };
+    use crate::flow::{extract_all, ExtractConfig};
 
     /// Exchanges of the project's own committed capture.
     fn sample() -> Vec<Exchange> {
@@ -370,12 +367,8 @@ mod tests {
             "/../../pcaps/http-keepalive-get-post.pcap"
         ))
         .unwrap();
-        let mut x = Extractor::new(ExtractConfig::default());
-        let mut out = Vec::new();
-        for f in CaptureReader::new(&bytes).unwrap() {
-            x.frame(&f.unwrap(), &mut out);
-        }
-        x.finish(&mut out);
+        let (out, stopped) = extract_all(&bytes, ExtractConfig::default()).unwrap();
+        assert!(stopped.is_none());
         assert_eq!(out.len(), 4);
         out
     }

@@ -70,6 +70,29 @@ pub struct ExtractStats {
     pub reassembly: ReassemblyStats,
 }
 
+/// Every exchange of a capture held in memory, and where reading stopped if the capture
+/// is torn or corrupt.
+pub fn extract_all(
+    capture: &[u8],
+    config: ExtractConfig,
+) -> Result<(Vec<Exchange>, Option<crate::pcap::reader::ReadError>), crate::pcap::reader::ReadError>
+{
+    let mut x = Extractor::new(config);
+    let mut out = Vec::new();
+    let mut stopped = None;
+    for f in crate::pcap::reader::CaptureReader::new(capture)? {
+        match f {
+            Ok(f) => x.frame(&f, &mut out),
+            Err(e) => {
+                stopped = Some(e);
+                break;
+            }
+        }
+    }
+    x.finish(&mut out);
+    Ok((out, stopped))
+}
+
 #[derive(Hash, PartialEq, Eq, Clone, Copy, Debug)]
 struct FlowKey {
     lo: (IpAddr, u16),

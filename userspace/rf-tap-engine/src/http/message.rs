@@ -329,13 +329,8 @@ impl MessageParser {
                     let framing = *framing;
                     match framing {
                         Framing::Length(remaining) => {
-                            let take = (remaining as usize).min(rest.len());
-                            if let Some(c) = self.current.as_mut() {
-                                c.body.push(&rest[..take]);
-                                c.end = origin;
-                            }
+                            let (take, left) = self.body_bytes(rest, remaining, origin);
                             pos += take;
-                            let left = remaining - take as u64;
                             if left == 0 {
                                 self.complete(false, out);
                             } else {
@@ -390,13 +385,8 @@ impl MessageParser {
                 }
                 State::ChunkData(remaining) => {
                     let remaining = *remaining;
-                    let take = (remaining as usize).min(rest.len());
-                    if let Some(c) = self.current.as_mut() {
-                        c.body.push(&rest[..take]);
-                        c.end = origin;
-                    }
+                    let (take, left) = self.body_bytes(rest, remaining, origin);
                     pos += take;
-                    let left = remaining - take as u64;
                     if left == 0 {
                         self.state = State::ChunkEnd;
                     } else {
@@ -447,6 +437,18 @@ impl MessageParser {
             }
         }
         pos
+    }
+
+    /// Takes up to `remaining` body bytes from `rest`; returns (taken, still expected).
+    fn body_bytes(&mut self, rest: &[u8], remaining: u64, origin: Origin) -> (usize, u64) {
+        let take = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(rest.len());
+        if let Some(c) = self.current.as_mut() {
+            c.body.push(&rest[..take]);
+            c.end = origin;
+        }
+        (take, remaining - take as u64)
     }
 
     fn anomaly(&mut self, what: &str) {
