@@ -704,3 +704,63 @@ fn without_w_it_prints_one_line_per_packet() {
         fin.stderr
     );
 }
+
+#[test]
+fn live_rfcap_holds_the_same_exchanges_as_the_pcap() {
+    if !privileged("live_rfcap_holds_the_same_exchanges_as_the_pcap") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("live");
+    www(&dir, 10);
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let pcap = dir.path("live.pcap");
+    let archive = dir.path("live.rfcap");
+    let tap = attach_json(
+        &pair,
+        &pair.client_ns,
+        &pair.client_if,
+        &[
+            "--port",
+            "80",
+            "--rfcap",
+            archive.to_str().unwrap(),
+            "--workers",
+            "2",
+        ],
+        pcap.to_str().unwrap(),
+    );
+    for i in 0..10 {
+        assert_eq!(pair.curl(&format!("http://{}/p{i}", pair.server_ip)), 200);
+    }
+    assert_eq!(pair.curl(&format!("http://{}/nope", pair.server_ip)), 404);
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let summary = fin.json();
+    check_accounting(&summary);
+    assert_eq!(summary["exchanges"], 11);
+
+    let key = |v: &serde_json::Value, path: &str| {
+        (
+            v["method"].as_str().unwrap_or("-").to_string(),
+            v[path].as_str().unwrap_or("").to_string(),
+            v["status"].as_u64().unwrap_or(0),
+        )
+    };
+    let live = rf_tap_run(None, &["requests", archive.to_str().unwrap(), "--json"]);
+    assert!(live.status.success(), "{}", live.stderr);
+    let mut live: Vec<_> = String::from_utf8_lossy(&live.stdout)
+        .lines()
+        .map(|l| key(&serde_json::from_str(l).unwrap(), "path"))
+        .collect();
+    let offline = rf_tap_run(None, &["extract", "-q", pcap.to_str().unwrap()]);
+    let mut offline: Vec<_> = String::from_utf8_lossy(&offline.stdout)
+        .lines()
+        .map(|l| key(&serde_json::from_str(l).unwrap(), "uri"))
+        .collect();
+    live.sort();
+    offline.sort();
+    assert_eq!(live.len(), 11);
+    assert_eq!(live, offline, "live and offline extraction agree");
+    assert!(live.contains(&("GET".into(), "/nope".into(), 404)));
+}

@@ -2,6 +2,7 @@
 //! ring-buffer records into [`CapturedPacket`]s.
 
 pub mod kernel;
+pub mod live_archive;
 
 use std::{ffi::CString, fs, time::Duration};
 

@@ -23,6 +23,7 @@ use crate::{
     capture::{
         self, decode_record,
         kernel::{HookMode, KernelCapture, KernelSetup},
+        live_archive::LiveArchive,
         ClockMap,
     },
     cli::units::{parse_duration, parse_size},
@@ -62,6 +63,15 @@ pub struct AttachArgs {
     /// Write packets to FILE (`-` for standard output) instead of printing a line per packet
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub write: Option<String>,
+
+    /// Also reassemble TCP and HTTP live and append the exchanges to this .rfcap archive
+    /// (readable while the capture runs: `rf-tap requests FILE`)
+    #[arg(long, value_name = "FILE")]
+    pub rfcap: Option<PathBuf>,
+
+    /// Threads reassembling for --rfcap (connections are sharded across them)
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 
     /// Write pcapng (interface name and per-packet direction) instead of pcap
     #[arg(long)]
@@ -153,9 +163,9 @@ impl AttachArgs {
             bail!("--sample-rate must be a percentage above 0 and at most 100");
         }
         let to_stdout = self.write.as_deref() == Some("-");
-        if self.json && (to_stdout || self.write.is_none()) {
+        if self.json && (to_stdout || (self.write.is_none() && self.rfcap.is_none())) {
             bail!(
-                "--json prints the summary on standard output, so it needs -w FILE for the packets"
+                "--json prints the summary on standard output, so it needs -w FILE or --rfcap FILE"
             );
         }
         if to_stdout && (self.rotate_size.is_some() || self.rotate_seconds.is_some()) {
@@ -185,7 +195,11 @@ const BATCH_PAUSE: Duration = Duration::from_millis(10);
 /// Where packets go: a capture file, or one text line each on stdout.
 enum Output {
     File(Box<CaptureFileSink>),
-    Lines { stdout: std::io::Stdout },
+    Lines {
+        stdout: std::io::Stdout,
+    },
+    /// Only the live archive (--rfcap without -w).
+    Nothing,
 }
 
 fn poll_readable(fds: &[RawFd], timeout: Duration) {
@@ -215,6 +229,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     capture::check_privileges()?;
 
     let mut output = match &args.write {
+        None if args.rfcap.is_some() => Output::Nothing,
         None => Output::Lines {
             stdout: std::io::stdout(),
         },
@@ -243,6 +258,23 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             };
             Output::File(Box::new(CaptureFileSink::open(encoder, target, rotation)?))
         }
+    };
+
+    let mut live = match &args.rfcap {
+        Some(path) => {
+            let linktype = if facts.link_kind == rf_tap_common::LINK_RAW_IP {
+                rf_tap_engine::wire::LINKTYPE_RAW
+            } else {
+                rf_tap_engine::wire::LINKTYPE_ETHERNET
+            };
+            let workers = args.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            Some(LiveArchive::start(path, workers, linktype)?)
+        }
+        None => None,
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -280,10 +312,17 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     })?;
     let clock = ClockMap::now();
     let started = Instant::now();
-    let target_name = match &output {
+    let mut target_name = match &output {
         Output::File(s) => s.files()[0].clone(),
         Output::Lines { .. } => "standard output (text)".into(),
+        Output::Nothing => String::new(),
     };
+    if let Some(p) = &args.rfcap {
+        if !target_name.is_empty() {
+            target_name.push_str(" and ");
+        }
+        target_name.push_str(&format!("exchanges to {}", p.display()));
+    }
     eprintln!(
         "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}; Ctrl-C to stop",
         facts.name,
@@ -328,7 +367,14 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         let mut drained = 0u64;
         while let Some(item) = ring.next() {
             drained += 1;
-            match deliver(&item, &clock, &mut rebuilt, &mut output, &mut summary) {
+            match deliver(
+                &item,
+                &clock,
+                &mut rebuilt,
+                &mut output,
+                live.as_mut(),
+                &mut summary,
+            ) {
                 Ok(()) => {}
                 Err(e) => {
                     stop_reason = StopReason::OutputClosed;
@@ -371,7 +417,14 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             summary.over_limit += 1;
             continue;
         }
-        if let Err(e) = deliver(&item, &clock, &mut rebuilt, &mut output, &mut summary) {
+        if let Err(e) = deliver(
+            &item,
+            &clock,
+            &mut rebuilt,
+            &mut output,
+            live.as_mut(),
+            &mut summary,
+        ) {
             if !is_broken_pipe(&e) {
                 write_error = Some(e);
             }
@@ -388,6 +441,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         summary.files = s.files().to_vec();
     }
     status.clear();
+    if let Some(l) = live.take() {
+        let report = l.finish()?;
+        summary.exchanges = Some(report.exchanges);
+    }
     let counters = kernel.counters()?;
     summary.finish(
         counters,
@@ -418,6 +475,7 @@ fn deliver(
     clock: &ClockMap,
     rebuilt: &mut Vec<u8>,
     output: &mut Output,
+    live: Option<&mut LiveArchive>,
     summary: &mut CaptureSummary,
 ) -> anyhow::Result<()> {
     let Ok(pkt) = decode_record(bytes, clock, rebuilt) else {
@@ -431,6 +489,10 @@ fn deliver(
             use std::io::Write;
             writeln!(stdout.lock(), "{}", packet_line(&pkt))?;
         }
+        Output::Nothing => {}
+    }
+    if let Some(l) = live {
+        l.packet(&pkt);
     }
     summary.written += 1;
     Ok(())

@@ -64,6 +64,8 @@ pub struct CaptureSummary {
     pub written: u64,
     pub bytes_written: u64,
     pub files: Vec<String>,
+    /// HTTP exchanges appended to the --rfcap archive.
+    pub exchanges: Option<u64>,
 }
 
 impl CaptureSummary {
@@ -91,6 +93,7 @@ impl CaptureSummary {
             written: 0,
             bytes_written: 0,
             files: Vec::new(),
+            exchanges: None,
         }
     }
 
@@ -154,6 +157,13 @@ impl CaptureSummary {
         ];
         for (name, v, what) in rows {
             let _ = writeln!(s, "  {name:<18}{v:>14}  {what}");
+        }
+        if let Some(x) = self.exchanges {
+            let _ = writeln!(
+                s,
+                "  {:<18}{x:>14}  HTTP exchanges archived (--rfcap)",
+                "exchanges"
+            );
         }
         if !self.files.is_empty() {
             let _ = writeln!(s, "  files             {}", self.files.join(", "));

@@ -1,0 +1,191 @@
+//! Live exchanges: captured packets → per-flow shards (worker threads, each with its own
+//! engine) → one writer appending to an rfcap archive.
+//!
+//! A packet goes to the shard of its connection (a hash of both endpoints, the same in both
+//! directions; fragments by address pair), so each TCP connection is reassembled by one
+//! worker. Channels are bounded: a slow disk slows the ring reader, and the kernel's ring
+//! absorbs it or counts the drops, rather than memory growing. The writer numbers exchanges
+//! in the order they complete and flushes a block at least every second, so the archive
+//! can be read while the capture runs and survives a crash up to its last block.
+
+use std::{
+    hash::BuildHasher,
+    path::Path,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use rf_tap_engine::{
+    archive::ArchiveWriter,
+    flow::{ExtractConfig, ExtractStats, Extractor},
+    http::exchange::Exchange,
+    packet::CapturedPacket,
+    pcap::reader::RawFrame,
+    wire,
+};
+
+struct OwnedFrame {
+    number: u64,
+    ts: Duration,
+    orig_len: u32,
+    data: Vec<u8>,
+}
+
+pub struct LiveArchive {
+    shards: Vec<Sender<OwnedFrame>>,
+    workers: Vec<JoinHandle<ExtractStats>>,
+    writer: JoinHandle<anyhow::Result<u64>>,
+    linktype: u32,
+    frames: u64,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// What the live archive did, for the capture summary.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct LiveArchiveReport {
+    pub exchanges: u64,
+    pub flows: u64,
+    pub gaps: u64,
+}
+
+fn shard_key(
+    linktype: u32,
+    data: &[u8],
+    orig_len: u32,
+) -> Option<(std::net::IpAddr, u16, std::net::IpAddr, u16)> {
+    let ip = wire::ip_packet(linktype, data, orig_len).ok()?;
+    let (a, b) = if ip.src <= ip.dst {
+        (ip.src, ip.dst)
+    } else {
+        (ip.dst, ip.src)
+    };
+    if ip.is_fragment {
+        return Some((a, 0, b, 0));
+    }
+    match wire::transport(&ip, 0).ok()? {
+        wire::Transport::Tcp(t) => {
+            let (x, y) = ((t.src, t.sport), (t.dst, t.dport));
+            let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
+            Some((lo.0, lo.1, hi.0, hi.1))
+        }
+        // Tunnels: the inner flow is not known here; keep the outer pair together.
+        wire::Transport::Inner(_) => Some((a, 0, b, 0)),
+    }
+}
+
+impl LiveArchive {
+    pub fn start(path: &Path, shards: usize, linktype: u32) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut archive = ArchiveWriter::new(file, now)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let shards = shards.max(1);
+        let (done_tx, done_rx): (Sender<Vec<Exchange>>, Receiver<Vec<Exchange>>) = bounded(64);
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for shard in 0..shards {
+            let (tx, rx) = bounded::<OwnedFrame>(4096);
+            senders.push(tx);
+            let done = done_tx.clone();
+            workers.push(std::thread::spawn(move || {
+                let mut x = Extractor::new(ExtractConfig::default());
+                let mut out = Vec::new();
+                for f in rx {
+                    let frame = RawFrame {
+                        number: f.number,
+                        ts: f.ts,
+                        linktype,
+                        orig_len: f.orig_len,
+                        data: &f.data,
+                    };
+                    x.frame(&frame, &mut out);
+                    if !out.is_empty() {
+                        for e in &mut out {
+                            // Connection ids unique across shards.
+                            e.conn = e.conn * shards as u64 + shard as u64;
+                        }
+                        let _ = done.send(std::mem::take(&mut out));
+                    }
+                }
+                x.finish(&mut out);
+                for e in &mut out {
+                    e.conn = e.conn * shards as u64 + shard as u64;
+                }
+                let _ = done.send(out);
+                x.stats
+            }));
+        }
+        drop(done_tx);
+        let writer = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut next_id = 1u64;
+            let mut last_flush = Instant::now();
+            loop {
+                match done_rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(batch) => {
+                        for mut e in batch {
+                            e.id = next_id;
+                            next_id += 1;
+                            archive.append(e)?;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                if last_flush.elapsed() >= Duration::from_secs(1) {
+                    archive.flush_block()?;
+                    last_flush = Instant::now();
+                }
+            }
+            archive.flush_block()?;
+            let total = archive.exchanges_written;
+            let file = archive.finish()?;
+            file.sync_all()?;
+            Ok(total)
+        });
+        Ok(Self {
+            shards: senders,
+            workers,
+            writer,
+            linktype,
+            frames: 0,
+            hasher: foldhash::fast::RandomState::default(),
+        })
+    }
+
+    pub fn packet(&mut self, p: &CapturedPacket<'_>) {
+        self.frames += 1;
+        let shard = match shard_key(self.linktype, p.data, p.orig_len) {
+            Some(k) => (self.hasher.hash_one(k) % self.shards.len() as u64) as usize,
+            None => 0,
+        };
+        let _ = self.shards[shard].send(OwnedFrame {
+            number: self.frames,
+            ts: p.ts,
+            orig_len: p.orig_len,
+            data: p.data.to_vec(),
+        });
+    }
+
+    /// Closes every flow and the archive.
+    pub fn finish(self) -> anyhow::Result<LiveArchiveReport> {
+        drop(self.shards);
+        let mut report = LiveArchiveReport::default();
+        for w in self.workers {
+            if let Ok(s) = w.join() {
+                report.flows += s.flows;
+                report.gaps += s.reassembly.gaps;
+            }
+        }
+        report.exchanges = self
+            .writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the archive writer thread panicked"))??;
+        Ok(report)
+    }
+}
