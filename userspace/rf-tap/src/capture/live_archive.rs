@@ -75,16 +75,20 @@ fn shard_key(
     }
 }
 
+/// Creates a new .rfcap file, stamped with the current time.
+pub fn create_archive(path: &Path) -> anyhow::Result<ArchiveWriter<std::fs::File>> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    ArchiveWriter::new(file, now).with_context(|| format!("cannot write {}", path.display()))
+}
+
 impl LiveArchive {
     pub fn start(path: &Path, shards: usize, linktype: u32) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let mut archive = ArchiveWriter::new(file, now)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut archive = create_archive(path)?;
         let shards = shards.max(1);
         let (done_tx, done_rx): (Sender<Vec<Exchange>>, Receiver<Vec<Exchange>>) = bounded(64);
         let mut senders = Vec::new();

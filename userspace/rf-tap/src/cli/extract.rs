@@ -80,18 +80,9 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     });
     let stdout = std::io::stdout();
     let mut out = match &args.output {
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            Sink::Archive(Box::new(
-                ArchiveWriter::new(file, now)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
-            ))
-        }
+        Some(path) => Sink::Archive(Box::new(crate::capture::live_archive::create_archive(
+            path,
+        )?)),
         None => Sink::Text {
             out: std::io::BufWriter::with_capacity(1 << 16, stdout.lock()),
             format: args.format,
