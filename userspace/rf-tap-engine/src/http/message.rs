@@ -771,34 +771,8 @@ fn parse_head_with<const N: usize>(side: Side, b: &[u8]) -> HeadResult {
                     if let Some(lenient) = lenient_request(b) {
                         return lenient;
                     }
-                    if let Some(fixed) = normalized_first_line(b) {
-                        if let HeadResult::Complete {
-                            len,
-                            head,
-                            mut anomalies,
-                        } = parse_head(side, &fixed)
-                        {
-                            anomalies.push("lower-case HTTP keyword".into());
-                            let head = match head {
-                                Head::Request {
-                                    method,
-                                    target,
-                                    version,
-                                    headers,
-                                } => Head::Request {
-                                    method: method.to_ascii_uppercase(),
-                                    target,
-                                    version,
-                                    headers,
-                                },
-                                h => h,
-                            };
-                            return HeadResult::Complete {
-                                len,
-                                head,
-                                anomalies,
-                            };
-                        }
+                    if let Some(fixed) = lower_case_retry(side, b) {
+                        return fixed;
                     }
                     http09_or_error(b, e)
                 }
@@ -819,26 +793,48 @@ fn parse_head_with<const N: usize>(side: Side, b: &[u8]) -> HeadResult {
                 },
                 Ok(httparse::Status::Partial) => HeadResult::Partial,
                 Err(e) => {
-                    if let Some(fixed) = normalized_first_line(b) {
-                        if let HeadResult::Complete {
-                            len,
-                            head,
-                            mut anomalies,
-                        } = parse_head(side, &fixed)
-                        {
-                            anomalies.push("lower-case HTTP keyword".into());
-                            return HeadResult::Complete {
-                                len,
-                                head,
-                                anomalies,
-                            };
-                        }
+                    if let Some(fixed) = lower_case_retry(side, b) {
+                        return fixed;
                     }
                     HeadResult::Error(format!("bad response head: {e}"))
                 }
             }
         }
     }
+}
+
+/// A head httparse refused for a lower-case `http/1.x` (Zeek accepts it): parsed again with
+/// the keyword upper-cased, the request method upper-cased too, and the anomaly recorded.
+fn lower_case_retry(side: Side, b: &[u8]) -> Option<HeadResult> {
+    let fixed = normalized_first_line(b)?;
+    let HeadResult::Complete {
+        len,
+        head,
+        mut anomalies,
+    } = parse_head(side, &fixed)
+    else {
+        return None;
+    };
+    anomalies.push("lower-case HTTP keyword".into());
+    let head = match head {
+        Head::Request {
+            method,
+            target,
+            version,
+            headers,
+        } => Head::Request {
+            method: method.to_ascii_uppercase(),
+            target,
+            version,
+            headers,
+        },
+        h => h,
+    };
+    Some(HeadResult::Complete {
+        len,
+        head,
+        anomalies,
+    })
 }
 
 /// Request-line bytes as text, with bytes outside printable ASCII escaped `\xHH` (as Zeek
