@@ -139,19 +139,6 @@ impl<W: Write> ArchiveWriter<W> {
         })
     }
 
-    /// Continues an existing archive whose valid length is known (after a crash: the torn
-    /// tail was cut off by the caller).
-    pub fn append_to(out: W, existing_len: u64) -> Self {
-        Self {
-            out,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            block_bytes: 1 << 20,
-            bytes_written: existing_len,
-            exchanges_written: 0,
-        }
-    }
-
     /// Target uncompressed size of a block.
     pub fn with_block_bytes(mut self, n: usize) -> Self {
         self.block_bytes = n.max(1);
@@ -216,10 +203,6 @@ impl<W: Write> ArchiveWriter<W> {
     pub fn finish(mut self) -> Result<W, ArchiveError> {
         self.flush_block()?;
         Ok(self.out)
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.out
     }
 }
 

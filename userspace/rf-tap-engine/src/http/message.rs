@@ -170,10 +170,6 @@ impl MessageParser {
         }
     }
 
-    pub fn in_tunnel(&self) -> bool {
-        matches!(self.state, State::Tunnel)
-    }
-
     pub fn tunnel(&mut self) {
         self.state = State::Tunnel;
         self.buf.clear();

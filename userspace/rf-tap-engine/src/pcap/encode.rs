@@ -48,10 +48,6 @@ impl FrameEncoder {
         Self { format, iface }
     }
 
-    pub fn format(&self) -> CaptureFormat {
-        self.format
-    }
-
     /// The bytes a new file starts with.
     pub fn file_header(&self, out: &mut Vec<u8>) -> io::Result<()> {
         match self.format {

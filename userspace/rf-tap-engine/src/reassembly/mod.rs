@@ -88,10 +88,6 @@ impl Reassembler {
         self.held_bytes
     }
 
-    pub fn started(&self) -> bool {
-        self.next_seq.is_some()
-    }
-
     pub fn finished(&self) -> bool {
         self.finished
     }
