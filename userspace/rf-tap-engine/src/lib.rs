@@ -12,4 +12,5 @@ pub mod packet;
 pub mod pcap;
 pub mod query;
 pub mod reassembly;
+pub mod replay;
 pub mod wire;
