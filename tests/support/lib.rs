@@ -606,3 +606,41 @@ pub fn check_accounting(summary: &serde_json::Value) {
 }
 
 pub mod conformance;
+
+/// Writes a nanosecond pcap of `(ts_ns, frame, orig_len)` records with link type `linktype`.
+pub fn write_pcap(path: &Path, linktype: u32, records: &[(u64, Vec<u8>, u32)]) {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&262_144u32.to_le_bytes());
+    out.extend_from_slice(&linktype.to_le_bytes());
+    for (ts, data, orig) in records {
+        out.extend_from_slice(&((ts / 1_000_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((ts % 1_000_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&orig.to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    fs::write(path, out).unwrap();
+}
+
+/// A UDP/IPv4 Ethernet frame with `len` bytes of payload (`id` in its first bytes).
+pub fn udp_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    id: u32,
+    len: usize,
+) -> Vec<u8> {
+    let mut payload = vec![0u8; len.max(4)];
+    payload[..4].copy_from_slice(&id.to_be_bytes());
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, &payload).unwrap();
+    v
+}

@@ -1,6 +1,7 @@
 //! The `rf-tap` binary.
 mod capture;
 mod cli;
+mod replay;
 mod report;
 mod sink;
 
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
         cli::Command::Attach(args) => cli::attach::run(args),
         cli::Command::Extract(args) => cli::extract::run(args),
         cli::Command::Requests(args) => cli::requests::run(args),
+        cli::Command::Replay(args) => cli::replay::run(args),
     };
     match result {
         Ok(code) => code,

@@ -354,7 +354,10 @@ mod tests {
             self.calls += 1;
             let mut o = SendOutcome::default();
             for (f, d) in batch.iter() {
-                if self.fail_every.is_some_and(|n| f[0] as usize % n == 0) {
+                if self
+                    .fail_every
+                    .is_some_and(|n| (f[0] as usize).is_multiple_of(n))
+                {
                     o.failed += 1;
                     continue;
                 }

@@ -91,7 +91,7 @@ impl Selector {
         } else {
             0
         };
-        let from_client = self.from_client((ip.src, sport), (ip.dst, dport), ip.protocol, flags);
+        let from_client = self.sent_by_client((ip.src, sport), (ip.dst, dport), ip.protocol, flags);
         if let Some(side) = self.only {
             if from_client != (side == Side::Client) {
                 return false;
@@ -119,7 +119,7 @@ impl Selector {
         }
     }
 
-    fn from_client(&mut self, src: Endpoint, dst: Endpoint, proto: u8, flags: u8) -> bool {
+    fn sent_by_client(&mut self, src: Endpoint, dst: Endpoint, proto: u8, flags: u8) -> bool {
         let canon = if src <= dst {
             (src, dst, proto)
         } else {
@@ -142,11 +142,7 @@ impl Selector {
         if let Some(c) = self.clients.get(&canon) {
             return *c == src;
         }
-        let client = if src.1 > dst.1 || (src.1 == dst.1) {
-            src
-        } else {
-            dst
-        };
+        let client = if src.1 >= dst.1 { src } else { dst };
         if self.clients.len() < MAX_FLOWS {
             self.clients.insert(canon, client);
         }

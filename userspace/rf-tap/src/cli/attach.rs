@@ -11,13 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 use rf_tap_common::{CaptureConfig, MAX_CAPTURE, SAMPLE_SCALE};
-use rf_tap_engine::{
-    filter::{PortRange, Rule, RuleSet},
-    pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
-};
+use rf_tap_engine::pcap::{CaptureFormat, FrameEncoder, InterfaceInfo};
 
 use crate::{
     capture::{
@@ -26,7 +23,10 @@ use crate::{
         live_archive::LiveArchive,
         ClockMap,
     },
-    cli::units::{parse_duration, parse_size},
+    cli::{
+        rules::FilterArgs,
+        units::{parse_duration, parse_size},
+    },
     report::{
         packet_line::packet_line,
         summary::{CaptureSummary, StatusLine, StopReason},
@@ -94,17 +94,8 @@ pub struct AttachArgs {
     #[arg(short = 'c', long)]
     pub count: Option<u64>,
 
-    /// A filter rule (repeatable); see below
-    #[arg(long = "rule", value_name = "RULE")]
-    pub rules: Vec<String>,
-
-    /// Read filter rules from a YAML file
-    #[arg(long, value_name = "FILE")]
-    pub filter: Option<PathBuf>,
-
-    /// Shorthand: accept TCP with source or destination port in PORT or LO-HI, both directions
-    #[arg(long, value_name = "PORTS")]
-    pub port: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// Copy at most N bytes of each packet (the original length is kept in the file)
     #[arg(short = 's', long = "packet-length", visible_alias = "snaplen", value_name = "N",
@@ -129,32 +120,6 @@ pub struct AttachArgs {
 }
 
 impl AttachArgs {
-    fn rule_set(&self) -> anyhow::Result<RuleSet> {
-        let mut rules: Vec<Rule> = Vec::new();
-        for r in &self.rules {
-            rules.push(r.parse().context("bad --rule")?);
-        }
-        if let Some(path) = &self.filter {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read filter file {}", path.display()))?;
-            rules.extend(
-                RuleSet::from_yaml(&text)
-                    .with_context(|| format!("bad filter file {}", path.display()))?,
-            );
-        }
-        if let Some(p) = &self.port {
-            let range: PortRange = p
-                .parse()
-                .map_err(|e| anyhow::anyhow!("bad --port `{p}`: {e}"))?;
-            let after = rules.iter().map(|r| r.number).max().unwrap_or(0);
-            rules.extend(RuleSet::port_shorthand(range, after)?);
-        }
-        if rules.is_empty() {
-            return Ok(RuleSet::accept_all());
-        }
-        Ok(RuleSet::new(rules)?)
-    }
-
     fn validate(&self) -> anyhow::Result<()> {
         if self.packet_length == 0 || self.packet_length > MAX_CAPTURE {
             bail!("--packet-length must be 1..={MAX_CAPTURE}");
@@ -223,7 +188,7 @@ fn poll_readable(fds: &[RawFd], timeout: Duration) {
 
 pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     args.validate()?;
-    let rules = args.rule_set()?;
+    let rules = args.filter.rule_set()?;
     let facts = capture::interface_facts(&args.iface)?;
     capture::check_kernel(args.mode)?;
     capture::check_privileges()?;

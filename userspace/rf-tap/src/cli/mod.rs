@@ -2,7 +2,9 @@
 pub mod attach;
 pub mod extract;
 pub mod mapped;
+pub mod replay;
 pub mod requests;
+pub mod rules;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -26,4 +28,7 @@ pub enum Command {
     Extract(extract::ExtractArgs),
     /// List the HTTP exchanges of an .rfcap or pcap, filtered; `requests show ID FILE` for one
     Requests(requests::RequestsArgs),
+    /// Re-emit a capture's packets onto an interface (or into a pcap), with tcpreplay-class
+    /// timing and rewriting
+    Replay(replay::ReplayArgs),
 }
