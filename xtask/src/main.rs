@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | test | lint | demo | bench capture`.
 mod bench;
 mod bench_extract;
+mod bench_replay;
 mod demo;
 mod setup;
 
@@ -66,6 +67,15 @@ enum Bench {
         /// Keep the generated files under target/bench
         #[arg(long)]
         keep: bool,
+    },
+    /// Packet replay: --topspeed rate and 2x timing accuracy, rf-tap vs tcpreplay
+    Replay {
+        /// Runs per tool (the median is printed)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// 64-byte frames per top-speed run (half as many 1514-byte frames)
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u32,
     },
 }
 
@@ -140,6 +150,9 @@ fn main() -> anyhow::Result<()> {
                     rounds,
                     keep,
                 } => bench_extract::extract(&bin, &root(), size_mb, rounds.max(1), keep),
+                Bench::Replay { rounds, packets } => {
+                    bench_replay::replay(&bin, rounds.max(1), packets.max(1000))
+                }
             }
         }
     }

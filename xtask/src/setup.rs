@@ -25,6 +25,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("tcpflow", "tcpflow"),
     ("httpry", "httpry"),
+    ("tcpreplay", "tcpreplay"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
