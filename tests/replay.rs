@@ -412,12 +412,23 @@ fn round_trip_on_a_veth_pair_packet_for_packet() {
     let pair = NetPair::new();
     let dir = TempDir::new("replay-veth");
     let (orig, _) = read_pcap(&committed());
-    let (got, j) = round_trip(&pair, &dir, &committed(), &["--topspeed"]);
-    assert_eq!(j["packets"], orig.len() as u64);
-    assert_eq!(j["errors"], 0);
-    assert_eq!(got.len(), orig.len(), "every packet arrives once");
-    for (i, (o, g)) in orig.iter().zip(&got).enumerate() {
-        assert_eq!(g.data, o.data, "packet {} differs", i + 1);
+    for backend in ["af-packet", "af-xdp"] {
+        let (got, j) = round_trip(
+            &pair,
+            &dir,
+            &committed(),
+            &["--topspeed", "--backend", backend],
+        );
+        assert_eq!(j["packets"], orig.len() as u64, "{backend}");
+        assert_eq!(j["errors"], 0, "{backend}");
+        assert_eq!(
+            got.len(),
+            orig.len(),
+            "{backend}: every packet arrives once"
+        );
+        for (i, (o, g)) in orig.iter().zip(&got).enumerate() {
+            assert_eq!(g.data, o.data, "{backend}: packet {} differs", i + 1);
+        }
     }
 
     // Paced, rewritten: the captured gaps follow --pps.
@@ -480,21 +491,28 @@ fn mtu_and_link_state_on_a_real_interface() {
         "mtu",
         "576",
     ]);
-    let f = rf_tap_run(
-        Some(&pair.client_ns),
-        &[
-            "replay",
-            input.to_str().unwrap(),
-            "-i",
-            &pair.client_if,
-            "--topspeed",
-            "--json",
-        ],
-    );
-    let j = ok_json(&f);
-    assert_eq!(j["packets"], 5);
-    assert_eq!(j["errors"], 5);
-    assert!(j["error_kinds"].to_string().contains("MTU (576)"), "{j}");
+    for backend in ["af-packet", "af-xdp"] {
+        let f = rf_tap_run(
+            Some(&pair.client_ns),
+            &[
+                "replay",
+                input.to_str().unwrap(),
+                "-i",
+                &pair.client_if,
+                "--topspeed",
+                "--json",
+                "--backend",
+                backend,
+            ],
+        );
+        let j = ok_json(&f);
+        assert_eq!(j["packets"], 5, "{backend}");
+        assert_eq!(j["errors"], 5, "{backend}");
+        assert!(
+            j["error_kinds"].to_string().contains("MTU (576)"),
+            "{backend}: {j}"
+        );
+    }
     sh(&[
         "ip",
         "-n",

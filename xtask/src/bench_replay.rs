@@ -24,6 +24,7 @@ enum Tool {
     Tcpreplay,
     RfTap,
     RfTapBypass,
+    RfTapXdp,
 }
 
 impl Tool {
@@ -32,6 +33,7 @@ impl Tool {
             Self::Tcpreplay => "tcpreplay 4.4",
             Self::RfTap => "rf-tap af-packet",
             Self::RfTapBypass => "rf-tap af-packet+bypass",
+            Self::RfTapXdp => "rf-tap af-xdp",
         }
     }
 }
@@ -67,7 +69,7 @@ fn command(
                 });
             }
         }
-        Tool::RfTap | Tool::RfTapBypass => {
+        Tool::RfTap | Tool::RfTapBypass | Tool::RfTapXdp => {
             c.arg(rf_tap)
                 .args(["replay", "-q", "--json", "--iface", iface]);
             for t in timing {
@@ -78,6 +80,9 @@ fn command(
             }
             if tool == Tool::RfTapBypass {
                 c.arg("--qdisc-bypass");
+            }
+            if tool == Tool::RfTapXdp {
+                c.args(["--backend", "af-xdp"]);
             }
         }
     }
@@ -278,7 +283,12 @@ pub fn replay(rf_tap: &Path, rounds: usize, packets: u32) -> anyhow::Result<()> 
     let large: PathBuf = dir.path("1514.pcap");
     flood(&small, packets, 60);
     flood(&large, packets / 2, 1514);
-    let tools = [Tool::Tcpreplay, Tool::RfTap, Tool::RfTapBypass];
+    let tools = [
+        Tool::Tcpreplay,
+        Tool::RfTap,
+        Tool::RfTapBypass,
+        Tool::RfTapXdp,
+    ];
     eprintln!(
         "bench replay: --topspeed onto a veth pair, {packets} × 64-byte and {} × 1514-byte frames, {rounds} rounds",
         packets / 2

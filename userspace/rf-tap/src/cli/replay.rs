@@ -28,8 +28,8 @@ use serde::Serialize;
 use crate::{
     cli::{rules::FilterArgs, units::parse_duration},
     replay::{
-        af_packet::AfPacketSink, clock::MonotonicClock, file_sink::PcapFileSink, interface,
-        Backend as ReplayBackend,
+        af_packet::AfPacketSink, af_xdp::AfXdpSink, clock::MonotonicClock, file_sink::PcapFileSink,
+        interface, Backend as ReplayBackend,
     },
     sink::capture_file::{CaptureFileSink, OutputTarget, Rotation},
 };
@@ -176,6 +176,8 @@ pub struct ReplayArgs {
 pub enum Backend {
     /// Raw packet socket, batched with sendmmsg
     AfPacket,
+    /// XDP socket TX ring (zero-copy where the driver has it, copy mode otherwise)
+    AfXdp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -360,16 +362,35 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     st.operstate
                 );
             }
-            let s = AfPacketSink::open(st.ifindex, st.mtu, args.qdisc_bypass).map_err(|e| {
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    anyhow::anyhow!(
-                        "sending on {iface} needs CAP_NET_RAW (run as root, or `sudo rf-tap replay ...`)"
-                    )
-                } else {
-                    anyhow::anyhow!("cannot open a packet socket on {iface}: {e}")
+            let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EPERM);
+            let sink = match args.backend {
+                Backend::AfPacket => ReplayBackend::Packet(
+                    AfPacketSink::open(st.ifindex, st.mtu, args.qdisc_bypass).map_err(|e| {
+                        if denied(&e) {
+                            anyhow::anyhow!(
+                                "sending on {iface} needs CAP_NET_RAW (run as root, or `sudo rf-tap replay ...`)"
+                            )
+                        } else {
+                            anyhow::anyhow!("cannot open a packet socket on {iface}: {e}")
+                        }
+                    })?,
+                ),
+                Backend::AfXdp => {
+                    ReplayBackend::Xdp(Box::new(AfXdpSink::open(st.ifindex, st.mtu).map_err(|e| {
+                        if denied(&e) {
+                            anyhow::anyhow!(
+                                "AF_XDP on {iface} needs CAP_NET_RAW and CAP_NET_ADMIN (run as root)"
+                            )
+                        } else {
+                            anyhow::anyhow!(
+                                "cannot open an AF_XDP socket on {iface} queue 0: {e} (is AF_XDP \
+                                 enabled in this kernel? --backend af-packet works everywhere)"
+                            )
+                        }
+                    })?))
                 }
-            })?;
-            (ReplayBackend::Packet(s), iface.clone())
+            };
+            (sink, iface.clone())
         }
         (None, Some(path)) => {
             let encoder = FrameEncoder::new(
@@ -412,7 +433,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         },
         limit: args.limit,
         duration: args.duration,
-        batch_size: 64,
+        // AF_XDP queues a whole batch with one ring update and one kick.
+        batch_size: if args.backend == Backend::AfXdp && args.iface.is_some() {
+            256
+        } else {
+            64
+        },
     };
     let mut player = Player::new(cfg, MonotonicClock::new(Arc::clone(&stop)), sink);
     let mut progress = Progress::new(!args.quiet && std::io::stderr().is_terminal());

@@ -1,6 +1,7 @@
 //! Packet replay's real-world parts: the monotonic clock and the send backends behind
 //! [`rf_tap_engine::replay::player::FrameSink`].
 pub mod af_packet;
+pub mod af_xdp;
 pub mod clock;
 pub mod file_sink;
 pub mod interface;
@@ -12,6 +13,7 @@ use rf_tap_engine::replay::player::{Batch, FrameSink, SendOutcome};
 /// The backend chosen on the command line.
 pub enum Backend {
     Packet(af_packet::AfPacketSink),
+    Xdp(Box<af_xdp::AfXdpSink>),
     File(Box<file_sink::PcapFileSink>),
 }
 
@@ -20,6 +22,7 @@ impl Backend {
     pub fn error_kinds(&mut self) -> Vec<(String, u64)> {
         match self {
             Self::Packet(s) => std::mem::take(&mut s.errors),
+            Self::Xdp(s) => std::mem::take(&mut s.errors),
             Self::File(_) => Vec::new(),
         }
     }
@@ -29,12 +32,14 @@ impl FrameSink for Backend {
     fn send(&mut self, batch: &Batch) -> io::Result<SendOutcome> {
         match self {
             Self::Packet(s) => s.send(batch),
+            Self::Xdp(s) => s.send(batch),
             Self::File(s) => s.send(batch),
         }
     }
     fn finish(&mut self) -> io::Result<()> {
         match self {
             Self::Packet(s) => s.finish(),
+            Self::Xdp(s) => s.finish(),
             Self::File(s) => s.finish(),
         }
     }
