@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the main job on an embedded default. Makes a client and a server
 //! namespace joined by a veth pair, serves a small JSON API with nginx, attaches rf-tap to the
-//! server's interface with `--port 80-443`, drives real traffic (curl, then wrk), and shows
-//! what was captured.
+//! server's interface with `--port 80-443`, drives real traffic (curl, then wrk), shows
+//! what was captured, and replays the client's side of it at 2x.
 
 use std::{
     path::{Path, PathBuf},
@@ -158,6 +158,34 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
     );
     if total != ok {
         bail!("only {ok} of {total} curl requests succeeded");
+    }
+
+    // Offline pcap replay: the client's side of the capture, back onto the client's veth at
+    // twice the recorded speed (the first 20,000 packets).
+    println!(
+        "\ndemo: rf-tap replay {} --iface {} --direction client --speed 2x --limit 20000",
+        pcap.display(),
+        pair.client_if
+    );
+    let replay = rf_tap_tests::rf_tap_run(
+        Some(&pair.client_ns),
+        &[
+            "replay",
+            pcap.to_str().context("path")?,
+            "--iface",
+            &pair.client_if,
+            "--direction",
+            "client",
+            "--speed",
+            "2x",
+            "--limit",
+            "20000",
+            "-q",
+        ],
+    );
+    print!("{}", String::from_utf8_lossy(&replay.stdout));
+    if !replay.status.success() {
+        bail!("rf-tap replay failed: {}", replay.stderr);
     }
     Ok(())
 }

@@ -915,4 +915,36 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Arbitrary bytes under every edit: no panic, output bounded by the input plus a
+        /// header, a tag and the padding to the original length.
+        #[test]
+        fn arbitrary_frames_never_panic(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            orig_extra in 0u32..3000,
+            linktype in proptest::sample::select(vec![0u32, 1, 101, 108, 113, 228, 229, 276]),
+            fix in 0u8..4,
+            strip in proptest::prelude::any::<bool>(),
+            loop_index in 0u64..4,
+        ) {
+            let cfg = RewriteConfig {
+                src_ip_maps: vec!["0.0.0.0/1:10.0.0.0/8".parse().unwrap()],
+                dst_ip_maps: vec!["::/1:fd00::/16".parse().unwrap()],
+                port_maps: vec![(80, 8080), (0, 1)],
+                vlan: if strip { VlanEdit::Strip } else { VlanEdit::Add { id: 7, pcp: 1 } },
+                unique_ip: true,
+                fixlen: [None, Some(Fixlen::Pad), Some(Fixlen::Trim), Some(Fixlen::Skip)][fix as usize],
+                fix_checksums: true,
+                ..Default::default()
+            };
+            let mut r = Rewriter::new(cfg);
+            let mut out = Vec::new();
+            let orig = data.len() as u32 + orig_extra;
+            if r.apply(linktype, &data, orig, loop_index, &mut out).is_ok() {
+                proptest::prop_assert!(out.len() <= orig as usize + 14 + 4);
+            }
+        }
+    }
 }
