@@ -4,6 +4,7 @@
 //! frames ([`pcap::reader`]) → IP/TCP ([`wire`]) → streams ([`reassembly`], per flow in
 //! [`flow`]) → HTTP exchanges ([`http`]).
 pub mod archive;
+pub mod compare;
 pub mod filter;
 pub mod flow;
 pub mod har;
