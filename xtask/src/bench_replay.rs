@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::bench::median;
 use anyhow::{bail, Context as _};
 use rf_tap_tests::{read_pcap, udp_frame, write_pcap, NetPair, RfTap, TempDir};
 
@@ -90,6 +91,27 @@ fn command(
     c
 }
 
+/// Runs one tool's replay of `file` onto the client end of the pair, to the end.
+fn run_to_end(
+    tool: Tool,
+    rf_tap: &Path,
+    pair: &NetPair,
+    file: &Path,
+    timing: &[&str],
+) -> anyhow::Result<()> {
+    let out = command(tool, rf_tap, &pair.client_ns, &pair.client_if, file, timing)
+        .output()
+        .with_context(|| format!("cannot run {}", tool.name()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            tool.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Runs a replay to the end; returns (wall time, packets received by the peer).
 fn topspeed_run(
     tool: Tool,
@@ -99,36 +121,11 @@ fn topspeed_run(
 ) -> anyhow::Result<(f64, u64)> {
     let before = rx_packets(&pair.server_ns, &pair.server_if)?;
     let started = Instant::now();
-    let out = command(
-        tool,
-        rf_tap,
-        &pair.client_ns,
-        &pair.client_if,
-        file,
-        &["--topspeed"],
-    )
-    .output()
-    .with_context(|| format!("cannot run {}", tool.name()))?;
+    run_to_end(tool, rf_tap, pair, file, &["--topspeed"])?;
     let wall = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            tool.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     std::thread::sleep(Duration::from_millis(200));
     let after = rx_packets(&pair.server_ns, &pair.server_if)?;
     Ok((wall, after - before))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
@@ -222,22 +219,7 @@ fn accuracy_run(
         ],
     );
     tap.wait_attached();
-    let out = command(
-        tool,
-        rf_tap,
-        &pair.client_ns,
-        &pair.client_if,
-        file,
-        &["2x"],
-    )
-    .output()?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            tool.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_to_end(tool, rf_tap, pair, file, &["2x"])?;
     std::thread::sleep(Duration::from_millis(300));
     let fin = tap.stop();
     if !fin.status.success() {
