@@ -397,6 +397,17 @@ mod tests {
         (stats, sink)
     }
 
+    /// Offers one-byte frames holding each packet's id.
+    fn offer_ids<C: Clock>(p: &mut Player<C, Recorder>, pkts: &[(Duration, u8)]) {
+        for &(ts, id) in pkts {
+            p.offer(ts, |b| {
+                b.push(id);
+                true
+            })
+            .unwrap();
+        }
+    }
+
     fn timing(t: Timing) -> PlayerConfig {
         PlayerConfig {
             schedule: ScheduleConfig {
@@ -477,13 +488,7 @@ mod tests {
             ..Default::default()
         };
         let mut p = Player::new(timing(Timing::TopSpeed), clock, sink);
-        for (ts, id) in pkts {
-            p.offer(ts, |b| {
-                b.push(id);
-                true
-            })
-            .unwrap();
-        }
+        offer_ids(&mut p, &pkts);
         let (_, stats, _) = p.finish();
         assert_eq!(stats.packets, 8);
         assert_eq!(stats.failed, 2);
@@ -525,13 +530,7 @@ mod tests {
             Sloppy(Duration::ZERO),
             Recorder::default(),
         );
-        for (ts, id) in pkts {
-            p.offer(ts, |b| {
-                b.push(id);
-                true
-            })
-            .unwrap();
-        }
+        offer_ids(&mut p, &pkts);
         let (_, stats, _) = p.finish();
         assert_eq!(stats.late, 2);
         assert_eq!(stats.lateness.max(), 250);

@@ -339,7 +339,7 @@ impl Rewriter {
         let first_fragment = frag & 0x1fff == 0;
         let fragmented = frag & 0x3fff != 0;
         let proto = ip[9];
-        let old_pseudo = pseudo_words(&ip[12..20]);
+        let old_pseudo = ones_sum(&ip[12..20], 0);
         {
             let (head, rest) = ip.split_at_mut(16);
             self.map_addrs(&mut head[12..16], &mut rest[..4], loop_index);
@@ -353,7 +353,7 @@ impl Rewriter {
         }
         let seg_len = total - ihl;
         let (hdr, l4) = ip.split_at_mut(ihl);
-        let new_pseudo = pseudo_words(&hdr[12..20]);
+        let new_pseudo = ones_sum(&hdr[12..20], 0);
         let whole = !fragmented && l4.len() >= seg_len;
         let pseudo = ones_sum(&hdr[12..20], u32::from(proto) + seg_len as u32);
         let avail = seg_len.min(l4.len());
@@ -363,7 +363,7 @@ impl Rewriter {
             seg_len,
             whole,
             pseudo,
-            (&old_pseudo, &new_pseudo),
+            (old_pseudo, new_pseudo),
             trim,
             true,
         );
@@ -379,12 +379,12 @@ impl Rewriter {
             payload = ip.len() - 40;
             ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
         }
-        let old_pseudo = pseudo_words(&ip[8..40]);
+        let old_pseudo = ones_sum(&ip[8..40], 0);
         {
             let (head, rest) = ip.split_at_mut(24);
             self.map_addrs(&mut head[8..24], &mut rest[..16], loop_index);
         }
-        let new_pseudo = pseudo_words(&ip[8..40]);
+        let new_pseudo = ones_sum(&ip[8..40], 0);
         // Walk extension headers to the transport header.
         let mut next = ip[6];
         let mut off = 40;
@@ -433,7 +433,7 @@ impl Rewriter {
             seg_len,
             whole,
             pseudo,
-            (&old_pseudo, &new_pseudo),
+            (old_pseudo, new_pseudo),
             trim,
             false,
         );
@@ -450,7 +450,7 @@ impl Rewriter {
         seg_len: usize,
         whole: bool,
         pseudo: u32,
-        (old_pseudo, new_pseudo): (&[u16], &[u16]),
+        (old_pseudo, new_pseudo): (u32, u32),
         trim: bool,
         v4: bool,
     ) {
@@ -463,16 +463,16 @@ impl Rewriter {
         if l4.len() < csum_at + 2 {
             return;
         }
-        let mut old_words: Vec<u16> = old_pseudo.to_vec();
-        let mut new_words: Vec<u16> = new_pseudo.to_vec();
+        // One's-complement sums of the fields the edits touch, before and after.
+        let (mut old_sum, mut new_sum) = (old_pseudo, new_pseudo);
         if proto != 58 && l4.len() >= 4 {
             let sp = u16::from_be_bytes([l4[0], l4[1]]);
             let dp = u16::from_be_bytes([l4[2], l4[3]]);
             let (nsp, ndp) = (self.map_port(sp), self.map_port(dp));
             l4[..2].copy_from_slice(&nsp.to_be_bytes());
             l4[2..4].copy_from_slice(&ndp.to_be_bytes());
-            old_words.extend([sp, dp]);
-            new_words.extend([nsp, ndp]);
+            old_sum += u32::from(sp) + u32::from(dp);
+            new_sum += u32::from(nsp) + u32::from(ndp);
         }
         if proto == 17 && trim && l4.len() >= 8 {
             let old = u16::from_be_bytes([l4[4], l4[5]]);
@@ -493,16 +493,10 @@ impl Rewriter {
                 c
             }
         } else {
-            adjust(old_csum, &old_words, &new_words)
+            adjust(old_csum, fold(old_sum), fold(new_sum))
         };
         l4[csum_at..csum_at + 2].copy_from_slice(&new_csum.to_be_bytes());
     }
-}
-
-fn pseudo_words(b: &[u8]) -> Vec<u16> {
-    b.chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .collect()
 }
 
 /// Writes `data` as an Ethernet frame.
@@ -576,13 +570,10 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// RFC 1624: HC' = ~(~HC + ~m + m') over every changed word.
-fn adjust(csum: u16, old: &[u16], new: &[u16]) -> u16 {
-    let mut sum = u32::from(!csum);
-    for (o, n) in old.iter().zip(new) {
-        sum += u32::from(!*o) + u32::from(*n);
-    }
-    !fold(sum)
+/// RFC 1624: HC' = ~(~HC + ~m + m'), with m and m' the one's-complement sums of every
+/// changed word before and after (the sum of complements is the complement of the sum).
+fn adjust(csum: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!csum) + u32::from(!old) + u32::from(new))
 }
 
 #[cfg(test)]

@@ -459,7 +459,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             if stop.load(Ordering::Relaxed) {
                 break 'passes;
             }
-            if selector.is_active() && !selector.keep(frame.linktype, frame.data, frame.orig_len) {
+            if !selector.keep(frame.linktype, frame.data, frame.orig_len) {
                 filtered += 1;
                 continue;
             }

@@ -38,6 +38,8 @@ pub struct AfXdpSink {
     /// Frames queued and not yet completed.
     in_flight: u32,
     mtu: u32,
+    /// Descriptors of the batch being queued (kept to reuse its allocation).
+    descs: Vec<XdpDesc>,
     pub errors: Vec<(String, u64)>,
     // Dropped last: the memory the kernel maps as UMEM.
     _area: memmap2::MmapMut,
@@ -101,6 +103,7 @@ impl AfXdpSink {
             free: (0..FRAMES).rev().collect(),
             in_flight: 0,
             mtu,
+            descs: Vec::new(),
             errors: Vec::new(),
             _area: area,
         })
@@ -158,7 +161,7 @@ impl AfXdpSink {
 impl FrameSink for AfXdpSink {
     fn send(&mut self, batch: &Batch) -> io::Result<SendOutcome> {
         let mut out = SendOutcome::default();
-        let mut descs: Vec<XdpDesc> = Vec::with_capacity(batch.len());
+        let mut descs = std::mem::take(&mut self.descs);
         let mut stalled: Option<Instant> = None;
         let mut i = 0;
         while i < batch.len() {
@@ -217,7 +220,9 @@ impl FrameSink for AfXdpSink {
             out.sent_bytes += frame.len() as u64;
             i += 1;
         }
-        self.push(&mut descs, &mut out)?;
+        let pushed = self.push(&mut descs, &mut out);
+        self.descs = descs;
+        pushed?;
         // Copy mode sends a limited budget per kick: kick until the ring is drained.
         let started = Instant::now();
         while self.tx.pending() > 0 {
