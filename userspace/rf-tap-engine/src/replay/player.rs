@@ -107,6 +107,7 @@ pub struct Histogram {
     buckets: Vec<u64>,
     count: u64,
     max: u64,
+    sum: u128,
 }
 
 const EXACT: u64 = 1024;
@@ -118,6 +119,7 @@ impl Default for Histogram {
             buckets: vec![0; (EXACT + 54 * SUB) as usize],
             count: 0,
             max: 0,
+            sum: 0,
         }
     }
 }
@@ -145,6 +147,15 @@ impl Histogram {
         self.buckets[i] += 1;
         self.count += 1;
         self.max = self.max.max(micros);
+        self.sum += u128::from(micros);
+    }
+    /// The exact mean (0 without samples).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
     }
     pub fn count(&self) -> u64 {
         self.count
