@@ -606,6 +606,7 @@ pub fn check_accounting(summary: &serde_json::Value) {
 }
 
 pub mod conformance;
+pub mod http_server;
 
 /// Writes a nanosecond pcap of `(ts_ns, frame, orig_len)` records with link type `linktype`.
 pub fn write_pcap(path: &Path, linktype: u32, records: &[(u64, Vec<u8>, u32)]) {

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         cli::Command::Attach(args) => cli::attach::run(args),
         cli::Command::Extract(args) => cli::extract::run(args),
         cli::Command::Requests(args) => cli::requests::run(args),
-        cli::Command::Replay(args) => cli::replay::run(args),
+        cli::Command::Replay(args) => cli::replay::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,8 +1,10 @@
 //! The command line.
 pub mod attach;
 pub mod extract;
+pub mod http_replay;
 pub mod mapped;
 pub mod replay;
+pub mod replay_diff;
 pub mod requests;
 pub mod rules;
 pub mod units;
@@ -30,5 +32,5 @@ pub enum Command {
     Requests(requests::RequestsArgs),
     /// Re-emit a capture's packets onto an interface (or into a pcap), with tcpreplay-class
     /// timing and rewriting
-    Replay(replay::ReplayArgs),
+    Replay(Box<replay::ReplayArgs>),
 }

@@ -35,7 +35,13 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
-#[command(after_help = "\
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "\
+Two levels: packets re-emitted onto an interface (--iface, or -w FILE), or HTTP exchanges sent
+to a new version of a service (--target URL) and compared with production's responses.
+
 Timing: as recorded by default; --speed 2x halves every gap, --pps/--mbps pace at a fixed rate,
 --topspeed sends as fast as the interface takes them. The schedule is anchored to the start
 instant (no drift), with a sleep-then-spin wait for microsecond accuracy.
@@ -51,24 +57,35 @@ same rules as `attach`, with client-to-server packets as `ingress`.
 Examples:
   sudo rf-tap replay web.pcap --iface veth0 --speed 2x
   sudo rf-tap replay web.pcap --iface veth0 --topspeed --loop 10 --unique-ip
-  rf-tap replay web.pcap -w shifted.pcap --dstipmap 10.0.0.0/24:10.1.0.0/24 --portmap 80:8080")]
+  rf-tap replay web.pcap -w shifted.pcap --dstipmap 10.0.0.0/24:10.1.0.0/24 --portmap 80:8080
+  rf-tap replay capture.rfcap --target http://staging:8080 --speed 2x --concurrency 100
+  rf-tap replay capture.pcap --target http://staging:8080 --topspeed --fail-if 'diff_rate>1%'
+  rf-tap replay diff capture.rfcap --show 5"
+)]
 pub struct ReplayArgs {
-    /// Capture to replay (pcap or pcapng)
-    pub input: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<ReplayCommand>,
+
+    /// Capture to replay: pcap or pcapng (packets or HTTP), or .rfcap (HTTP, with --target)
+    #[arg(required = true)]
+    pub input: Option<PathBuf>,
 
     /// Interface to send on
     #[arg(
         short = 'i',
         long,
         value_name = "IFACE",
-        required_unless_present = "write",
-        conflicts_with = "write"
+        required_unless_present_any = ["write", "target"],
+        conflicts_with_all = ["write", "target"]
     )]
     pub iface: Option<String>,
 
     /// Write the frames to a pcap file instead, stamped with their scheduled instants
-    #[arg(short = 'w', long, value_name = "FILE")]
+    #[arg(short = 'w', long, value_name = "FILE", conflicts_with = "target")]
     pub write: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub http: crate::cli::http_replay::HttpReplayArgs,
 
     /// Send backend for --iface
     #[arg(long, value_enum, default_value_t = Backend::AfPacket)]
@@ -170,6 +187,12 @@ pub struct ReplayArgs {
     /// No progress line
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReplayCommand {
+    /// Show the responses that differed from production in the last HTTP replay of FILE
+    Diff(crate::cli::replay_diff::DiffArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -324,14 +347,23 @@ fn stop_words(s: Option<Stop>, signal: bool) -> &'static str {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ReplayCommand::Diff(d)) = args.command {
+        return crate::cli::replay_diff::run(d);
+    }
+    if args.http.target.is_some() {
+        return crate::cli::http_replay::run(args);
+    }
+    let Some(input_path) = args.input.clone() else {
+        bail!("give the capture to replay");
+    };
     let timing = args.timing()?;
     let rules = args.filter.rule_set()?;
-    let file = std::fs::File::open(&args.input)
-        .with_context(|| format!("cannot open {}", args.input.display()))?;
+    let file = std::fs::File::open(&input_path)
+        .with_context(|| format!("cannot open {}", input_path.display()))?;
     // SAFETY: read-only map; bytes changed underneath are untrusted input like any other.
     let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", args.input.display()))?;
-    let input = args.input.display().to_string();
+        .with_context(|| format!("cannot map {}", input_path.display()))?;
+    let input = input_path.display().to_string();
     let mut probe = CaptureReader::new(&map).with_context(|| input.clone())?;
     match probe.next() {
         None => bail!("{input}: the capture holds no packets"),

@@ -81,14 +81,14 @@ pub enum RequestsCommand {
 }
 
 /// A file of exchanges, memory-mapped.
-struct Source {
+pub(crate) struct Source {
     map: memmap2::Mmap,
     path: PathBuf,
     archive: bool,
 }
 
 impl Source {
-    fn open(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
         let file =
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: read-only map; odd bytes from a concurrently changed file are handled like
@@ -111,9 +111,34 @@ impl Source {
         })
     }
 
+    /// The first and last timestamps in the file (frames of a capture, exchanges of an
+    /// archive), for progress; None when it holds nothing readable.
+    pub(crate) fn span(&self) -> Option<(Duration, Duration)> {
+        let mut span: Option<(Duration, Duration)> = None;
+        let mut see = |t: Duration| {
+            span = Some(span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+        };
+        if self.archive {
+            let r = ArchiveReader::new(&self.map).ok()?;
+            for block in r {
+                for s in &block.summaries {
+                    see(Duration::from_nanos(s.ts_ns));
+                }
+            }
+        } else {
+            let mut releaser = crate::cli::mapped::Releaser::new(&self.map);
+            let mut frames = CaptureReader::new(&self.map).ok()?;
+            while let Some(Ok(f)) = frames.next() {
+                see(f.ts);
+                releaser.parsed_up_to(&self.map, frames.offset());
+            }
+        }
+        span
+    }
+
     /// Visits every exchange's summary; `want(summary)` returning true asks for the full
     /// exchange too (decoded only then). Stops early when `visit` returns false.
-    fn each(
+    pub(crate) fn each(
         &self,
         want: &dyn Fn(&Summary) -> bool,
         visit: &mut dyn FnMut(&Summary, Option<Exchange>) -> bool,

@@ -4,6 +4,7 @@ pub mod af_packet;
 pub mod af_xdp;
 pub mod clock;
 pub mod file_sink;
+pub mod http;
 pub mod interface;
 
 use std::io;

@@ -28,6 +28,18 @@ pub enum FailKind {
 }
 
 impl FailKind {
+    pub fn all() -> [FailKind; 7] {
+        [
+            Self::Refused,
+            Self::Connect,
+            Self::Timeout,
+            Self::Reset,
+            Self::Garbage,
+            Self::Tls,
+            Self::ServerError,
+        ]
+    }
+
     pub fn key(self) -> &'static str {
         match self {
             Self::Refused => "connection_refused",

@@ -1,0 +1,758 @@
+//! HTTP replay end to end: the rf-tap binary replays synthetic captures (written by the
+//! engine's synth writer, read back by the real pipeline) against real servers started
+//! here: an in-process server with a v1 and a v2 behaviour, fault servers, a TLS server,
+//! and nginx.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use rf_tap_engine::pcap::synth::SynthWriter;
+use rf_tap_tests::{
+    http_server::{Reply, Seen, TestServer},
+    rf_tap_run, TempDir,
+};
+use serde_json::Value;
+
+/// One captured request: when (ms from the capture start), the request, production's
+/// response, and production's latency (ms).
+struct Cap {
+    at_ms: u64,
+    request: String,
+    response: String,
+    latency_ms: u64,
+}
+
+fn get(at_ms: u64, path: &str, status: u16, body: &str) -> Cap {
+    Cap {
+        at_ms,
+        request: format!("GET {path} HTTP/1.1\r\nHost: prod.example\r\nCookie: session=prod\r\n\r\n"),
+        response: format!(
+            "HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nDate: Mon, 01 Jan 2025 00:00:00 GMT\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        latency_ms: 2,
+    }
+}
+
+fn post(at_ms: u64, path: &str, body: &str) -> Cap {
+    Cap {
+        at_ms,
+        request: format!(
+            "POST {path} HTTP/1.1\r\nHost: prod.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        response: "HTTP/1.1 201 Created\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}".into(),
+        latency_ms: 2,
+    }
+}
+
+/// Writes a capture: each inner list is one connection's requests, in order.
+fn capture(path: &Path, conns: &[Vec<Cap>]) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = SynthWriter::new(file).unwrap();
+    let t0 = Duration::from_secs(1_763_719_200);
+    let server: SocketAddrV4 = "10.0.0.2:80".parse().unwrap();
+    for (i, reqs) in conns.iter().enumerate() {
+        let client = SocketAddrV4::new([10, 0, 0, 1].into(), 20_000 + i as u16);
+        let start = reqs.first().map_or(0, |c| c.at_ms);
+        let mut c = w
+            .open(
+                t0 + Duration::from_millis(start) - Duration::from_micros(100),
+                client,
+                server,
+            )
+            .unwrap();
+        let mut end = 0;
+        for r in reqs {
+            w.exchange(
+                &mut c,
+                t0 + Duration::from_millis(r.at_ms),
+                r.request.as_bytes(),
+                Duration::from_millis(r.latency_ms),
+                r.response.as_bytes(),
+            )
+            .unwrap();
+            end = r.at_ms + r.latency_ms + 1;
+        }
+        w.close(&mut c, t0 + Duration::from_millis(end)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn replay(args: &[&str]) -> (i32, Value, String) {
+    let f = rf_tap_run(None, args);
+    let out = String::from_utf8_lossy(&f.stdout).into_owned();
+    let v = if args.contains(&"--json") {
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{}", f.stderr))
+    } else {
+        Value::String(out)
+    };
+    (f.status.code().unwrap_or(-1), v, f.stderr)
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+fn v2_server() -> TestServer {
+    TestServer::start(|r: &Seen| {
+        let path = r.target.split('?').next().unwrap_or("");
+        if let Some(id) = path.strip_prefix("/api/users/") {
+            Reply::json(
+                200,
+                &format!(r#"{{"id":"{id}","name":"Ann","avatar":"a.png"}}"#),
+            )
+        } else if path == "/api/orders" {
+            Reply::json(500, r#"{"error":"column orders.discount does not exist"}"#)
+        } else {
+            Reply::json(200, r#"{"ok":true}"#)
+        }
+    })
+}
+
+#[test]
+fn diffs_against_a_new_version_are_counted_saved_and_shown() {
+    let dir = TempDir::new("http-diff");
+    let pcap = dir.path("capture.pcap");
+    capture(
+        &pcap,
+        &[
+            vec![
+                get(0, "/api/users/u_123", 200, r#"{"id":"u_123","name":"Ann"}"#),
+                get(5, "/api/orders", 200, r#"{"orders":[]}"#),
+            ],
+            vec![
+                get(2, "/api/status", 200, r#"{"ok":true}"#),
+                get(8, "/api/users/u_456", 200, r#"{"id":"u_456","name":"Ann"}"#),
+            ],
+        ],
+    );
+    let server = v2_server();
+    let (code, v, err) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &server.url(),
+        "--topspeed",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (
+            n(&v, "requests"),
+            n(&v, "succeeded"),
+            n(&v, "failed"),
+            n(&v, "diffs"),
+            n(&v, "compared")
+        ),
+        (4, 3, 1, 3, 4),
+        "{v}"
+    );
+    assert_eq!(v["errors"]["server_error_5xx"], 1);
+    for k in ["p50", "p95", "p99"] {
+        assert!(v["latency_ms"]["target"][k].as_f64().is_some(), "{v}");
+        assert!(
+            v["latency_ms"]["production"][k].as_f64().unwrap() > 1.0,
+            "{v}"
+        );
+    }
+    let saved = PathBuf::from(v["results_file"].as_str().unwrap());
+    assert!(
+        saved.starts_with(dir.path("capture.pcap.replay")),
+        "{saved:?}"
+    );
+
+    // The human report names the count and the command to see them.
+    let (code, text, _) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &server.url(),
+        "--topspeed",
+    ]);
+    assert_eq!(code, 0);
+    let text = text.as_str().unwrap().to_string();
+    assert!(
+        text.contains("Response diff: 3 responses differed from production"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "View diffs: rf-tap replay diff {}",
+            pcap.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("RESULTS") && text.contains("p95"), "{text}");
+
+    let (code, shown, err) = replay(&["replay", "diff", pcap.to_str().unwrap(), "--show", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let shown = shown.as_str().unwrap().to_string();
+    assert!(shown.contains("DIFF 1/3 — GET /api/users/u_123"), "{shown}");
+    assert!(
+        shown.contains("New field \"avatar\" in target response"),
+        "{shown}"
+    );
+    assert!(shown.contains("200 → 500"), "{shown}");
+    assert!(
+        shown.contains("Schema mismatch — staging migration may be missing")
+            || shown.contains("Schema mismatch"),
+        "{shown}"
+    );
+    assert!(shown.contains("endpoint GET /api/users/{id}"), "{shown}");
+    let (_, one, _) = replay(&["replay", "diff", pcap.to_str().unwrap(), "--show", "1"]);
+    assert!(one
+        .as_str()
+        .unwrap()
+        .contains("2 more; --show 3 lists them all"));
+}
+
+#[test]
+fn each_connection_keeps_its_order_on_one_connection_within_the_concurrency_limit() {
+    let dir = TempDir::new("http-order");
+    let pcap = dir.path("c.pcap");
+    let conns: Vec<Vec<Cap>> = (0..12)
+        .map(|c| {
+            (0..5)
+                .map(|i| get(i * 3 + c, &format!("/c{c}/r{i}"), 200, "{}"))
+                .collect()
+        })
+        .collect();
+    capture(&pcap, &conns);
+    let server = TestServer::start(|_: &Seen| Reply::Respond {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: b"{}".to_vec(),
+        delay: Duration::from_millis(5),
+    });
+    let check_order = |seen: &[Seen], one_connection: bool| {
+        for c in 0..12 {
+            let mine: Vec<&Seen> = seen
+                .iter()
+                .filter(|s| s.target.starts_with(&format!("/c{c}/")))
+                .collect();
+            let order: Vec<&str> = mine.iter().map(|s| s.target.as_str()).collect();
+            let want: Vec<String> = (0..5).map(|i| format!("/c{c}/r{i}")).collect();
+            assert_eq!(order, want, "connection {c} out of order");
+            if one_connection {
+                assert!(
+                    mine.iter().all(|s| s.conn == mine[0].conn),
+                    "connection {c} spread over several connections"
+                );
+            }
+        }
+    };
+    // Room for every captured connection: each is replayed on one connection.
+    let (code, v, err) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &server.url(),
+        "--topspeed",
+        "--concurrency",
+        "12",
+        "--json",
+        "--no-save",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&v, "requests"), n(&v, "diffs")), (60, 0), "{v}");
+    check_order(&server.requests(), true);
+    let conns: std::collections::BTreeSet<u64> = server.requests().iter().map(|s| s.conn).collect();
+    assert_eq!(conns.len(), 12);
+
+    // Three connections for twelve: never more than three requests at once, and each
+    // captured connection's requests still in order, never two at a time.
+    let server = TestServer::start(|_: &Seen| Reply::Respond {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: b"{}".to_vec(),
+        delay: Duration::from_millis(5),
+    });
+    let (code, v, err) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &server.url(),
+        "--topspeed",
+        "--concurrency",
+        "3",
+        "--json",
+        "--no-save",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "requests"), 60, "{v}");
+    check_order(&server.requests(), false);
+    let busy = server.max_busy.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&busy),
+        "{busy} requests in flight at once with --concurrency 3"
+    );
+}
+
+#[test]
+fn speed_scales_the_captured_gaps() {
+    let dir = TempDir::new("http-speed");
+    let pcap = dir.path("s.pcap");
+    capture(
+        &pcap,
+        &[
+            vec![get(0, "/a", 200, "{}")],
+            vec![get(800, "/b", 200, "{}")],
+            vec![get(1600, "/c", 200, "{}")],
+        ],
+    );
+    let server = TestServer::start(|_: &Seen| Reply::json(200, "{}"));
+    let (code, v, err) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &server.url(),
+        "--speed",
+        "4x",
+        "--json",
+        "--no-save",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 3);
+    for w in seen.windows(2) {
+        let gap = w[1].at - w[0].at;
+        // 800 ms at 4x is 200 ms; generous bounds on a shared machine, but 1x (800) or
+        // top speed (~0) fail.
+        assert!(
+            gap > Duration::from_millis(120) && gap < Duration::from_millis(450),
+            "gap {gap:?}"
+        );
+    }
+    assert!(v["behind_schedule_ms"]["p99"].as_f64().is_some(), "{v}");
+}
+
+#[test]
+fn transforms_and_the_write_guard() {
+    let dir = TempDir::new("http-transform");
+    let pcap = dir.path("t.pcap");
+    capture(
+        &pcap,
+        &[vec![
+            get(0, "/health", 200, "{}"),
+            get(1, "/api/items?page=2", 200, "{}"),
+            post(2, "/api/items", r#"{"name":"x"}"#),
+        ]],
+    );
+    let server = TestServer::start(|r: &Seen| {
+        if r.method == "POST" {
+            Reply::json(201, "{}")
+        } else {
+            Reply::json(200, "{}")
+        }
+    });
+    let url = server.url();
+    let common = [
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &url,
+        "--topspeed",
+        "--json",
+        "--no-save",
+        "--exclude",
+        "GET /health*",
+        "-H",
+        "X-Replay-Id: {{uuid}}",
+        "-H",
+        "X-Replayed-At: {{now}} {{now_epoch}}",
+        "--remove-header",
+        "cookie",
+        "--rewrite-url",
+        "^/api/(.*):/v2/$1",
+    ];
+    let (code, v, err) = replay(&common);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&v, "requests"), n(&v, "skipped")), (1, 2), "{v}");
+    assert_eq!(v["skipped_by_reason"]["write_method"], 1, "{v}");
+    assert_eq!(v["skipped_by_reason"]["excluded"], 1, "{v}");
+    let seen = server.requests();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(
+        (r.method.as_str(), r.target.as_str()),
+        ("GET", "/v2/items?page=2")
+    );
+    assert_eq!(r.header("host"), Some(server.addr.to_string().as_str()));
+    assert_eq!(r.header("cookie"), None);
+    let id = r.header("x-replay-id").unwrap();
+    assert_eq!((id.len(), &id[14..15]), (36, "4"), "{id}");
+    let at = r.header("x-replayed-at").unwrap();
+    assert!(
+        at.starts_with("20") && at.contains('T') && at.contains("Z 1"),
+        "{at}"
+    );
+
+    let mut writes = common.to_vec();
+    writes.push("--allow-writes");
+    let (code, v, err) = replay(&writes);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&v, "requests"), n(&v, "diffs")), (2, 0), "{v}");
+    let post = server
+        .requests()
+        .into_iter()
+        .find(|s| s.method == "POST")
+        .unwrap();
+    assert_eq!(
+        (post.target.as_str(), post.body.as_slice()),
+        ("/v2/items", br#"{"name":"x"}"#.as_slice())
+    );
+    assert_ne!(
+        post.header("x-replay-id"),
+        Some(id),
+        "a fresh uuid per request"
+    );
+}
+
+#[test]
+fn noise_runs_ignore_what_varies_between_the_targets_own_answers() {
+    let dir = TempDir::new("http-noise");
+    let pcap = dir.path("n.pcap");
+    let caps: Vec<Cap> = (0..6)
+        .map(|i| {
+            get(
+                i,
+                &format!("/api/orders/{i}"),
+                200,
+                r#"{"request_id":"r-prod","ts":1,"name":"same"}"#,
+            )
+        })
+        .collect();
+    capture(&pcap, &[caps]);
+    let counter = Arc::new(AtomicU64::new(0));
+    let c2 = Arc::clone(&counter);
+    let server = TestServer::start(move |r: &Seen| {
+        let k = c2.fetch_add(1, Ordering::SeqCst);
+        let name = if r.target.ends_with("/5") {
+            "changed"
+        } else {
+            "same"
+        };
+        Reply::json(
+            200,
+            &format!(
+                r#"{{"request_id":"r-{k}","ts":{},"name":"{name}"}}"#,
+                1000 + k
+            ),
+        )
+    });
+    let url = server.url();
+    let (_, plain, err) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &url,
+        "--topspeed",
+        "--json",
+        "--no-save",
+    ]);
+    assert_eq!(n(&plain, "diffs"), 6, "{plain} {err}");
+    let (code, noisy, err) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &url,
+        "--topspeed",
+        "--json",
+        "--noise-runs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        n(&noisy, "diffs"),
+        1,
+        "only the real change is left: {noisy}"
+    );
+    let (_, shown, _) = replay(&["replay", "diff", pcap.to_str().unwrap()]);
+    let shown = shown.as_str().unwrap().to_string();
+    assert!(
+        shown.contains("$.name changed: \"same\" → \"changed\""),
+        "{shown}"
+    );
+    assert!(
+        !shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("$.request_id")
+                || l.trim_start().starts_with("$.ts")),
+        "{shown}"
+    );
+    // --ignore does the same by hand.
+    let (_, ignored, _) = replay(&[
+        "replay",
+        pcap.to_str().unwrap(),
+        "--target",
+        &url,
+        "--topspeed",
+        "--json",
+        "--no-save",
+        "--ignore",
+        "$.request_id",
+        "--ignore",
+        "$.ts",
+    ]);
+    assert_eq!(n(&ignored, "diffs"), 1, "{ignored}");
+}
+
+#[test]
+fn gates_exit_codes_and_junit() {
+    let dir = TempDir::new("http-gates");
+    let pcap = dir.path("g.pcap");
+    capture(
+        &pcap,
+        &[vec![
+            get(0, "/api/users/u_1", 200, r#"{"id":"u_1","name":"Ann"}"#),
+            get(1, "/api/users/u_2", 200, r#"{"id":"u_2","name":"Ann"}"#),
+            get(2, "/api/orders", 200, "{}"),
+            get(3, "/api/status", 200, r#"{"ok":true}"#),
+        ]],
+    );
+    let server = v2_server();
+    let url = server.url();
+    let junit = dir.path("report.xml");
+    let f = rf_tap_run(
+        None,
+        &[
+            "replay",
+            pcap.to_str().unwrap(),
+            "--target",
+            &url,
+            "--topspeed",
+            "--no-save",
+            "--fail-if",
+            "diff_rate>1%",
+            "--fail-if",
+            "success_rate<50%",
+            "--fail-if",
+            "p95_latency_delta>100000%",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(f.status.code(), Some(1), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("gate failed: diff_rate>1%"),
+        "{}",
+        f.stderr
+    );
+    assert!(!f.stderr.contains("success_rate<50%"), "{}", f.stderr);
+    let out = String::from_utf8_lossy(&f.stdout);
+    assert!(
+        out.contains("FAIL  diff_rate>1%") && out.contains("ok    success_rate<50%"),
+        "{out}"
+    );
+
+    let suites = junit_parser::from_reader(std::io::BufReader::new(
+        std::fs::File::open(&junit).unwrap(),
+    ))
+    .unwrap();
+    let cases: Vec<_> = suites.suites.iter().flat_map(|s| s.cases.iter()).collect();
+    let names: Vec<&str> = cases.iter().map(|c| c.original_name.as_str()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"GET /api/users/{id}"), "{names:?}");
+    let failed: Vec<&str> = cases
+        .iter()
+        .filter(|c| c.status.is_failure())
+        .map(|c| c.original_name.as_str())
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(!failed.contains(&"GET /api/status"));
+
+    let f = rf_tap_run(
+        None,
+        &[
+            "replay",
+            pcap.to_str().unwrap(),
+            "--target",
+            &url,
+            "--topspeed",
+            "--no-save",
+            "--fail-if",
+            "success_rate<50%",
+            "--fail-if",
+            "failed>1",
+        ],
+    );
+    assert_eq!(f.status.code(), Some(0), "{}", f.stderr);
+    let f = rf_tap_run(
+        None,
+        &[
+            "replay",
+            pcap.to_str().unwrap(),
+            "--target",
+            &url,
+            "--fail-if",
+            "speed>1",
+        ],
+    );
+    assert_eq!(f.status.code(), Some(2), "{}", f.stderr);
+    assert!(f.stderr.contains("unknown metric"), "{}", f.stderr);
+}
+
+#[test]
+fn faults_are_counted_with_clear_messages_and_no_hang() {
+    let dir = TempDir::new("http-faults");
+    let pcap = dir.path("f.pcap");
+    capture(
+        &pcap,
+        &[
+            vec![get(0, "/a", 200, "{}"), get(1, "/b", 200, "{}")],
+            vec![get(2, "/c", 200, "{}")],
+        ],
+    );
+    let p = pcap.to_str().unwrap();
+
+    // Nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, v, err) = replay(&[
+        "replay",
+        p,
+        "--target",
+        &dead,
+        "--topspeed",
+        "--json",
+        "--no-save",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["errors"]["connection_refused"], 3, "{v}");
+    assert!(err.contains("answered none of 3 requests"), "{err}");
+
+    for (name, reply, key) in [
+        ("hang", 0, "timeout"),
+        ("reset", 1, "connection_reset"),
+        ("garbage", 2, "invalid_response"),
+    ] {
+        let server = TestServer::start(move |_: &Seen| match reply {
+            0 => Reply::Hang,
+            1 => Reply::Reset,
+            _ => Reply::Garbage(b"SSH-2.0-OpenSSH_9.6\r\nnot http at all\r\n".to_vec()),
+        });
+        let started = Instant::now();
+        let (code, v, err) = replay(&[
+            "replay",
+            p,
+            "--target",
+            &server.url(),
+            "--topspeed",
+            "--timeout",
+            "300ms",
+            "--json",
+            "--no-save",
+        ]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert_eq!(v["errors"][key], 3, "{name}: {v}");
+        assert_eq!(n(&v, "failed"), 3, "{name}: {v}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Bad captures and flags.
+    let corrupt = dir.path("corrupt.rfcap");
+    std::fs::write(&corrupt, b"not a capture at all").unwrap();
+    for (args, words) in [
+        (
+            vec![
+                "replay",
+                corrupt.to_str().unwrap(),
+                "--target",
+                "http://127.0.0.1:9",
+            ],
+            "neither an rfcap archive nor a capture",
+        ),
+        (
+            vec![
+                "replay",
+                "/nonexistent.pcap",
+                "--target",
+                "http://127.0.0.1:9",
+            ],
+            "cannot open /nonexistent.pcap",
+        ),
+        (
+            vec!["replay", p, "--target", "staging:8080"],
+            "use http://HOST",
+        ),
+        (
+            vec![
+                "replay",
+                p,
+                "--target",
+                "http://127.0.0.1:9",
+                "--portmap",
+                "80:8080",
+            ],
+            "--portmap applies to packet replay",
+        ),
+        (
+            vec!["replay", "diff", "/nonexistent.pcap"],
+            "no saved replay results",
+        ),
+    ] {
+        let f = rf_tap_run(None, &args);
+        assert!(!f.status.success(), "{args:?}");
+        assert!(f.stderr.contains(words), "{args:?}: {}", f.stderr);
+        assert!(!f.stderr.contains("panicked"), "{}", f.stderr);
+    }
+}
+
+#[test]
+fn an_rfcap_archive_replays_like_its_pcap() {
+    let dir = TempDir::new("http-rfcap");
+    let pcap = dir.path("a.pcap");
+    capture(
+        &pcap,
+        &[vec![
+            get(0, "/api/users/u_9", 200, r#"{"id":"u_9","name":"Ann"}"#),
+            get(3, "/x", 200, r#"{"ok":true}"#),
+        ]],
+    );
+    let rfcap = dir.path("a.rfcap");
+    let f = rf_tap_run(
+        None,
+        &[
+            "extract",
+            pcap.to_str().unwrap(),
+            "-o",
+            rfcap.to_str().unwrap(),
+        ],
+    );
+    assert!(f.status.success(), "{}", f.stderr);
+    let server = v2_server();
+    let (code, v, err) = replay(&[
+        "replay",
+        rfcap.to_str().unwrap(),
+        "--target",
+        &server.url(),
+        "--speed",
+        "10x",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&v, "requests"), n(&v, "diffs")), (2, 1), "{v}");
+    let (_, shown, _) = replay(&["replay", "diff", rfcap.to_str().unwrap()]);
+    assert!(
+        shown
+            .as_str()
+            .unwrap()
+            .contains("DIFF 1/1 — GET /api/users/u_9"),
+        "{shown}"
+    );
+}

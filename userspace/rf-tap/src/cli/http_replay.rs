@@ -1,0 +1,721 @@
+//! `rf-tap replay FILE --target URL`: the captured HTTP requests sent to a new version of
+//! the service, its responses compared with production's, a RESULTS block, saved diffs,
+//! `--json`, `--junit` and `--fail-if` gates for CI.
+
+use std::{
+    fs::File,
+    io::{BufWriter, IsTerminal, Write as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use rf_tap_engine::{
+    compare::{CompareOptions, JsonPath},
+    query::format_utc,
+    replay::http::{
+        gate::{Gate, GateResult},
+        plan::{RequestPattern, Selection, SkipReason},
+        report::{FailKind, Latency, Summary, Tally},
+        transform::{parse_header, HostHeader, Transform, UrlRewrite},
+    },
+};
+use serde_json::{json, Value};
+
+use crate::{
+    cli::{replay::ReplayArgs, requests::Source, units::parse_duration},
+    replay::http::{
+        client::{Connector, Target},
+        runner::{self, Collect, Progress, RunConfig, Shared},
+    },
+};
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "HTTP replay (--target)")]
+pub struct HttpReplayArgs {
+    /// Send the captured HTTP requests to this URL (http:// or https://; a path is prepended
+    /// to every request) and compare the responses with production's
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+
+    /// Most replay connections open at once (requests of one captured connection go in
+    /// order on one connection)
+    #[arg(long, value_name = "N", default_value_t = 100, requires = "target",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+
+    /// Longest wait for a whole response, connecting included
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration,
+          requires = "target")]
+    pub timeout: Duration,
+
+    /// Send this Host header (default: the target's host[:port])
+    #[arg(
+        long,
+        value_name = "HOST",
+        requires = "target",
+        conflicts_with = "keep_host"
+    )]
+    pub host: Option<String>,
+
+    /// Keep the captured Host header
+    #[arg(long, requires = "target")]
+    pub keep_host: bool,
+
+    /// Set a header on every request, 'Name: value' ({{now}}, {{now_epoch}}, {{now_epoch_ms}},
+    /// {{uuid}} are expanded); repeatable
+    #[arg(short = 'H', long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header,
+          requires = "target")]
+    pub headers: Vec<(String, String)>,
+
+    /// Remove a header from every request (repeatable)
+    #[arg(long, value_name = "NAME", requires = "target")]
+    pub remove_header: Vec<String>,
+
+    /// Rewrite request targets, REGEX:REPLACEMENT ('^/v1/(.*):/v2/$1'); repeatable
+    #[arg(long, value_name = "REGEX:REPLACEMENT", requires = "target")]
+    pub rewrite_url: Vec<UrlRewrite>,
+
+    /// Replay only requests matching '[METHOD] PATH-GLOB' ('/api/*', 'GET /users/*'); repeatable
+    #[arg(long, value_name = "PATTERN", requires = "target")]
+    pub include: Vec<RequestPattern>,
+
+    /// Leave out requests matching '[METHOD] PATH-GLOB' ('GET /health*'); repeatable
+    #[arg(long, value_name = "PATTERN", requires = "target")]
+    pub exclude: Vec<RequestPattern>,
+
+    /// Also replay POST, PUT, PATCH and DELETE (they change state on the target)
+    #[arg(long, requires = "target")]
+    pub allow_writes: bool,
+
+    /// Leave this JSON path out of the comparison ('$.created_at', '$.items[*].id',
+    /// '$..updated_at'); repeatable
+    #[arg(long, value_name = "JSONPATH", requires = "target")]
+    pub ignore: Vec<JsonPath>,
+
+    /// Mask text matching this regex on both sides before comparing; repeatable
+    #[arg(long, value_name = "REGEX", requires = "target")]
+    pub mask: Vec<regex::Regex>,
+
+    /// Leave this header out of the comparison (volatile ones such as Date are already out)
+    #[arg(long, value_name = "NAME", requires = "target")]
+    pub ignore_header: Vec<String>,
+
+    /// Send each request N times and ignore the fields whose values differ between the
+    /// target's own answers (ids, timestamps)
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "target",
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub noise_runs: u32,
+
+    /// Write a JUnit XML report (one test case per endpoint)
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub junit: Option<PathBuf>,
+
+    /// Exit 1 when this holds: 'success_rate<99.5%', 'p95_latency_delta>10%', 'diff_rate>1%'
+    /// (see `Gates` below); repeatable
+    #[arg(long, value_name = "CONDITION", requires = "target")]
+    pub fail_if: Vec<Gate>,
+
+    /// Trust the certificates in this PEM file too (HTTPS targets)
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Accept any TLS certificate (a staging host with a self-signed one)
+    #[arg(long, requires = "target")]
+    pub insecure: bool,
+
+    /// Do not save the results next to the capture
+    #[arg(long, requires = "target")]
+    pub no_save: bool,
+}
+
+/// Where the results of HTTP replays of `capture` are saved.
+pub fn results_dir(capture: &Path) -> PathBuf {
+    let mut name = capture
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".replay");
+    capture.with_file_name(name)
+}
+
+struct Saver {
+    out: Option<BufWriter<File>>,
+    path: Option<PathBuf>,
+    error: Option<String>,
+    diffs: u64,
+    progress: Option<ProgressBar>,
+}
+
+impl Saver {
+    fn write(&mut self, v: &Value) {
+        if let Some(out) = &mut self.out {
+            let r = serde_json::to_writer(&mut *out, v)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"));
+            if let Err(e) = r {
+                self.error = Some(e.to_string());
+                self.out = None;
+            }
+        }
+    }
+}
+
+impl Collect for Saver {
+    fn done(&mut self, tally: &Tally, record: Option<Value>) {
+        if let Some(mut r) = record {
+            if r.get("type").and_then(Value::as_str) == Some("diff") {
+                self.diffs += 1;
+                if let Some(m) = r.as_object_mut() {
+                    m.insert("n".into(), json!(self.diffs));
+                }
+            }
+            self.write(&r);
+        }
+        if let Some(p) = &mut self.progress {
+            p.tick(tally, false);
+        }
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        if let Some(p) = &mut self.progress {
+            p.clear();
+        }
+    }
+}
+
+/// The progress bar (standard error, on a terminal only).
+struct ProgressBar {
+    started: Instant,
+    last: Instant,
+    span: Option<(Duration, Duration)>,
+    live: Arc<Progress>,
+}
+
+impl ProgressBar {
+    fn tick(&mut self, t: &Tally, force: bool) {
+        if !force && self.last.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last = Instant::now();
+        let el = self.started.elapsed().as_secs_f64();
+        let fraction = self.span.and_then(|(a, b)| {
+            let at = Duration::from_nanos(self.live.capture_ns.load(Ordering::Relaxed));
+            (b > a).then(|| {
+                ((at.saturating_sub(a)).as_secs_f64() / (b - a).as_secs_f64()).clamp(0.0, 1.0)
+            })
+        });
+        let width = 24;
+        let (bar, eta) = match fraction {
+            Some(f) if f > 0.0 => {
+                let full = (f * width as f64) as usize;
+                let left = el * (1.0 - f) / f;
+                (
+                    format!(
+                        "[{}{}] {:>3.0}%",
+                        "#".repeat(full),
+                        "-".repeat(width - full),
+                        f * 100.0
+                    ),
+                    format!(" ETA {}", clock_text(left)),
+                )
+            }
+            _ => (format!("[{}]", "-".repeat(width)), String::new()),
+        };
+        eprint!(
+            "\r{bar} {} sent, {} ok, {} failed, {} diffs, {:.0} req/s{eta}   ",
+            t.sent,
+            t.succeeded,
+            t.failed,
+            t.diffs,
+            t.sent as f64 / el.max(1e-3)
+        );
+    }
+    fn clear(&mut self) {
+        eprint!("\r{}\r", " ".repeat(100));
+    }
+}
+
+fn clock_text(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn stamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format_utc(now, 'T', 0).replace([':', '-'], "") + "Z"
+}
+
+fn open_results(capture: &Path) -> anyhow::Result<(BufWriter<File>, PathBuf)> {
+    let dir = results_dir(capture);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let base = stamp();
+    for i in 0..100 {
+        let name = if i == 0 {
+            format!("run-{base}.jsonl")
+        } else {
+            format!("run-{base}-{i}.jsonl")
+        };
+        let path = dir.join(name);
+        match File::options().write(true).create_new(true).open(&path) {
+            Ok(f) => return Ok((BufWriter::new(f), path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+    bail!("{}: too many runs this second", dir.display())
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}%"))
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn print_results(
+    s: &Summary,
+    capture: &Path,
+    saved: Option<&Path>,
+    gates: &[(GateResult, &'static str)],
+    speed: &str,
+    concurrency: u32,
+) {
+    let mut o = String::new();
+    let w = &mut o;
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        w,
+        "RESULTS  {}  ({}, {speed}, concurrency {concurrency})",
+        s.target,
+        capture.display()
+    );
+    let _ = writeln!(
+        w,
+        "  Requests    {:>9}  sent in {:.1} s ({:.1} req/s){}",
+        s.requests,
+        s.elapsed_s,
+        s.requests_per_s,
+        s.stopped
+            .as_ref()
+            .map_or(String::new(), |x| format!("; stopped: {x}"))
+    );
+    let _ = writeln!(
+        w,
+        "  Succeeded   {:>9}  ({}; production {})",
+        s.succeeded,
+        rate(s.success_rate),
+        rate(s.production_success_rate)
+    );
+    let errors: Vec<String> = FailKind::all()
+        .iter()
+        .filter_map(|k| s.errors.get(k.key()).map(|n| format!("{} {n}", k.words())))
+        .collect();
+    let _ = writeln!(
+        w,
+        "  Failed      {:>9}  ({}){}",
+        s.failed,
+        rate(s.success_rate.map(|r| 100.0 - r)),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", errors.join(", "))
+        }
+    );
+    let _ = writeln!(w, "  Skipped     {:>9}", s.skipped);
+    for why in SkipReason::ALL {
+        if let Some(n) = s.skipped_by_reason.get(why.key()) {
+            let _ = writeln!(w, "    {n:>9}  {}", why.words());
+        }
+    }
+    let _ = writeln!(w, "  Latency (ms)        avg      p50      p95      p99");
+    for (name, l) in [
+        ("target", s.latency_ms.target),
+        ("production", s.latency_ms.production),
+    ] {
+        match l {
+            Some(Latency {
+                avg, p50, p95, p99, ..
+            }) => {
+                let _ = writeln!(
+                    w,
+                    "    {name:<12} {:>8} {:>8} {:>8} {:>8}",
+                    ms(avg),
+                    ms(p50),
+                    ms(p95),
+                    ms(p99)
+                );
+            }
+            None => {
+                let _ = writeln!(w, "    {name:<12} {:>8}", "-");
+            }
+        }
+    }
+    if let Some(b) = s.behind_schedule_ms {
+        let _ = writeln!(
+            w,
+            "  Behind schedule     p50 {} ms, p99 {} ms, max {} ms",
+            ms(b.p50),
+            ms(b.p99),
+            ms(b.max)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "  Compared    {:>9}  with production's response{}",
+        s.compared,
+        if s.partial > 0 {
+            format!(
+                " ({} on the captured part only: production's capture has gaps or was cut)",
+                s.partial
+            )
+        } else {
+            String::new()
+        }
+    );
+    let worst: Vec<_> = {
+        let mut v: Vec<_> = s
+            .endpoints
+            .iter()
+            .filter(|e| e.tally.failed + e.tally.diffs > 0)
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.tally.failed + e.tally.diffs));
+        v.into_iter().take(10).collect()
+    };
+    if !worst.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n  Endpoint                                  requests  failed   diffs"
+        );
+        for e in worst {
+            let _ = writeln!(
+                w,
+                "  {:<40} {:>9} {:>7} {:>7}",
+                e.endpoint.chars().take(40).collect::<String>(),
+                e.tally.requests,
+                e.tally.failed,
+                e.tally.diffs
+            );
+        }
+    }
+    let _ = writeln!(w);
+    if s.diffs > 0 {
+        let _ = writeln!(
+            w,
+            "Response diff: {} responses differed from production ({})",
+            s.diffs,
+            rate(s.diff_rate)
+        );
+        if saved.is_some() {
+            let _ = writeln!(w, "View diffs: rf-tap replay diff {}", capture.display());
+        }
+    } else if s.compared > 0 {
+        let _ = writeln!(w, "Response diff: no response differed from production");
+    }
+    if let Some(p) = saved {
+        let _ = writeln!(w, "Results saved: {}", p.display());
+    }
+    if !gates.is_empty() {
+        let _ = writeln!(w, "\nGates:");
+        for (g, unit) in gates {
+            let value = match (g.value, &g.why) {
+                (Some(v), _) => format!("{v:.2}{unit}"),
+                (None, Some(why)) => why.clone(),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                w,
+                "  {}  {:<28} ({value})",
+                if g.failed { "FAIL" } else { "ok  " },
+                g.gate
+            );
+        }
+    }
+    print!("{o}");
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let h = &args.http;
+    let Some(url) = &h.target else {
+        bail!("--target URL is required for an HTTP replay");
+    };
+    let Some(capture) = args.input.as_deref() else {
+        bail!("give the capture to replay");
+    };
+    let packet_only = [
+        (!args.srcipmap.is_empty(), "--srcipmap"),
+        (!args.dstipmap.is_empty(), "--dstipmap"),
+        (!args.portmap.is_empty(), "--portmap"),
+        (args.enet_smac.is_some(), "--enet-smac"),
+        (args.enet_dmac.is_some(), "--enet-dmac"),
+        (
+            args.vlan_add.is_some() || args.vlan_strip,
+            "--vlan-add/--vlan-strip",
+        ),
+        (args.unique_ip, "--unique-ip"),
+        (args.fixlen.is_some() || args.fixcsum, "--fixlen/--fixcsum"),
+        (args.direction.is_some(), "--direction"),
+        (args.pps.is_some() || args.mbps.is_some(), "--pps/--mbps"),
+        (args.loops != 1 || args.loop_delay.is_some(), "--loop"),
+        (args.max_sleep.is_some(), "--max-sleep"),
+        (args.qdisc_bypass, "--qdisc-bypass"),
+        (args.filter.given(), "--rule/--filter/--port"),
+    ];
+    if let Some((_, flag)) = packet_only.iter().find(|(on, _)| *on) {
+        bail!("{flag} applies to packet replay (--iface/-w), not to an HTTP replay with --target");
+    }
+    let source = Source::open(capture)?;
+    let target = Arc::new(Target::parse(url)?);
+    let connector = Connector::new(Arc::clone(&target), h.ca_file.as_deref(), h.insecure)?;
+    let mut transform = Transform::new(match (&h.host, h.keep_host) {
+        (Some(v), _) => HostHeader::Fixed(v.clone()),
+        (None, true) => HostHeader::Original,
+        (None, false) => HostHeader::Target(target.authority.clone()),
+    });
+    transform.set = h.headers.clone();
+    transform.remove = h.remove_header.clone();
+    transform.rewrite_url = h.rewrite_url.clone();
+    transform.path_prefix = target.path_prefix.clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+
+    let (out, saved) = if h.no_save {
+        (None, None)
+    } else {
+        match open_results(capture) {
+            Ok((o, p)) => (Some(o), Some(p)),
+            Err(e) => {
+                eprintln!(
+                    "rf-tap: warning: {e:#}; results are not saved (--no-save silences this)"
+                );
+                (None, None)
+            }
+        }
+    };
+    let speed_text = match (args.topspeed, args.speed) {
+        (true, _) => "topspeed".to_string(),
+        (false, Some(s)) => format!("{s}x"),
+        (false, None) => "1x".to_string(),
+    };
+    let live = Arc::new(Progress::default());
+    let progress = (std::io::stderr().is_terminal() && !args.quiet).then(|| ProgressBar {
+        started: Instant::now(),
+        last: Instant::now(),
+        span: source.span(),
+        live: Arc::clone(&live),
+    });
+    let mut saver = Saver {
+        out,
+        path: saved.clone(),
+        error: None,
+        diffs: 0,
+        progress,
+    };
+    let label = target.label();
+    saver.write(&json!({
+        "type": "run",
+        "capture": capture.display().to_string(),
+        "target": url,
+        "label": label,
+        "started": stamp(),
+        "speed": speed_text,
+        "concurrency": h.concurrency,
+        "noise_runs": h.noise_runs,
+    }));
+    let cfg = RunConfig {
+        selection: Selection {
+            include: h.include.clone(),
+            exclude: h.exclude.clone(),
+            allow_writes: h.allow_writes,
+        },
+        speed: if args.topspeed {
+            None
+        } else {
+            Some(args.speed.unwrap_or(1.0))
+        },
+        concurrency: h.concurrency as usize,
+        limit: args.limit,
+        duration: args.duration,
+        workers: std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8),
+    };
+    let shared = Shared {
+        connector,
+        transform,
+        compare: CompareOptions {
+            ignore: h.ignore.clone(),
+            masks: h.mask.clone(),
+            ignore_headers: h
+                .ignore_header
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+            all_headers: false,
+            max_reported: 50,
+        },
+        timeout: h.timeout,
+        noise_runs: h.noise_runs,
+        label,
+    };
+    // The saver moves into the collector; the file handle comes back through a channel.
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Saver>();
+    struct Returning(Option<Saver>, std::sync::mpsc::Sender<Saver>);
+    impl Collect for Returning {
+        fn done(&mut self, tally: &Tally, record: Option<Value>) {
+            if let Some(s) = &mut self.0 {
+                s.done(tally, record);
+            }
+        }
+    }
+    impl Drop for Returning {
+        fn drop(&mut self) {
+            if let Some(s) = self.0.take() {
+                let _ = self.1.send(s);
+            }
+        }
+    }
+    let end = runner::run(
+        &cfg,
+        shared,
+        &mut |visit| {
+            source.each(&|_| true, &mut |_, x| match x {
+                Some(x) => visit(x),
+                None => true,
+            })
+        },
+        Box::new(Returning(Some(saver), back_tx)),
+        Arc::clone(&stop),
+        live,
+    )?;
+    let mut saver = back_rx.recv().context("the result collector ended early")?;
+    if let Some(p) = &mut saver.progress {
+        p.clear();
+    }
+    saver.progress = None;
+    let stopped = end.stopped.clone().or(end
+        .read_error
+        .clone()
+        .map(|e| format!("the capture is unreadable past a point: {e}")));
+    let summary = Summary::new(url, &end.tally, end.elapsed, stopped);
+    let gates: Vec<(GateResult, &'static str)> = h
+        .fail_if
+        .iter()
+        .map(|g| (g.check(&summary), g.unit()))
+        .collect();
+    let mut record = serde_json::to_value(&summary)?;
+    if let Some(m) = record.as_object_mut() {
+        m.insert("type".into(), json!("summary"));
+        m.insert(
+            "gates".into(),
+            json!(gates.iter().map(|(g, _)| g).collect::<Vec<_>>()),
+        );
+    }
+    saver.write(&record);
+    if let Some(mut out) = saver.out.take() {
+        if let Err(e) = out.flush() {
+            saver.error = Some(e.to_string());
+        }
+    }
+    if let (Some(e), Some(p)) = (&saver.error, &saver.path) {
+        eprintln!(
+            "rf-tap: warning: writing {} failed: {e}; the saved results are incomplete",
+            p.display()
+        );
+    }
+    if let Some(path) = &h.junit {
+        std::fs::write(path, summary.junit())
+            .with_context(|| format!("cannot write the JUnit report {}", path.display()))?;
+    }
+    if let Some(e) = &end.read_error {
+        eprintln!("rf-tap: {}: {e}", capture.display());
+    }
+    if args.json {
+        let mut v = record;
+        if let Some(m) = v.as_object_mut() {
+            m.remove("type");
+            m.insert(
+                "results_file".into(),
+                json!(saver.path.as_ref().map(|p| p.display().to_string())),
+            );
+        }
+        println!("{v}");
+    } else {
+        print_results(
+            &summary,
+            capture,
+            saver.path.as_deref(),
+            &gates,
+            &speed_text,
+            h.concurrency,
+        );
+    }
+    let failed_gates: Vec<&GateResult> =
+        gates.iter().map(|(g, _)| g).filter(|g| g.failed).collect();
+    if !failed_gates.is_empty() {
+        for g in &failed_gates {
+            eprintln!(
+                "rf-tap: gate failed: {}{}",
+                g.gate,
+                match (g.value, &g.why) {
+                    (Some(v), _) => format!(" (measured {v:.2})"),
+                    (None, Some(w)) => format!(" ({w})"),
+                    _ => String::new(),
+                }
+            );
+        }
+        return Ok(ExitCode::from(1));
+    }
+    if summary.requests == 0 {
+        eprintln!(
+            "rf-tap: nothing was replayed: {} exchanges skipped{}",
+            summary.skipped,
+            if summary
+                .skipped_by_reason
+                .contains_key(SkipReason::Write.key())
+            {
+                " (writes need --allow-writes)"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if summary.succeeded
+        + summary
+            .errors
+            .get(FailKind::ServerError.key())
+            .copied()
+            .unwrap_or(0)
+        == 0
+    {
+        eprintln!(
+            "rf-tap: the target answered none of {} requests",
+            summary.requests
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,468 @@
+//! The HTTP/1.1 client of a replay: one keep-alive connection per captured connection, plain
+//! TCP or TLS (rustls), responses parsed by the same push parser that reads captures, so a
+//! target's response and production's are decoded (chunked, gzip, br) the same way.
+
+use std::{
+    collections::VecDeque,
+    net::{SocketAddr, ToSocketAddrs},
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use rf_tap_engine::{
+    compare::ResponseView,
+    http::message::{Limits, MessageParser, Parsed, Response, Side},
+    reassembly::Origin,
+    replay::http::report::FailKind,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Most of a target's response body kept for the comparison (the rest is counted).
+pub const KEEP_BODY: usize = 1 << 20;
+
+/// The `--target` URL, resolved.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub tls: bool,
+    pub host: String,
+    /// `host[:port]` as a Host header (port left out when it is the scheme's default).
+    pub authority: String,
+    /// The URL's path without its trailing slash ("" for `/`).
+    pub path_prefix: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let bad = || format!("--target {url}: use http://HOST[:PORT][/PATH] or https://...");
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            bail!("{}", bad());
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() || authority.contains('@') {
+            bail!("{}", bad());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').with_context(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok().with_context(bad)?,
+                None if after.is_empty() => default_port,
+                None => bail!("{}", bad()),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().ok().with_context(bad)?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        let addrs: Vec<SocketAddr> = (host.as_str(), port)
+            .to_socket_addrs()
+            .with_context(|| format!("--target {url}: cannot resolve {host}"))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("--target {url}: {host} has no address");
+        }
+        Ok(Self {
+            tls,
+            authority: if port == default_port {
+                authority.split(':').next().unwrap_or(authority).to_string()
+            } else {
+                authority.to_string()
+            },
+            host,
+            path_prefix: path.trim_end_matches('/').to_string(),
+            addrs,
+        })
+    }
+
+    /// A short name for the target in reports: the first label of its host name
+    /// (`staging` for http://staging.internal:8080), or "target" for an address.
+    pub fn label(&self) -> String {
+        if self.host.parse::<std::net::IpAddr>().is_ok() || self.host == "localhost" {
+            return "target".into();
+        }
+        self.host.split('.').next().unwrap_or("target").to_string()
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Opens connections to the target.
+pub struct Connector {
+    target: Arc<Target>,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Connector {
+    /// `ca_file`: PEM certificates trusted besides the built-in web roots; `insecure`:
+    /// accept any certificate (a staging host with a self-signed one).
+    pub fn new(
+        target: Arc<Target>,
+        ca_file: Option<&Path>,
+        insecure: bool,
+    ) -> anyhow::Result<Self> {
+        if !target.tls {
+            return Ok(Self { target, tls: None });
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .context("TLS setup")?;
+        let mut config = if insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(path) = ca_file {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("--ca-file {}: cannot read", path.display()))?
+                    .collect::<Result<_, _>>()
+                    .with_context(|| {
+                        format!("--ca-file {}: not PEM certificates", path.display())
+                    })?;
+                if certs.is_empty() {
+                    bail!("--ca-file {}: no certificate in it", path.display());
+                }
+                for c in certs {
+                    roots.add(c).with_context(|| {
+                        format!("--ca-file {}: a certificate is not usable", path.display())
+                    })?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(target.host.clone())
+            .with_context(|| format!("--target: {} is not a TLS server name", target.host))?;
+        Ok(Self {
+            tls: Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name)),
+            target,
+        })
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, (FailKind, String)> {
+        let mut last = (FailKind::Connect, "no address".to_string());
+        for addr in &self.target.addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return match &self.tls {
+                        None => Ok(Box::new(s)),
+                        Some((c, name)) => match c.connect(name.clone(), s).await {
+                            Ok(t) => Ok(Box::new(t)),
+                            Err(e) => Err((FailKind::Tls, format!("TLS with {addr}: {e}"))),
+                        },
+                    };
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    last = (FailKind::Refused, format!("{addr} refused the connection"));
+                }
+                Err(e) => last = (FailKind::Connect, format!("cannot connect to {addr}: {e}")),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A response from the target.
+#[derive(Debug)]
+pub struct Answer {
+    pub view: ResponseView,
+    /// From the end of writing the request to the first byte of the response.
+    pub latency: Duration,
+}
+
+/// Why a request failed, with details for the saved results.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: FailKind,
+    pub detail: String,
+}
+
+/// One replay connection: opened on first use, reopened after a failure or a close.
+pub struct Connection {
+    io: Option<Box<dyn Io>>,
+    buf: Vec<u8>,
+    parsed: Vec<Parsed>,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Self {
+            io: None,
+            buf: vec![0; 64 << 10],
+            parsed: Vec::new(),
+        }
+    }
+}
+
+fn keeps_alive(r: &Response) -> bool {
+    let conn = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .map(|(_, v)| String::from_utf8_lossy(v).to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    if conn.contains("close") {
+        return false;
+    }
+    r.version != "1.0" || conn.contains("keep-alive")
+}
+
+impl Connection {
+    /// Sends `request` and reads the whole response, within `timeout` for everything
+    /// (connecting included).
+    pub async fn exchange(
+        &mut self,
+        connector: &Connector,
+        request: &[u8],
+        method: &str,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        match tokio::time::timeout(timeout, self.exchange_inner(connector, request, method)).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(f)) => {
+                self.io = None;
+                Err(f)
+            }
+            Err(_) => {
+                self.io = None;
+                Err(Failure {
+                    kind: FailKind::Timeout,
+                    detail: format!("no whole response within {timeout:?}"),
+                })
+            }
+        }
+    }
+
+    async fn exchange_inner(
+        &mut self,
+        connector: &Connector,
+        request: &[u8],
+        method: &str,
+    ) -> Result<Answer, Failure> {
+        if self.io.is_some() {
+            match self.attempt(connector, request, method).await {
+                // The target closed an idle keep-alive connection before reading the
+                // request: once more, on a new connection.
+                Err(None) => self.io = None,
+                Err(Some(f)) => return Err(f),
+                Ok(a) => return Ok(a),
+            }
+        }
+        match self.attempt(connector, request, method).await {
+            Ok(a) => Ok(a),
+            Err(f) => Err(f.unwrap_or_else(|| Failure {
+                kind: FailKind::Reset,
+                detail: "the connection closed without a response".into(),
+            })),
+        }
+    }
+
+    /// One try. `Err(None)`: nothing came back on a connection that was already open.
+    async fn attempt(
+        &mut self,
+        connector: &Connector,
+        request: &[u8],
+        method: &str,
+    ) -> Result<Answer, Option<Failure>> {
+        let reused = self.io.is_some();
+        let io = match &mut self.io {
+            Some(io) => io,
+            None => {
+                let io = connector
+                    .connect()
+                    .await
+                    .map_err(|(kind, detail)| Some(Failure { kind, detail }))?;
+                self.io.insert(io)
+            }
+        };
+        if let Err(e) = write_all(io, request).await {
+            return Err((!reused).then(|| Failure {
+                kind: FailKind::Reset,
+                detail: format!("sending the request: {e}"),
+            }));
+        }
+        let sent = Instant::now();
+        let mut parser = MessageParser::new(
+            Side::Server,
+            Limits {
+                max_head: 64 << 10,
+                keep_body: KEEP_BODY,
+            },
+        );
+        let methods: VecDeque<String> = VecDeque::from([method.to_string()]);
+        let mut first_byte: Option<Instant> = None;
+        loop {
+            let n = match io.read(&mut self.buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err((!reused || first_byte.is_some()).then(|| Failure {
+                        kind: FailKind::Reset,
+                        detail: format!("reading the response: {e}"),
+                    }));
+                }
+            };
+            self.parsed.clear();
+            if n == 0 {
+                if reused && first_byte.is_none() {
+                    return Err(None);
+                }
+                parser.close(&mut self.parsed);
+            } else {
+                first_byte.get_or_insert_with(Instant::now);
+                parser.data(
+                    &self.buf[..n],
+                    Origin::default(),
+                    &methods,
+                    &mut self.parsed,
+                );
+            }
+            let mut parsed = std::mem::take(&mut self.parsed);
+            for p in parsed.drain(..) {
+                return match p {
+                    Parsed::Response(r) => {
+                        if n == 0 || !keeps_alive(&r) {
+                            self.io = None;
+                        }
+                        if r.incomplete {
+                            self.io = None;
+                            return Err(Some(Failure {
+                                kind: FailKind::Reset,
+                                detail: format!(
+                                    "the connection closed inside the response ({} {}, {} body bytes)",
+                                    r.status, r.reason, r.body.len
+                                ),
+                            }));
+                        }
+                        Ok(Answer {
+                            latency: first_byte.unwrap_or(sent) - sent,
+                            view: ResponseView {
+                                status: r.status,
+                                body_incomplete: r.body.decode_error
+                                    || (r.body.data.len() as u64) < r.body.len,
+                                headers: r.headers,
+                                body: r.body.data,
+                            },
+                        })
+                    }
+                    Parsed::Interim(_) => continue,
+                    Parsed::Anomaly(a) => Err(Some(Failure {
+                        kind: FailKind::Garbage,
+                        detail: a,
+                    })),
+                    Parsed::Request(_) | Parsed::Tunnel => Err(Some(Failure {
+                        kind: FailKind::Garbage,
+                        detail: "the target switched protocols".into(),
+                    })),
+                };
+            }
+            self.parsed = parsed;
+            if n == 0 {
+                return Err(Some(Failure {
+                    kind: FailKind::Reset,
+                    detail: "the connection closed inside the response".into(),
+                }));
+            }
+        }
+    }
+}
+
+async fn write_all(io: &mut Box<dyn Io>, bytes: &[u8]) -> std::io::Result<()> {
+    let mut io: Pin<&mut Box<dyn Io>> = Pin::new(io);
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls() {
+        let t = Target::parse("http://127.0.0.1:8080/canary/").unwrap();
+        assert_eq!((t.tls, t.authority.as_str()), (false, "127.0.0.1:8080"));
+        assert_eq!(t.path_prefix, "/canary");
+        assert_eq!(t.label(), "target");
+        let t = Target::parse("https://localhost").unwrap();
+        assert_eq!(
+            (t.tls, t.authority.as_str(), t.path_prefix.as_str()),
+            (true, "localhost", "")
+        );
+        assert_eq!(t.addrs[0].port(), 443);
+        let t = Target::parse("http://[::1]:9000").unwrap();
+        assert_eq!((t.host.as_str(), t.addrs[0].port()), ("::1", 9000));
+        for bad in [
+            "staging:8080",
+            "ftp://x",
+            "http://",
+            "http://h:port",
+            "http://u@h/",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
