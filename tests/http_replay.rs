@@ -197,7 +197,8 @@ fn diffs_against_a_new_version_are_counted_saved_and_shown() {
     let (code, shown, err) = replay(&["replay", "diff", pcap.to_str().unwrap(), "--show", "5"]);
     assert_eq!(code, 0, "{err}");
     let shown = shown.as_str().unwrap().to_string();
-    assert!(shown.contains("DIFF 1/3 — GET /api/users/u_123"), "{shown}");
+    assert!(shown.contains("DIFF 1/3 — GET /api/"), "{shown}");
+    assert!(shown.contains("— GET /api/users/u_123\n"), "{shown}");
     assert!(
         shown.contains("New field \"avatar\" in target response"),
         "{shown}"
@@ -754,5 +755,230 @@ fn an_rfcap_archive_replays_like_its_pcap() {
             .unwrap()
             .contains("DIFF 1/1 — GET /api/users/u_9"),
         "{shown}"
+    );
+}
+
+/// An HTTPS server on loopback with a fresh self-signed certificate for `localhost`,
+/// answering every request with `{"ok":true}`; returns its port and the certificate PEM.
+fn tls_server(
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, String, std::thread::JoinHandle<u64>) {
+    use std::io::{Read, Write};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = ck.cert.pem();
+    let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut answered = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let Ok((sock, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            sock.set_nonblocking(false).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    let body = r#"{"ok":true}"#;
+                    let r = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if tls.write_all(r.as_bytes()).is_err() {
+                        break;
+                    }
+                    answered += 1;
+                }
+            }
+        }
+        answered
+    });
+    (port, pem, handle)
+}
+
+#[test]
+fn https_targets_through_rustls() {
+    let dir = TempDir::new("http-tls");
+    let pcap = dir.path("t.pcap");
+    capture(
+        &pcap,
+        &[vec![
+            get(0, "/a", 200, r#"{"ok":true}"#),
+            get(1, "/b", 200, r#"{"ok":true}"#),
+        ]],
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, pem, server) = tls_server(Arc::clone(&stop));
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let url = format!("https://localhost:{port}");
+    let p = pcap.to_str().unwrap();
+    let base = [
+        "replay",
+        p,
+        "--target",
+        url.as_str(),
+        "--topspeed",
+        "--json",
+        "--no-save",
+        "--timeout",
+        "2s",
+    ];
+
+    // Self-signed and not trusted: every request fails its handshake.
+    let (code, v, _) = replay(&base);
+    assert_eq!(code, 1);
+    assert_eq!(v["errors"]["tls_failed"], 2, "{v}");
+
+    let mut trusted = base.to_vec();
+    trusted.extend(["--ca-file", ca.to_str().unwrap()]);
+    let (code, v, err) = replay(&trusted);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((n(&v, "succeeded"), n(&v, "diffs")), (2, 0), "{v}");
+
+    let mut insecure = base.to_vec();
+    insecure.push("--insecure");
+    let (code, v, err) = replay(&insecure);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(n(&v, "succeeded"), 2, "{v}");
+
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(server.join().unwrap(), 4);
+}
+
+#[test]
+fn replay_against_nginx_matches_production() {
+    if !rf_tap_tests::privileged("replay_against_nginx_matches_production") {
+        return;
+    }
+    let dir = TempDir::new("http-nginx");
+    let ns = rf_tap_tests::NetPair::new();
+    let www = dir.path("www");
+    std::fs::create_dir_all(www.join("api")).unwrap();
+    let pages: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            (
+                format!("/api/item{i}.json"),
+                format!(r#"{{"item":{i},"name":"n{i}"}}"#),
+            )
+        })
+        .collect();
+    for (path, body) in &pages {
+        std::fs::write(www.join(path.trim_start_matches('/')), body).unwrap();
+    }
+    let _nginx = rf_tap_tests::nginx(&ns.server_ns, &dir, &[format!("{}:80", ns.server_ip)]);
+    // Production's responses are what this nginx really answers.
+    let server_ip = ns.server_ip.clone();
+    let paths: Vec<String> = pages
+        .iter()
+        .map(|(p, _)| p.clone())
+        .chain(["/api/missing.json".to_string()])
+        .collect();
+    let answers: Vec<String> = rf_tap_tests::in_netns(&ns.server_ns, move || {
+        use std::io::{Read, Write};
+        paths
+            .iter()
+            .map(|p| {
+                let mut s = std::net::TcpStream::connect((server_ip.as_str(), 80)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                write!(
+                    s,
+                    "GET {p} HTTP/1.1\r\nHost: prod.example\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .collect()
+    });
+    let caps: Vec<Vec<Cap>> = answers
+        .chunks(5)
+        .enumerate()
+        .map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, answer)| {
+                    let k = c * 5 + i;
+                    let path = pages
+                        .get(k)
+                        .map_or("/api/missing.json", |(p, _)| p.as_str());
+                    let mut cap = get(k as u64, path, 200, "");
+                    cap.response = answer.clone();
+                    cap
+                })
+                .collect()
+        })
+        .collect();
+    let pcap = dir.path("prod.pcap");
+    capture(&pcap, &caps);
+    // The candidate changed one document.
+    std::fs::write(
+        www.join("api/item7.json"),
+        r#"{"item":7,"name":"n7","price":10}"#,
+    )
+    .unwrap();
+    let url = format!("http://{}:80", ns.server_ip);
+    let f = rf_tap_run(
+        Some(&ns.server_ns),
+        &[
+            "replay",
+            pcap.to_str().unwrap(),
+            "--target",
+            &url,
+            "--speed",
+            "10x",
+            "--json",
+            "--no-save",
+        ],
+    );
+    assert_eq!(f.status.code(), Some(0), "{}", f.stderr);
+    let v: Value = serde_json::from_slice(&f.stdout).unwrap();
+    assert_eq!(
+        (n(&v, "requests"), n(&v, "succeeded"), n(&v, "diffs")),
+        (21, 21, 1),
+        "{v}"
+    );
+    let changed = v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["diffs"] == 1)
+        .unwrap();
+    assert_eq!(changed["endpoint"], "GET /api/item7.json", "{v}");
+    assert!(
+        changed["first_problem"]
+            .as_str()
+            .unwrap()
+            .contains("New field \"price\""),
+        "{v}"
+    );
+    let f = rf_tap_run(None, &["replay", "diff", pcap.to_str().unwrap()]);
+    assert!(
+        f.stderr.contains("no saved replay results"),
+        "--no-save saved nothing: {}",
+        f.stderr
     );
 }
