@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | test | lint | demo | bench capture`.
 mod bench;
 mod bench_extract;
+mod bench_http_replay;
 mod bench_replay;
 mod demo;
 mod setup;
@@ -77,6 +78,15 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
     },
+    /// HTTP replay: --topspeed requests/s vs wrk on nginx, 10x schedule accuracy, memory
+    HttpReplay {
+        /// Runs per tool (the median is printed)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Requests in the top-speed capture (a capture 10 times larger is used for memory)
+        #[arg(long, default_value_t = 50_000)]
+        requests: u32,
+    },
 }
 
 fn root() -> PathBuf {
@@ -152,6 +162,9 @@ fn main() -> anyhow::Result<()> {
                 } => bench_extract::extract(&bin, &root(), size_mb, rounds.max(1), keep),
                 Bench::Replay { rounds, packets } => {
                     bench_replay::replay(&bin, rounds.max(1), packets.max(1000))
+                }
+                Bench::HttpReplay { rounds, requests } => {
+                    bench_http_replay::http_replay(&bin, rounds.max(1), requests.max(100))
                 }
             }
         }
