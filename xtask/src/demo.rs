@@ -187,5 +187,50 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
     if !replay.status.success() {
         bail!("rf-tap replay failed: {}", replay.stderr);
     }
+
+    // HTTP replay against a "new version": the same nginx with one user document changed,
+    // then the saved difference shown.
+    std::fs::write(
+        scratch.path("www/api/users/u_3"),
+        r#"{"id":"u_3","name":"user 3","avatar":"/img/u_3.png"}"#,
+    )?;
+    let target = format!("http://{}", pair.server_ip);
+    println!(
+        "\ndemo: (u_3 changed on the server) rf-tap replay {} --target {target} --speed 10x --limit 2000",
+        pcap.display()
+    );
+    let http = rf_tap_tests::rf_tap_run(
+        Some(&pair.client_ns),
+        &[
+            "replay",
+            pcap.to_str().context("path")?,
+            "--target",
+            &target,
+            "--speed",
+            "10x",
+            "--limit",
+            "2000",
+            "-q",
+        ],
+    );
+    print!("{}", String::from_utf8_lossy(&http.stdout));
+    if http.status.code() != Some(0) {
+        bail!("rf-tap replay --target failed: {}", http.stderr);
+    }
+    println!("\ndemo: rf-tap replay diff {} --show 1", pcap.display());
+    let diff = rf_tap_tests::rf_tap_run(
+        None,
+        &[
+            "replay",
+            "diff",
+            pcap.to_str().context("path")?,
+            "--show",
+            "1",
+        ],
+    );
+    print!("{}", String::from_utf8_lossy(&diff.stdout));
+    if !diff.status.success() {
+        bail!("rf-tap replay diff failed: {}", diff.stderr);
+    }
     Ok(())
 }
