@@ -580,23 +580,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         noise_runs: h.noise_runs,
         label,
     };
-    // The saver moves into the collector; the file handle comes back through a channel.
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Saver>();
-    struct Returning(Option<Saver>, std::sync::mpsc::Sender<Saver>);
-    impl Collect for Returning {
-        fn done(&mut self, tally: &Tally, record: Option<Value>) {
-            if let Some(s) = &mut self.0 {
-                s.done(tally, record);
-            }
-        }
-    }
-    impl Drop for Returning {
-        fn drop(&mut self) {
-            if let Some(s) = self.0.take() {
-                let _ = self.1.send(s);
-            }
-        }
-    }
     let end = runner::run(
         &cfg,
         shared,
@@ -606,11 +589,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 None => true,
             })
         },
-        Box::new(Returning(Some(saver), back_tx)),
+        saver,
         Arc::clone(&stop),
         live,
     )?;
-    let mut saver = back_rx.recv().context("the result collector ended early")?;
+    let mut saver = end.collect;
     if let Some(p) = &mut saver.progress {
         p.clear();
     }

@@ -165,9 +165,11 @@ fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a [u8]> {
 }
 
 impl Selection {
-    /// The request to send for this exchange, or why there is none.
-    pub fn plan(&self, x: &Exchange) -> Result<ReplayRequest, SkipReason> {
-        let Some(q) = &x.request else {
+    /// The request to send for this exchange (taken apart, nothing copied), or why there
+    /// is none.
+    pub fn plan(&self, x: Exchange) -> Result<ReplayRequest, SkipReason> {
+        let latency = x.latency_ms();
+        let Some(q) = x.request else {
             return Err(SkipReason::NoRequest);
         };
         if q.method.eq_ignore_ascii_case("CONNECT")
@@ -193,30 +195,28 @@ impl Selection {
         if !body_whole {
             return Err(SkipReason::RequestIncomplete);
         }
-        let prod = x.response.as_ref().map(|r| ResponseView {
+        let cut = x.flags.gap_response || x.flags.truncated;
+        let prod = x.response.map(|r| ResponseView {
             status: r.status,
-            headers: r.headers.clone(),
-            body: r.body.data.clone(),
             body_incomplete: r.incomplete
                 || r.body.gap
                 || r.body.decode_error
                 || (r.body.data.len() as u64) < r.body.len
-                || x.flags.gap_response
-                || x.flags.truncated,
+                || cut,
+            headers: r.headers,
+            body: r.body.data,
         });
         Ok(ReplayRequest {
             id: x.id,
             conn: x.conn,
             at: q.start.ts,
-            method: q.method.clone(),
-            target: q.target.clone(),
-            headers: q.headers.clone(),
-            body: q.body.data.clone(),
-            partial: prod.as_ref().is_some_and(|p| p.body_incomplete)
-                || x.flags.gap_response
-                || x.flags.truncated,
+            method: q.method,
+            target: q.target,
+            headers: q.headers,
+            body: q.body.data,
+            partial: prod.as_ref().is_some_and(|p| p.body_incomplete) || cut,
             prod,
-            prod_latency_ms: x.latency_ms(),
+            prod_latency_ms: latency,
         })
     }
 }
@@ -267,12 +267,12 @@ mod tests {
     #[test]
     fn reads_are_replayed_writes_need_allow_writes() {
         let s = Selection::default();
-        let r = s.plan(&exchange("GET", "/api/users/1", b"")).unwrap();
+        let r = s.plan(exchange("GET", "/api/users/1", b"")).unwrap();
         assert_eq!((r.id, r.conn, r.method.as_str()), (7, 3, "GET"));
         assert_eq!(r.prod.unwrap().status, 200);
         for m in ["POST", "put", "PATCH", "DELETE"] {
             assert_eq!(
-                s.plan(&exchange(m, "/x", b"{}")).unwrap_err(),
+                s.plan(exchange(m, "/x", b"{}")).unwrap_err(),
                 SkipReason::Write
             );
         }
@@ -280,7 +280,7 @@ mod tests {
             allow_writes: true,
             ..Selection::default()
         };
-        assert_eq!(w.plan(&exchange("POST", "/x", b"{}")).unwrap().body, b"{}");
+        assert_eq!(w.plan(exchange("POST", "/x", b"{}")).unwrap().body, b"{}");
     }
 
     #[test]
@@ -290,13 +290,13 @@ mod tests {
             exclude: vec!["GET /api/health*".parse().unwrap()],
             allow_writes: false,
         };
-        assert!(s.plan(&exchange("GET", "/api/users?x=1", b"")).is_ok());
+        assert!(s.plan(exchange("GET", "/api/users?x=1", b"")).is_ok());
         assert_eq!(
-            s.plan(&exchange("GET", "/api/healthz", b"")).unwrap_err(),
+            s.plan(exchange("GET", "/api/healthz", b"")).unwrap_err(),
             SkipReason::Excluded
         );
         assert_eq!(
-            s.plan(&exchange("GET", "/static/a.css", b"")).unwrap_err(),
+            s.plan(exchange("GET", "/static/a.css", b"")).unwrap_err(),
             SkipReason::Excluded
         );
         let only_post: RequestPattern = "post".parse().unwrap();
@@ -316,27 +316,27 @@ mod tests {
         if let Some(q) = cut.request.as_mut() {
             q.body.len = 100_000;
         }
-        assert_eq!(s.plan(&cut).unwrap_err(), SkipReason::RequestIncomplete);
+        assert_eq!(s.plan(cut).unwrap_err(), SkipReason::RequestIncomplete);
         let mut ws = exchange("GET", "/ws", b"");
         if let Some(q) = ws.request.as_mut() {
             q.headers.push(("Upgrade".into(), b"websocket".to_vec()));
         }
-        assert_eq!(s.plan(&ws).unwrap_err(), SkipReason::Tunnel);
+        assert_eq!(s.plan(ws).unwrap_err(), SkipReason::Tunnel);
         let mut orphan = exchange("GET", "/", b"");
         orphan.request = None;
-        assert_eq!(s.plan(&orphan).unwrap_err(), SkipReason::NoRequest);
+        assert_eq!(s.plan(orphan).unwrap_err(), SkipReason::NoRequest);
     }
 
     #[test]
     fn a_gap_in_the_response_marks_the_exchange_partial() {
         let mut x = exchange("GET", "/big", b"");
         x.flags.gap_response = true;
-        let r = Selection::default().plan(&x).unwrap();
+        let r = Selection::default().plan(x).unwrap();
         assert!(r.partial);
         assert!(r.prod.unwrap().body_incomplete);
         assert!(
             !Selection::default()
-                .plan(&exchange("GET", "/", b""))
+                .plan(exchange("GET", "/", b""))
                 .unwrap()
                 .partial
         );

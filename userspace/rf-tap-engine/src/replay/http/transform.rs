@@ -157,6 +157,13 @@ impl Transform {
         }
     }
 
+    /// Whether anything written by the user holds a `{{variable}}` (else [`Vars`] are not
+    /// needed and can be left at zero).
+    pub fn uses_variables(&self) -> bool {
+        self.set.iter().any(|(_, v)| v.contains("{{"))
+            || self.rewrite_url.iter().any(|r| r.to.contains("{{"))
+    }
+
     /// The request target after rewriting.
     pub fn target(&self, req: &ReplayRequest, vars: &Vars) -> String {
         let mut t = req.target.clone();

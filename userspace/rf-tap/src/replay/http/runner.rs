@@ -1,7 +1,8 @@
 //! Running an HTTP replay: a dispatcher thread that walks the capture and releases each
 //! request at its scaled instant (sleep-then-spin clock, anchored to the start), one tokio
 //! task per captured connection that sends that connection's requests in order on one
-//! connection, and a collector thread that tallies, saves diffs and draws the progress bar.
+//! connection; each task tallies its outcomes into a shared collector (which saves diffs and
+//! draws the progress bar) under a lock, with no thread hand-off per request.
 //!
 //! Backpressure: at most `concurrency` replay connections are open; a new captured
 //! connection waits for an idle one (closed to make room), and each connection queues at
@@ -66,6 +67,14 @@ pub struct RunConfig {
     pub workers: usize,
 }
 
+/// The tally and the collector, shared by the connection tasks.
+struct Collector<C> {
+    tally: Tally,
+    collect: C,
+}
+
+type SharedCollector<C> = Arc<Mutex<Collector<C>>>;
+
 /// What the collector gets for each request.
 struct Done {
     endpoint: String,
@@ -115,8 +124,10 @@ pub struct Progress {
 }
 
 /// The end of a run.
-pub struct RunEnd {
+pub struct RunEnd<C> {
     pub tally: Tally,
+    /// The collector given to [`run`], back.
+    pub collect: C,
     pub elapsed: Duration,
     pub stopped: Option<String>,
     pub read_error: Option<String>,
@@ -153,7 +164,13 @@ fn parse_json(v: &ResponseView) -> Option<Value> {
     serde_json::from_slice(&v.body).ok()
 }
 
-fn vars() -> Vars {
+fn vars(needed: bool) -> Vars {
+    if !needed {
+        return Vars {
+            now: Duration::ZERO,
+            random: [0; 16],
+        };
+    }
     let mut random = [0u8; 16];
     // SAFETY: getrandom writes at most the given length into the buffer.
     let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
@@ -177,7 +194,9 @@ fn vars() -> Vars {
 async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness: Duration) -> Done {
     let req = &job.req;
     let mut bytes = Vec::with_capacity(512 + req.body.len());
-    shared.transform.build(req, &vars(), &mut bytes);
+    shared
+        .transform
+        .build(req, &vars(shared.transform.uses_variables()), &mut bytes);
     let first = conn
         .exchange(&shared.connector, &bytes, &req.method, shared.timeout)
         .await;
@@ -217,7 +236,9 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
         let first_json = parse_json(&answer.view);
         for _ in 1..shared.noise_runs {
             bytes.clear();
-            shared.transform.build(req, &vars(), &mut bytes);
+            shared
+                .transform
+                .build(req, &vars(shared.transform.uses_variables()), &mut bytes);
             let Ok(again) = conn
                 .exchange(&shared.connector, &bytes, &req.method, shared.timeout)
                 .await
@@ -302,18 +323,30 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
     }
 }
 
-async fn conn_task(
+async fn conn_task<C: Collect>(
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     pending: Arc<AtomicUsize>,
     idle: Arc<Idle>,
-    done: mpsc::Sender<Done>,
+    done: SharedCollector<C>,
 ) {
     let mut conn = Connection::default();
     while let Some(job) = rx.recv().await {
         let lateness = Instant::now().saturating_duration_since(job.due);
         let d = replay_one(&mut conn, &shared, &job, lateness).await;
-        let _ = done.send(d).await;
+        {
+            let mut c = done.lock().unwrap_or_else(|e| e.into_inner());
+            c.tally.record(
+                &d.endpoint,
+                d.prod_status,
+                d.prod_latency_ms,
+                d.lateness,
+                &d.outcome,
+                d.problem,
+            );
+            let Collector { tally, collect } = &mut *c;
+            collect.done(tally, d.record);
+        }
         if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             idle.notify();
         }
@@ -344,12 +377,12 @@ impl Ord for Ordered {
     }
 }
 
-struct Dispatcher<'a> {
+struct Dispatcher<'a, C> {
     cfg: &'a RunConfig,
     rt: &'a tokio::runtime::Runtime,
     shared: Arc<Shared>,
     idle: Arc<Idle>,
-    done_tx: mpsc::Sender<Done>,
+    done: SharedCollector<C>,
     conns: HashMap<u64, ConnHandle>,
     clock: MonotonicClock,
     stop: Arc<AtomicBool>,
@@ -361,7 +394,7 @@ struct Dispatcher<'a> {
     stopped: Option<String>,
 }
 
-impl Dispatcher<'_> {
+impl<C: Collect + 'static> Dispatcher<'_, C> {
     fn halted(&mut self) -> bool {
         if self.stopped.is_some() {
             return true;
@@ -415,7 +448,7 @@ impl Dispatcher<'_> {
                 Arc::clone(&self.shared),
                 Arc::clone(&pending),
                 Arc::clone(&self.idle),
-                self.done_tx.clone(),
+                Arc::clone(&self.done),
             ));
             self.conns.insert(conn, ConnHandle { tx, pending });
         }
@@ -467,34 +500,22 @@ impl Dispatcher<'_> {
 
 /// Replays the exchanges `each` walks (calling its visitor with each; the visitor returns
 /// false to stop the walk).
-pub fn run(
+pub fn run<C: Collect + 'static>(
     cfg: &RunConfig,
     shared: Shared,
     each: ExchangeWalk<'_>,
-    mut collect: Box<dyn Collect>,
+    collect: C,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
-) -> anyhow::Result<RunEnd> {
+) -> anyhow::Result<RunEnd<C>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers.max(1))
         .enable_all()
         .build()?;
-    let (done_tx, mut done_rx) = mpsc::channel::<Done>(4096);
-    let collector = std::thread::spawn(move || {
-        let mut tally = Tally::default();
-        while let Some(d) = done_rx.blocking_recv() {
-            tally.record(
-                &d.endpoint,
-                d.prod_status,
-                d.prod_latency_ms,
-                d.lateness,
-                &d.outcome,
-                d.problem,
-            );
-            collect.done(&tally, d.record);
-        }
-        tally
-    });
+    let done: SharedCollector<C> = Arc::new(Mutex::new(Collector {
+        tally: Tally::default(),
+        collect,
+    }));
     let mut tally_skips = Tally::default();
     let started = Instant::now();
     let mut d = Dispatcher {
@@ -502,7 +523,7 @@ pub fn run(
         rt: &rt,
         shared: Arc::new(shared),
         idle: Arc::new(Idle::default()),
-        done_tx,
+        done: Arc::clone(&done),
         conns: HashMap::new(),
         clock: MonotonicClock::new(Arc::clone(&stop)),
         stop: Arc::clone(&stop),
@@ -515,7 +536,7 @@ pub fn run(
     let mut heap: BinaryHeap<Ordered> = BinaryHeap::new();
     let mut newest = Duration::ZERO;
     let read = each(&mut |x: Exchange| {
-        match cfg.selection.plan(&x) {
+        match cfg.selection.plan(x) {
             Err(why) => tally_skips.skip(why),
             Ok(req) => {
                 newest = newest.max(req.at);
@@ -539,17 +560,28 @@ pub fn run(
         d.send(o.0);
     }
     let stopped = d.stopped.take();
-    // Closing the queues ends each connection task once its queued requests are done; the
-    // collector ends with the last task.
+    // Closing the queues ends each connection task once its queued requests are done.
+    let idle = Arc::clone(&d.idle);
     drop(d);
-    let mut tally = collector
-        .join()
-        .map_err(|_| anyhow::anyhow!("the result collector panicked"))?;
+    {
+        let mut g = idle.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while idle.open.load(Ordering::Acquire) > 0 {
+            g = idle
+                .cond
+                .wait_timeout(g, Duration::from_millis(20))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+    }
     drop(rt);
+    let Ok(state) = Arc::try_unwrap(done) else {
+        anyhow::bail!("a connection task outlived the run");
+    };
+    let Collector { mut tally, collect } = state.into_inner().unwrap_or_else(|e| e.into_inner());
     tally.skipped = tally_skips.skipped;
     let _ = std::io::stderr().flush();
     Ok(RunEnd {
         tally,
+        collect,
         elapsed: started.elapsed(),
         stopped,
         read_error: read.err().map(|e| format!("{e:#}")),
