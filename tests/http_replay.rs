@@ -99,6 +99,13 @@ fn replay(args: &[&str]) -> (i32, Value, String) {
     (f.status.code().unwrap_or(-1), v, f.stderr)
 }
 
+/// `rf-tap replay CAPTURE --target URL EXTRA...`.
+fn http(capture: &Path, url: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["replay", capture.to_str().unwrap(), "--target", url];
+    args.extend_from_slice(extra);
+    replay(&args)
+}
+
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
@@ -137,14 +144,7 @@ fn diffs_against_a_new_version_are_counted_saved_and_shown() {
         ],
     );
     let server = v2_server();
-    let (code, v, err) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
-        &server.url(),
-        "--topspeed",
-        "--json",
-    ]);
+    let (code, v, err) = http(&pcap, &server.url(), &["--topspeed", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         (
@@ -172,13 +172,7 @@ fn diffs_against_a_new_version_are_counted_saved_and_shown() {
     );
 
     // The human report names the count and the command to see them.
-    let (code, text, _) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
-        &server.url(),
-        "--topspeed",
-    ]);
+    let (code, text, _) = http(&pcap, &server.url(), &["--topspeed"]);
     assert_eq!(code, 0);
     let text = text.as_str().unwrap().to_string();
     assert!(
@@ -253,17 +247,11 @@ fn each_connection_keeps_its_order_on_one_connection_within_the_concurrency_limi
         }
     };
     // Room for every captured connection: each is replayed on one connection.
-    let (code, v, err) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
+    let (code, v, err) = http(
+        &pcap,
         &server.url(),
-        "--topspeed",
-        "--concurrency",
-        "12",
-        "--json",
-        "--no-save",
-    ]);
+        &["--topspeed", "--concurrency", "12", "--json", "--no-save"],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!((n(&v, "requests"), n(&v, "diffs")), (60, 0), "{v}");
     check_order(&server.requests(), true);
@@ -278,17 +266,11 @@ fn each_connection_keeps_its_order_on_one_connection_within_the_concurrency_limi
         body: b"{}".to_vec(),
         delay: Duration::from_millis(5),
     });
-    let (code, v, err) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
+    let (code, v, err) = http(
+        &pcap,
         &server.url(),
-        "--topspeed",
-        "--concurrency",
-        "3",
-        "--json",
-        "--no-save",
-    ]);
+        &["--topspeed", "--concurrency", "3", "--json", "--no-save"],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(n(&v, "requests"), 60, "{v}");
     check_order(&server.requests(), false);
@@ -312,16 +294,11 @@ fn speed_scales_the_captured_gaps() {
         ],
     );
     let server = TestServer::start(|_: &Seen| Reply::json(200, "{}"));
-    let (code, v, err) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
+    let (code, v, err) = http(
+        &pcap,
         &server.url(),
-        "--speed",
-        "4x",
-        "--json",
-        "--no-save",
-    ]);
+        &["--speed", "4x", "--json", "--no-save"],
+    );
     assert_eq!(code, 0, "{err}");
     let seen = server.requests();
     assert_eq!(seen.len(), 3);
@@ -452,26 +429,9 @@ fn noise_runs_ignore_what_varies_between_the_targets_own_answers() {
         )
     });
     let url = server.url();
-    let (_, plain, err) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
-        &url,
-        "--topspeed",
-        "--json",
-        "--no-save",
-    ]);
+    let (_, plain, err) = http(&pcap, &url, &["--topspeed", "--json", "--no-save"]);
     assert_eq!(n(&plain, "diffs"), 6, "{plain} {err}");
-    let (code, noisy, err) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
-        &url,
-        "--topspeed",
-        "--json",
-        "--noise-runs",
-        "2",
-    ]);
+    let (code, noisy, err) = http(&pcap, &url, &["--topspeed", "--json", "--noise-runs", "2"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         n(&noisy, "diffs"),
@@ -492,19 +452,19 @@ fn noise_runs_ignore_what_varies_between_the_targets_own_answers() {
         "{shown}"
     );
     // --ignore does the same by hand.
-    let (_, ignored, _) = replay(&[
-        "replay",
-        pcap.to_str().unwrap(),
-        "--target",
+    let (_, ignored, _) = http(
+        &pcap,
         &url,
-        "--topspeed",
-        "--json",
-        "--no-save",
-        "--ignore",
-        "$.request_id",
-        "--ignore",
-        "$.ts",
-    ]);
+        &[
+            "--topspeed",
+            "--json",
+            "--no-save",
+            "--ignore",
+            "$.request_id",
+            "--ignore",
+            "$.ts",
+        ],
+    );
     assert_eq!(n(&ignored, "diffs"), 1, "{ignored}");
 }
 
@@ -737,15 +697,7 @@ fn an_rfcap_archive_replays_like_its_pcap() {
     );
     assert!(f.status.success(), "{}", f.stderr);
     let server = v2_server();
-    let (code, v, err) = replay(&[
-        "replay",
-        rfcap.to_str().unwrap(),
-        "--target",
-        &server.url(),
-        "--speed",
-        "10x",
-        "--json",
-    ]);
+    let (code, v, err) = http(&rfcap, &server.url(), &["--speed", "10x", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!((n(&v, "requests"), n(&v, "diffs")), (2, 1), "{v}");
     let (_, shown, _) = replay(&["replay", "diff", rfcap.to_str().unwrap()]);
