@@ -126,7 +126,8 @@ pub struct MessageParser {
 
 const MAX_HEADERS: usize = 256;
 
-fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a [u8]> {
+/// The value of header `name` (any case); the last one when it is repeated.
+pub fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a [u8]> {
     h.iter()
         .rev()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))

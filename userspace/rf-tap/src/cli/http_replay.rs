@@ -34,6 +34,7 @@ use crate::{
         client::{Connector, Target},
         runner::{self, Collect, Progress, RunConfig, Shared},
     },
+    report::summary::StatusLine,
 };
 
 #[derive(Debug, Args)]
@@ -179,33 +180,24 @@ impl Collect for Saver {
             self.write(&r);
         }
         if let Some(p) = &mut self.progress {
-            p.tick(tally, false);
+            p.tick(tally);
         }
     }
 }
 
-impl Drop for Saver {
-    fn drop(&mut self) {
-        if let Some(p) = &mut self.progress {
-            p.clear();
-        }
-    }
-}
-
-/// The progress bar (standard error, on a terminal only).
+/// The progress bar (standard error, on a terminal only; wiped when dropped).
 struct ProgressBar {
     started: Instant,
-    last: Instant,
+    line: StatusLine,
     span: Option<(Duration, Duration)>,
     live: Arc<Progress>,
 }
 
 impl ProgressBar {
-    fn tick(&mut self, t: &Tally, force: bool) {
-        if !force && self.last.elapsed() < Duration::from_millis(200) {
+    fn tick(&mut self, t: &Tally) {
+        if !self.line.due() {
             return;
         }
-        self.last = Instant::now();
         let el = self.started.elapsed().as_secs_f64();
         let fraction = self.span.and_then(|(a, b)| {
             let at = Duration::from_nanos(self.live.capture_ns.load(Ordering::Relaxed));
@@ -230,17 +222,14 @@ impl ProgressBar {
             }
             _ => (format!("[{}]", "-".repeat(width)), String::new()),
         };
-        eprint!(
-            "\r{bar} {} sent, {} ok, {} failed, {} diffs, {:.0} req/s{eta}   ",
+        self.line.draw(&format!(
+            "{bar} {} sent, {} ok, {} failed, {} diffs, {:.0} req/s{eta}",
             t.sent,
             t.succeeded,
             t.failed,
             t.diffs,
             t.sent as f64 / el.max(1e-3)
-        );
-    }
-    fn clear(&mut self) {
-        eprint!("\r{}\r", " ".repeat(100));
+        ));
     }
 }
 
@@ -514,15 +503,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let speed_text = match (args.topspeed, args.speed) {
-        (true, _) => "topspeed".to_string(),
-        (false, Some(s)) => format!("{s}x"),
-        (false, None) => "1x".to_string(),
-    };
     let live = Arc::new(Progress::default());
     let progress = (std::io::stderr().is_terminal() && !args.quiet).then(|| ProgressBar {
         started: Instant::now(),
-        last: Instant::now(),
+        line: StatusLine::every(true, Duration::from_millis(200)),
         span: source.span(),
         live: Arc::clone(&live),
     });
@@ -534,6 +518,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         progress,
     };
     let label = target.label();
+    let speed = if args.topspeed {
+        None
+    } else {
+        Some(args.speed.unwrap_or(1.0))
+    };
+    let speed_text = speed.map_or("topspeed".to_string(), |s| format!("{s}x"));
     saver.write(&json!({
         "type": "run",
         "capture": capture.display().to_string(),
@@ -550,11 +540,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             exclude: h.exclude.clone(),
             allow_writes: h.allow_writes,
         },
-        speed: if args.topspeed {
-            None
-        } else {
-            Some(args.speed.unwrap_or(1.0))
-        },
+        speed,
         concurrency: h.concurrency as usize,
         limit: args.limit,
         duration: args.duration,
@@ -594,9 +580,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         live,
     )?;
     let mut saver = end.collect;
-    if let Some(p) = &mut saver.progress {
-        p.clear();
-    }
+    // Dropping the bar wipes its line before the results are printed.
     saver.progress = None;
     let stopped = end.stopped.clone().or(end
         .read_error

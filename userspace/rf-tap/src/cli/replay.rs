@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context as _};
@@ -31,6 +31,7 @@ use crate::{
         af_packet::AfPacketSink, af_xdp::AfXdpSink, clock::MonotonicClock, file_sink::PcapFileSink,
         interface, Backend as ReplayBackend,
     },
+    report::summary::StatusLine,
     sink::capture_file::{CaptureFileSink, OutputTarget, Rotation},
 };
 
@@ -473,7 +474,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let mut player = Player::new(cfg, MonotonicClock::new(Arc::clone(&stop)), sink);
-    let mut progress = Progress::new(!args.quiet && std::io::stderr().is_terminal());
+    let mut progress = StatusLine::new(!args.quiet && std::io::stderr().is_terminal());
     let mut filtered = 0u64;
     let mut file_error = None;
     let mut stop_reason = None;
@@ -518,7 +519,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
             if progress.due() {
                 let elapsed = player.elapsed();
-                progress.show(elapsed, player.stats(), loop_index + 1);
+                progress.draw(&progress_text(elapsed, player.stats(), loop_index + 1));
             }
         }
         loop_index += 1;
@@ -644,45 +645,17 @@ fn report_table(r: &ReplayReport) -> String {
     t
 }
 
-/// A once-a-second progress line on a terminal.
-struct Progress {
-    enabled: bool,
-    last: Instant,
-    drawn: bool,
-}
-
-impl Progress {
-    fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            last: Instant::now(),
-            drawn: false,
-        }
-    }
-    fn due(&self) -> bool {
-        self.enabled && self.last.elapsed() >= Duration::from_secs(1)
-    }
-    fn show(&mut self, elapsed: Duration, s: &ReplayStats, pass: u64) {
-        self.last = Instant::now();
-        self.drawn = true;
-        let secs = elapsed.as_secs_f64().max(1e-9);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K{:>7.1}s  loop {}  sent {}  {:.0} pps  {:.2} Mbps  late {}  errors {}",
-            secs,
-            pass,
-            s.packets,
-            s.packets as f64 / secs,
-            s.bytes as f64 * 8.0 / secs / 1e6,
-            s.late,
-            s.failed
-        );
-        let _ = err.flush();
-    }
-    fn clear(&mut self) {
-        if self.drawn {
-            eprint!("\r\x1b[K");
-        }
-    }
+/// The packet replay's progress line.
+fn progress_text(elapsed: Duration, s: &ReplayStats, pass: u64) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "{:>7.1}s  loop {}  sent {}  {:.0} pps  {:.2} Mbps  late {}  errors {}",
+        secs,
+        pass,
+        s.packets,
+        s.packets as f64 / secs,
+        s.bytes as f64 * 8.0 / secs / 1e6,
+        s.late,
+        s.failed
+    )
 }

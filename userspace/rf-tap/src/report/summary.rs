@@ -172,33 +172,45 @@ impl CaptureSummary {
     }
 }
 
-/// A one-line live view on a terminal, redrawn once a second.
+/// A one-line live view on a terminal, redrawn at most once per interval (a second unless
+/// told otherwise), and wiped when cleared or dropped.
 pub struct StatusLine {
     enabled: bool,
+    every: Duration,
     last: Instant,
     drawn: bool,
 }
 
 impl StatusLine {
     pub fn new(enabled: bool) -> Self {
+        Self::every(enabled, Duration::from_secs(1))
+    }
+
+    pub fn every(enabled: bool, every: Duration) -> Self {
         Self {
             enabled,
+            every,
             last: Instant::now(),
             drawn: false,
         }
     }
 
     pub fn due(&self) -> bool {
-        self.enabled && self.last.elapsed() >= Duration::from_secs(1)
+        self.enabled && self.last.elapsed() >= self.every
     }
 
-    pub fn show(&mut self, elapsed: Duration, k: &KernelCounters, s: &CaptureSummary) {
+    /// Replaces the line with `text`.
+    pub fn draw(&mut self, text: &str) {
         self.last = Instant::now();
         self.drawn = true;
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K{:>7.1}s  seen {}  matched {}  captured {}  written {}  dropped {} kernel / {} user",
+        let _ = write!(err, "\r\x1b[K{text}");
+        let _ = err.flush();
+    }
+
+    pub fn show(&mut self, elapsed: Duration, k: &KernelCounters, s: &CaptureSummary) {
+        self.draw(&format!(
+            "{:>7.1}s  seen {}  matched {}  captured {}  written {}  dropped {} kernel / {} user",
             elapsed.as_secs_f64(),
             k.seen,
             k.accepted,
@@ -206,13 +218,19 @@ impl StatusLine {
             s.written,
             k.ring_full,
             s.dropped_user
-        );
-        let _ = err.flush();
+        ));
     }
 
     pub fn clear(&mut self) {
         if self.drawn {
             eprint!("\r\x1b[K");
+            self.drawn = false;
         }
+    }
+}
+
+impl Drop for StatusLine {
+    fn drop(&mut self) {
+        self.clear();
     }
 }

@@ -6,7 +6,10 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use crate::{
     compare::ResponseView,
-    http::{exchange::Exchange, message::Headers},
+    http::{
+        exchange::Exchange,
+        message::{header, Headers},
+    },
     query::glob_match,
 };
 
@@ -156,12 +159,6 @@ pub fn is_write(method: &str) -> bool {
     ["POST", "PUT", "PATCH", "DELETE"]
         .iter()
         .any(|m| m.eq_ignore_ascii_case(method))
-}
-
-fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a [u8]> {
-    h.iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
 }
 
 impl Selection {

@@ -245,7 +245,6 @@ pub struct Failure {
 pub struct Connection {
     io: Option<Box<dyn Io>>,
     buf: Vec<u8>,
-    parsed: Vec<Parsed>,
 }
 
 impl Default for Connection {
@@ -253,7 +252,6 @@ impl Default for Connection {
         Self {
             io: None,
             buf: vec![0; 64 << 10],
-            parsed: Vec::new(),
         }
     }
 }
@@ -356,6 +354,7 @@ impl Connection {
         );
         let methods: VecDeque<String> = VecDeque::from([method.to_string()]);
         let mut first_byte: Option<Instant> = None;
+        let mut parsed = Vec::new();
         loop {
             let n = match io.read(&mut self.buf).await {
                 Ok(n) => n,
@@ -366,22 +365,15 @@ impl Connection {
                     }));
                 }
             };
-            self.parsed.clear();
             if n == 0 {
                 if reused && first_byte.is_none() {
                     return Err(None);
                 }
-                parser.close(&mut self.parsed);
+                parser.close(&mut parsed);
             } else {
                 first_byte.get_or_insert_with(Instant::now);
-                parser.data(
-                    &self.buf[..n],
-                    Origin::default(),
-                    &methods,
-                    &mut self.parsed,
-                );
+                parser.data(&self.buf[..n], Origin::default(), &methods, &mut parsed);
             }
-            let mut parsed = std::mem::take(&mut self.parsed);
             for p in parsed.drain(..) {
                 return match p {
                     Parsed::Response(r) => {
@@ -420,7 +412,6 @@ impl Connection {
                     })),
                 };
             }
-            self.parsed = parsed;
             if n == 0 {
                 return Err(Some(Failure {
                     kind: FailKind::Reset,

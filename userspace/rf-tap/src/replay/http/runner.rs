@@ -118,7 +118,6 @@ impl Idle {
 /// Live figures the progress bar reads.
 #[derive(Default)]
 pub struct Progress {
-    pub dispatched: AtomicU64,
     /// Capture time (ns) of the last request released.
     pub capture_ns: AtomicU64,
 }
@@ -463,9 +462,6 @@ impl<C: Collect + 'static> Dispatcher<'_, C> {
             return;
         }
         self.dispatched += 1;
-        self.progress
-            .dispatched
-            .store(self.dispatched, Ordering::Relaxed);
         self.progress.capture_ns.store(
             u64::try_from(at.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
