@@ -25,6 +25,14 @@ pub mod names {
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
     pub const XDP_INGRESS: &str = "xdp_ingress";
+    pub const MIRROR_SLOTS: &str = "MIRROR_SLOTS";
+    pub const MIRROR_RULES: &str = "MIRROR_RULES";
+    pub const MIRROR_ORDER: &str = "MIRROR_ORDER";
+    pub const MIRROR_ACTIVE: &str = "MIRROR_ACTIVE";
+    pub const MIRROR_COUNTERS: &str = "MIRROR_COUNTERS";
+    pub const TC_MIRROR_INGRESS: &str = "tc_mirror_ingress";
+    pub const TC_MIRROR_EGRESS: &str = "tc_mirror_egress";
+    pub const TC_MIRROR_ENCAP: &str = "tc_mirror_encap";
 }
 
 /// Actions of a filter rule.
@@ -273,6 +281,81 @@ pub fn copy_len(len: u32, snaplen: u32) -> u32 {
     ((want - 1) & (MAX_CAPTURE - 1)) + 1
 }
 
+/// Most mirror sessions one network namespace can hold.
+pub const MAX_SESSIONS: u32 = 16;
+
+/// A mirror copy carries `MIRROR_MARK_BASE | slot` in `skb->mark` from the moment it is
+/// cloned: the encapsulating program reads the session from it, and the mirroring programs
+/// never mirror a packet with such a mark (so the encapsulated copies, which keep it, can
+/// never be mirrored again, even when they leave through a mirrored interface).
+pub const MIRROR_MARK_BASE: u32 = 0x5246_5400;
+pub const MIRROR_MARK_MASK: u32 = 0xffff_ff00;
+
+/// One mirror session, in slot `slot` of `MIRROR_SLOTS`. Written before the session is put
+/// into the evaluation order and never changed while it is in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorSession {
+    /// Session number (1-32766): lower numbers are evaluated first.
+    pub number: u32,
+    /// The mirrored interface.
+    pub ifindex: u32,
+    pub link_kind: u32,
+    pub rule_count: u32,
+    pub sample_threshold: u32,
+    pub sample_seed: u32,
+    /// The VXLAN device (collect_md) the copies are encapsulated by.
+    pub vxlan_ifindex: u32,
+    pub vni: u32,
+    /// Bytes of the inner frame kept (`--packet-length`; MAX when not given).
+    pub packet_length: u32,
+    /// Largest inner frame that fits the path MTU to the target once encapsulated.
+    pub mtu_limit: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub _pad: u32,
+    /// Target address: words in wire byte order loaded as native words (IPv4 uses word 0).
+    pub remote: [u32; 4],
+}
+
+/// The order sessions are evaluated in: `count` slot numbers, ascending session number.
+/// Two copies exist; `MIRROR_ACTIVE[0]` says which one is live, so userspace rewrites the
+/// other and flips, and a packet never sees a half-written order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionOrder {
+    pub count: u32,
+    pub slots: [u32; MAX_SESSIONS as usize],
+}
+
+/// Per-CPU counters of mirror sessions: slot `s` uses `s * mirror_counter::PER_SESSION + c`;
+/// the namespace-wide ones follow the last session.
+pub mod mirror_counter {
+    /// Packets this session's filter accepted (it claimed them: no later session sees them).
+    pub const MATCHED: u32 = 0;
+    pub const SAMPLED_OUT: u32 = 1;
+    /// Copies handed to the VXLAN device.
+    pub const MIRRORED: u32 = 2;
+    /// Bytes of the mirrored packets, before truncation.
+    pub const MIRRORED_BYTES: u32 = 3;
+    /// Copies cut to `--packet-length` or to the path MTU.
+    pub const TRUNCATED: u32 = 4;
+    /// Of those, copies cut because the path MTU was smaller than the copy.
+    pub const MTU_TRUNCATED: u32 = 5;
+    /// Copies the kernel could not clone, cut or encapsulate.
+    pub const DROPPED: u32 = 6;
+    pub const PER_SESSION: u32 = 8;
+
+    /// Namespace-wide: packets the mirror programs looked at.
+    pub const SEEN: u32 = super::MAX_SESSIONS * PER_SESSION;
+    /// Namespace-wide: rf-tap's own encapsulated copies, never mirrored again.
+    pub const LOOP_SKIPPED: u32 = SEEN + 1;
+    /// Namespace-wide: packets on an rf-tap VXLAN device that were not rf-tap copies
+    /// (dropped there).
+    pub const FOREIGN: u32 = SEEN + 2;
+    pub const SLOTS: u32 = SEEN + PER_SESSION;
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] structs of integers and integer arrays with
@@ -280,4 +363,6 @@ mod pod {
     unsafe impl aya::Pod for super::FilterRule {}
     unsafe impl aya::Pod for super::CaptureConfig {}
     unsafe impl aya::Pod for super::PacketRecord {}
+    unsafe impl aya::Pod for super::MirrorSession {}
+    unsafe impl aya::Pod for super::SessionOrder {}
 }

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod maps;
+mod mirror;
 mod packet;
 mod pipeline;
 mod tc;

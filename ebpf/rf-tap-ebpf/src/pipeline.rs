@@ -25,7 +25,7 @@ const IPPROTO_SCTP: u8 = 132;
 const MAX_IPV6_EXT_HEADERS: u32 = 4;
 
 /// Where parsing gave up: the packet is then matched as a non-IP frame.
-struct Malformed;
+pub(crate) struct Malformed;
 
 // Each header is read with one helper call (helper calls dominate the per-packet cost).
 
@@ -98,7 +98,11 @@ fn parse_ports<P: PacketBytes>(p: &P, l4: u32, key: &mut PacketKey) {
 }
 
 #[inline(always)]
-fn parse_key<P: PacketBytes>(p: &P, link_kind: u32, key: &mut PacketKey) -> Result<(), Malformed> {
+pub(crate) fn parse_key<P: PacketBytes>(
+    p: &P,
+    link_kind: u32,
+    key: &mut PacketKey,
+) -> Result<(), Malformed> {
     let (ethertype, off) = if link_kind == LINK_RAW_IP {
         match p.u8_at(0).ok_or(Malformed)? >> 4 {
             4 => (ETH_P_IP, 0),

@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use rf_tap_common::{VlanMeta, DIR_EGRESS, DIR_INGRESS};
 
-use crate::pipeline;
+use crate::{mirror, pipeline};
 
 const TC_ACT_UNSPEC: i32 = -1;
 
@@ -35,4 +35,23 @@ fn meta(ctx: &TcContext) -> (u32, VlanMeta) {
         proto: u16::from_be(skb.vlan_proto as u16),
     };
     (skb.ifindex, vlan)
+}
+
+#[classifier]
+pub fn tc_mirror_ingress(ctx: TcContext) -> i32 {
+    mirror::mirror(&ctx, DIR_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_mirror_egress(ctx: TcContext) -> i32 {
+    mirror::mirror(&ctx, DIR_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// Egress of rf-tap's VXLAN device (the only program that may change or drop a packet, and
+/// it only ever sees rf-tap's own copies).
+#[classifier]
+pub fn tc_mirror_encap(ctx: TcContext) -> i32 {
+    mirror::encap(&ctx)
 }

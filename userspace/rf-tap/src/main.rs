@@ -1,6 +1,7 @@
 //! The `rf-tap` binary.
 mod capture;
 mod cli;
+mod mirror;
 mod replay;
 mod report;
 mod sink;
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         cli::Command::Extract(args) => cli::extract::run(args),
         cli::Command::Requests(args) => cli::requests::run(args),
         cli::Command::Replay(args) => cli::replay::run(*args),
+        cli::Command::Session(args) => cli::session::run(args),
     };
     match result {
         Ok(code) => code,

@@ -464,7 +464,7 @@ fn deliver(
 }
 
 /// A per-capture seed for flow sampling, so that repeated captures sample different flows.
-fn rand_seed() -> u32 {
+pub(crate) fn rand_seed() -> u32 {
     let mut b = [0u8; 4];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))

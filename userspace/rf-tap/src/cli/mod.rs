@@ -7,6 +7,7 @@ pub mod replay;
 pub mod replay_diff;
 pub mod requests;
 pub mod rules;
+pub mod session;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -33,4 +34,7 @@ pub enum Command {
     /// Re-emit a capture's packets onto an interface (or into a pcap), with tcpreplay-class
     /// timing and rewriting
     Replay(Box<replay::ReplayArgs>),
+    /// Mirror sessions: copy an interface's packets in the kernel to a VXLAN target, like a
+    /// VPC Traffic Mirroring session (`session create|list|delete`)
+    Session(session::SessionArgs),
 }
