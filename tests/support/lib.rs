@@ -600,8 +600,8 @@ pub fn check_accounting(summary: &serde_json::Value) {
     );
     assert_eq!(
         n("captured"),
-        n("written") + n("dropped_user") + n("over_limit"),
-        "captured = written + dropped_user + over_limit: {summary}"
+        n("written") + n("dropped_user") + n("over_limit") + n("left_out"),
+        "captured = written + dropped_user + over_limit + left_out: {summary}"
     );
 }
 

@@ -7,6 +7,7 @@
 //! offloaded, unfinished checksums), as Zeek does with `-C`.
 
 pub mod defrag;
+pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

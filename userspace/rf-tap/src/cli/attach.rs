@@ -14,7 +14,10 @@ use std::{
 use anyhow::bail;
 use clap::Args;
 use rf_tap_common::{CaptureConfig, MAX_CAPTURE, SAMPLE_SCALE};
-use rf_tap_engine::pcap::{CaptureFormat, FrameEncoder, InterfaceInfo};
+use rf_tap_engine::{
+    packet::CapturedPacket,
+    pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
+};
 
 use crate::{
     capture::{
@@ -29,7 +32,7 @@ use crate::{
     },
     report::{
         packet_line::packet_line,
-        summary::{CaptureSummary, StatusLine, StopReason},
+        summary::{CaptureSummary, DecapCounts, StatusLine, StopReason},
     },
     sink::capture_file::{CaptureFileSink, OutputTarget, Rotation},
 };
@@ -50,7 +53,13 @@ copied. Without any rule everything is copied.
 Examples:
   sudo rf-tap attach eth0 --port 80-443 -w web.pcap
   sudo rf-tap attach eth0 --mode xdp -s 128 --sample-rate 10 -w sampled.pcapng --pcapng
-  sudo rf-tap attach eth0 --port 443 -w - | tshark -r -")]
+  sudo rf-tap attach eth0 --port 443 -w - | tshark -r -
+
+Receiving mirrored traffic (from `rf-tap session` or a cloud mirror session):
+  sudo rf-tap attach ens6 --vxlan -w inner.pcap          inner frames of every VNI
+  sudo rf-tap attach ens6 --vxlan --vni 42 --port 80 --rfcap web.rfcap
+  With --vxlan the kernel takes UDP to the VXLAN port, and --rule/--filter/--port apply to
+  the inner frames (a mirror copy carries no direction: client->server counts as ingress).")]
 pub struct AttachArgs {
     /// Interface to capture on
     pub iface: String,
@@ -96,6 +105,24 @@ pub struct AttachArgs {
 
     #[command(flatten)]
     pub filter: FilterArgs,
+
+    /// The interface receives VXLAN-mirrored traffic: write the inner frames (RFC 7348),
+    /// as if captured where they were mirrored
+    #[arg(long)]
+    pub vxlan: bool,
+
+    /// With --vxlan: only this VXLAN network identifier
+    #[arg(long, requires = "vxlan")]
+    pub vni: Option<u32>,
+
+    /// With --vxlan: the UDP port the VXLAN packets arrive on
+    #[arg(long, requires = "vxlan", default_value_t = rf_tap_engine::wire::vxlan::VXLAN_PORT)]
+    pub vxlan_port: u16,
+
+    /// With --vxlan: write the whole encapsulated packets instead of the inner frames (still
+    /// only VXLAN, of the --vni given)
+    #[arg(long, requires = "vxlan")]
+    pub keep_outer: bool,
 
     /// Copy at most N bytes of each packet (the original length is kept in the file)
     #[arg(short = 's', long = "packet-length", visible_alias = "snaplen", value_name = "N",
@@ -147,6 +174,9 @@ impl AttachArgs {
         if self.count == Some(0) {
             bail!("--count must be at least 1");
         }
+        if self.vni.is_some_and(|v| v > 0x00ff_ffff) {
+            bail!("--vni must be 0..=16777215 (24 bits)");
+        }
         if !(4096..=(1 << 30)).contains(&self.ring_size) {
             bail!("--ring-size must be between 4KiB and 1GiB");
         }
@@ -188,8 +218,36 @@ fn poll_readable(fds: &[RawFd], timeout: Duration) {
 
 pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     args.validate()?;
-    let rules = args.filter.rule_set()?;
+    let user_rules = args.filter.rule_set()?;
     let facts = capture::interface_facts(&args.iface)?;
+    // With --vxlan the kernel takes the VXLAN packets and the user's rules judge the inner
+    // frames in userspace.
+    let (rules, mut decap) = if args.vxlan {
+        let outer: rf_tap_engine::filter::Rule =
+            format!("num=1,action=accept,proto=udp,dst-port={}", args.vxlan_port)
+                .parse()
+                .map_err(|e| anyhow::anyhow!("VXLAN rule: {e}"))?;
+        let selector = args.filter.given().then(|| {
+            rf_tap_engine::replay::select::Selector::new(Some(&user_rules), None)
+        });
+        (
+            rf_tap_engine::filter::RuleSet::new(vec![outer])?,
+            Some(Decap {
+                port: args.vxlan_port,
+                vni: args.vni,
+                keep_outer: args.keep_outer,
+                linktype: if facts.datalink == pcap_file::DataLink::RAW {
+                    rf_tap_engine::wire::LINKTYPE_RAW
+                } else {
+                    rf_tap_engine::wire::LINKTYPE_ETHERNET
+                },
+                selector,
+                counts: DecapCounts::default(),
+            }),
+        )
+    } else {
+        (user_rules, None)
+    };
     capture::check_kernel(args.mode)?;
     capture::check_privileges()?;
 
@@ -204,11 +262,16 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 CaptureFormat::Pcap
             };
+            let inner = args.vxlan && !args.keep_outer;
             let encoder = FrameEncoder::new(
                 format,
                 InterfaceInfo {
                     name: facts.name.clone(),
-                    linktype: facts.datalink,
+                    linktype: if inner {
+                        pcap_file::DataLink::ETHERNET
+                    } else {
+                        facts.datalink
+                    },
                     snaplen: args.packet_length,
                 },
             );
@@ -227,7 +290,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let mut live = match &args.rfcap {
         Some(path) => {
-            let linktype = if facts.link_kind == rf_tap_common::LINK_RAW_IP {
+            let linktype = if args.vxlan && !args.keep_outer {
+                rf_tap_engine::wire::LINKTYPE_ETHERNET
+            } else if facts.link_kind == rf_tap_common::LINK_RAW_IP {
                 rf_tap_engine::wire::LINKTYPE_RAW
             } else {
                 rf_tap_engine::wire::LINKTYPE_ETHERNET
@@ -338,6 +403,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
                 &mut rebuilt,
                 &mut output,
                 live.as_mut(),
+                decap.as_mut(),
                 &mut summary,
             ) {
                 Ok(()) => {}
@@ -388,6 +454,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             &mut rebuilt,
             &mut output,
             live.as_mut(),
+            decap.as_mut(),
             &mut summary,
         ) {
             if !is_broken_pipe(&e) {
@@ -409,6 +476,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(l) = live.take() {
         let report = l.finish()?;
         summary.exchanges = Some(report.exchanges);
+    }
+    if let Some(d) = &decap {
+        summary.vxlan = Some(d.counts);
     }
     let counters = kernel.counters()?;
     summary.finish(
@@ -435,19 +505,70 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `--vxlan`: what to open and keep.
+struct Decap {
+    port: u16,
+    vni: Option<u32>,
+    keep_outer: bool,
+    /// Link type of the outer frames.
+    linktype: u32,
+    /// The user's rules, applied to the inner frames.
+    selector: Option<rf_tap_engine::replay::select::Selector>,
+    counts: DecapCounts,
+}
+
 fn deliver(
     bytes: &[u8],
     clock: &ClockMap,
     rebuilt: &mut Vec<u8>,
     output: &mut Output,
     live: Option<&mut LiveArchive>,
+    decap: Option<&mut Decap>,
     summary: &mut CaptureSummary,
 ) -> anyhow::Result<()> {
-    let Ok(pkt) = decode_record(bytes, clock, rebuilt) else {
+    let Ok(mut pkt) = decode_record(bytes, clock, rebuilt) else {
         summary.dropped_user += 1;
         return Ok(());
     };
     summary.received += 1;
+    if let Some(d) = decap {
+        use rf_tap_engine::wire::vxlan::{decapsulate, NotVxlan, INNER_LINKTYPE};
+        let inner = match decapsulate(d.linktype, pkt.data, pkt.orig_len, d.port) {
+            Ok(i) => i,
+            Err(why) => {
+                match why {
+                    NotVxlan::OtherTraffic => d.counts.not_vxlan += 1,
+                    NotVxlan::Fragment => d.counts.fragments += 1,
+                    NotVxlan::Malformed => d.counts.malformed += 1,
+                }
+                summary.left_out += 1;
+                return Ok(());
+            }
+        };
+        if d.vni.is_some_and(|v| v != inner.vni) {
+            d.counts.other_vni += 1;
+            summary.left_out += 1;
+            return Ok(());
+        }
+        if let Some(sel) = d.selector.as_mut() {
+            if !sel.keep(INNER_LINKTYPE, inner.frame, inner.orig_len) {
+                d.counts.filtered += 1;
+                summary.left_out += 1;
+                return Ok(());
+            }
+        }
+        d.counts.decapsulated += 1;
+        if !d.keep_outer {
+            // A mirror copy carries no direction.
+            pkt = CapturedPacket {
+                ts: pkt.ts,
+                ifindex: pkt.ifindex,
+                direction: None,
+                orig_len: inner.orig_len,
+                data: inner.frame,
+            };
+        }
+    }
     match output {
         Output::File(sink) => sink.write(&pkt)?,
         Output::Lines { stdout } => {

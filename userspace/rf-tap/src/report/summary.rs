@@ -61,11 +61,29 @@ pub struct CaptureSummary {
     pub dropped_user: u64,
     /// Records left unwritten because the capture stopped (count reached, output closed).
     pub over_limit: u64,
+    /// Records rf-tap left out in userspace (--vxlan: not VXLAN, another VNI, or refused by
+    /// the rules on the inner frame).
+    pub left_out: u64,
     pub written: u64,
     pub bytes_written: u64,
     pub files: Vec<String>,
     /// HTTP exchanges appended to the --rfcap archive.
     pub exchanges: Option<u64>,
+    /// --vxlan: what the decapsulation found.
+    pub vxlan: Option<DecapCounts>,
+}
+
+/// Outcomes of `--vxlan` decapsulation; all but `decapsulated` are in `left_out`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct DecapCounts {
+    pub decapsulated: u64,
+    pub other_vni: u64,
+    /// Inner frames the --rule/--filter/--port rules refused.
+    pub filtered: u64,
+    pub not_vxlan: u64,
+    /// Non-first fragments of outer packets (the path MTU was smaller than the copy).
+    pub fragments: u64,
+    pub malformed: u64,
 }
 
 impl CaptureSummary {
@@ -90,10 +108,12 @@ impl CaptureSummary {
             received: 0,
             dropped_user: 0,
             over_limit: 0,
+            left_out: 0,
             written: 0,
             bytes_written: 0,
             files: Vec::new(),
             exchanges: None,
+            vxlan: None,
         }
     }
 
@@ -121,7 +141,7 @@ impl CaptureSummary {
             "rf-tap: capture on {} ({}) ended after {:.2} s: {why}",
             self.interface, self.attach, self.duration_s
         );
-        let rows: [(&str, u64, &str); 12] = [
+        let rows: [(&str, u64, &str); 13] = [
             ("seen", self.seen, "packets the kernel programs saw"),
             ("matched", self.matched, "accepted by a filter rule"),
             ("rejected", self.rejected, "refused by a reject rule"),
@@ -148,6 +168,11 @@ impl CaptureSummary {
                 self.over_limit,
                 "left in the ring after the capture stopped",
             ),
+            (
+                "left out",
+                self.left_out,
+                "not VXLAN, another VNI, or refused by the rules (--vxlan)",
+            ),
             ("written", self.written, "records written"),
             (
                 "bytes written",
@@ -157,6 +182,20 @@ impl CaptureSummary {
         ];
         for (name, v, what) in rows {
             let _ = writeln!(s, "  {name:<18}{v:>14}  {what}");
+        }
+        if let Some(v) = &self.vxlan {
+            let _ = writeln!(
+                s,
+                "  {:<18}{:>14}  inner frames (other VNI {}, refused by rules {}, not VXLAN {}, \
+                 fragments {}, malformed {})",
+                "decapsulated",
+                v.decapsulated,
+                v.other_vni,
+                v.filtered,
+                v.not_vxlan,
+                v.fragments,
+                v.malformed
+            );
         }
         if let Some(x) = self.exchanges {
             let _ = writeln!(
