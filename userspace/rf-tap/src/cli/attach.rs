@@ -227,9 +227,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             format!("num=1,action=accept,proto=udp,dst-port={}", args.vxlan_port)
                 .parse()
                 .map_err(|e| anyhow::anyhow!("VXLAN rule: {e}"))?;
-        let selector = args.filter.given().then(|| {
-            rf_tap_engine::replay::select::Selector::new(Some(&user_rules), None)
-        });
+        let selector = args
+            .filter
+            .given()
+            .then(|| rf_tap_engine::replay::select::Selector::new(Some(&user_rules), None));
         (
             rf_tap_engine::filter::RuleSet::new(vec![outer])?,
             Some(Decap {

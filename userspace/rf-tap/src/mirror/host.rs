@@ -126,6 +126,20 @@ pub fn route_to(target: IpAddr, port: u16) -> anyhow::Result<PathFacts> {
             _ => return Err(e).with_context(|| format!("cannot route to the target {target}")),
         }
     }
+    // Resolve the next hop now (one empty datagram, which VXLAN receivers discard), so the
+    // first copies do not wait in, or overflow, the neighbour queue; an ICMP error that comes
+    // back at once says the target is unreachable.
+    let _ = sock.send(&[]);
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+    let mut buf = [0u8; 1];
+    if let Err(e) = sock.recv(&mut buf) {
+        match e.raw_os_error() {
+            Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
+                bail!("the target {target} is unreachable ({e})")
+            }
+            _ => {}
+        }
+    }
     let (level, opt) = match target {
         IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
         IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
