@@ -170,6 +170,11 @@ fn tcpdump(ns: &str, iface: &str, path: &std::path::Path, filter: &[&str]) -> Pr
         .spawn()
         .expect("tcpdump not installed: run `cargo xtask setup`");
     let err = child.stderr.take().unwrap();
+    // Owned by the guard from here on: it is killed and waited for on every path.
+    let mut guard = Proc {
+        child: Some(child),
+        name: "tcpdump".into(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
@@ -180,10 +185,13 @@ fn tcpdump(ns: &str, iface: &str, path: &std::path::Path, filter: &[&str]) -> Pr
     while Instant::now() < deadline {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
             if l.contains("listening on") {
-                return Proc {
-                    child: Some(child),
-                    name: "tcpdump".into(),
-                };
+                return std::mem::replace(
+                    &mut guard,
+                    Proc {
+                        child: None,
+                        name: String::new(),
+                    },
+                );
             }
         }
     }
