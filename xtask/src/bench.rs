@@ -45,7 +45,7 @@ struct Run {
     cpu_s: f64,
 }
 
-fn iface_packets(ns: &str, iface: &str) -> anyhow::Result<u64> {
+pub fn iface_packets(ns: &str, iface: &str) -> anyhow::Result<u64> {
     let mut total = 0;
     for f in ["rx_packets", "tx_packets"] {
         let out = Command::new("ip")
@@ -88,7 +88,7 @@ fn capinfos_count(path: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("cannot read the packet count of {}: {text}", path.display()))
 }
 
-fn parse_after(text: &str, key: &str) -> Option<f64> {
+pub fn parse_after(text: &str, key: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())

@@ -2,6 +2,7 @@
 mod bench;
 mod bench_extract;
 mod bench_http_replay;
+mod bench_mirror;
 mod bench_replay;
 mod demo;
 mod setup;
@@ -77,6 +78,16 @@ enum Bench {
         /// 64-byte frames per top-speed run (half as many 1514-byte frames)
         #[arg(long, default_value_t = 1_000_000)]
         packets: u32,
+    },
+    /// Mirror sessions: production cost and mirrored/offered packets, rf-tap session vs
+    /// tc mirred to a vxlan device
+    Mirror {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
     },
     /// HTTP replay: --topspeed requests/s vs wrk on nginx, 10x schedule accuracy, memory
     HttpReplay {
@@ -163,6 +174,11 @@ fn main() -> anyhow::Result<()> {
                 Bench::Replay { rounds, packets } => {
                     bench_replay::replay(&bin, rounds.max(1), packets.max(1000))
                 }
+                Bench::Mirror {
+                    rounds,
+                    seconds,
+                    connections,
+                } => bench_mirror::mirror(&bin, rounds.max(1), seconds.max(1), connections.max(1)),
                 Bench::HttpReplay { rounds, requests } => {
                     bench_http_replay::http_replay(&bin, rounds.max(1), requests.max(100))
                 }
