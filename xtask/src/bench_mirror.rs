@@ -1,5 +1,6 @@
 //! `cargo xtask bench mirror`: an rf-tap mirror session against the standard Linux way
-//! (`tc ... action mirred egress mirror dev vxlan0`) on the same traffic.
+//! (`tc filter ... u32 match u32 0 0 action mirred egress mirror dev vxlan0`; u32 because
+//! this kernel has no matchall classifier) on the same traffic.
 //!
 //! wrk drives nginx at its maximum through a veth pair (client ↔ source); the source's
 //! interface is mirrored over a second veth pair to a target namespace whose plain Linux
@@ -121,25 +122,6 @@ impl Lab {
             "nolearning",
         ])?;
         ip(&["-n", &lab.tgt, "link", "set", "vx", "up"])?;
-        // The standard way's device: a VXLAN device with the target as remote.
-        ip(&[
-            "-n",
-            &lab.src,
-            "link",
-            "add",
-            "vxlan0",
-            "type",
-            "vxlan",
-            "id",
-            VNI,
-            "remote",
-            &lab.target_ip,
-            "dstport",
-            "4789",
-            "dev",
-            "smir",
-        ])?;
-        ip(&["-n", &lab.src, "link", "set", "vxlan0", "mtu", "8950", "up"])?;
         Ok(lab)
     }
 
@@ -148,13 +130,37 @@ impl Lab {
         match config {
             Config::None => {}
             Config::Mirred => {
+                // The standard way's device, a VXLAN device with the target as remote. It
+                // exists only during its runs: it holds UDP 4789, which an rf-tap session's
+                // own device needs too.
+                ip(&[
+                    "-n",
+                    &self.src,
+                    "link",
+                    "add",
+                    "vxlan0",
+                    "type",
+                    "vxlan",
+                    "id",
+                    VNI,
+                    "remote",
+                    &self.target_ip,
+                    "dstport",
+                    "4789",
+                    "dev",
+                    "smir",
+                ])?;
+                ip(&[
+                    "-n", &self.src, "link", "set", "vxlan0", "mtu", "8950", "up",
+                ])?;
                 run(&self.src, &["tc", "qdisc", "add", "dev", "sapp", "clsact"])?;
                 for hook in ["ingress", "egress"] {
                     run(
                         &self.src,
                         &[
-                            "tc", "filter", "add", "dev", "sapp", hook, "matchall", "action",
-                            "mirred", "egress", "mirror", "dev", "vxlan0",
+                            "tc", "filter", "add", "dev", "sapp", hook, "protocol", "all", "u32",
+                            "match", "u32", "0", "0", "action", "mirred", "egress", "mirror",
+                            "dev", "vxlan0",
                         ],
                     )?;
                 }
@@ -186,7 +192,8 @@ impl Lab {
         match config {
             Config::None => Ok(()),
             Config::Mirred => {
-                run(&self.src, &["tc", "qdisc", "del", "dev", "sapp", "clsact"]).map(|_| ())
+                run(&self.src, &["tc", "qdisc", "del", "dev", "sapp", "clsact"])?;
+                ip(&["-n", &self.src, "link", "del", "vxlan0"])
             }
             Config::Session | Config::SessionTruncated => run(
                 &self.src,

@@ -247,7 +247,17 @@ impl Registry {
             // No addresses, no IPv6 chatter; room for any copy (the encapsulating program cuts
             // copies to the path MTU).
             host::ip(&["link", "set", "dev", &dev, "addrgenmode", "none"])?;
-            host::ip(&["link", "set", "dev", &dev, "mtu", "65000", "up"])?;
+            host::ip(&["link", "set", "dev", &dev, "mtu", "65000", "up"]).map_err(|e| {
+                if format!("{e:#}").contains("Address already in use") {
+                    anyhow!(
+                        "UDP port {port} is already taken in this network namespace (another \
+                         VXLAN device or socket: `ip -d link show type vxlan`); pick another \
+                         --dst-port"
+                    )
+                } else {
+                    e
+                }
+            })?;
         }
         let index = host::ifindex(&dev).ok_or_else(|| anyhow!("the device {dev} vanished"))?;
         self.attach_pinned(
