@@ -103,6 +103,13 @@ impl Lab {
         rf_tap_run(Some(&self.src), &a)
     }
 
+    /// `session create --iface sapp --target <target>` plus `extra`.
+    fn create(&self, extra: &[&str]) -> Finished {
+        let mut a = vec!["create", "--iface", "sapp", "--target", &self.target_ip];
+        a.extend_from_slice(extra);
+        self.session(&a)
+    }
+
     fn list(&self) -> serde_json::Value {
         let out = self.session(&["list", "--json"]);
         assert!(out.status.success(), "{}", out.stderr);
@@ -251,15 +258,12 @@ fn www(dir: &TempDir) {
     std::fs::write(root.join("big.bin"), vec![b'x'; 6000]).unwrap();
 }
 
-#[test]
-fn a_session_mirrors_matching_http_once_in_standard_vxlan() {
-    if !privileged("a_session_mirrors_matching_http_once_in_standard_vxlan") {
-        return;
-    }
+/// A lab with nginx on the source serving `www` on ports 80 and 8080.
+fn web_lab(tag: &str) -> (Lab, TempDir, Proc) {
     let lab = Lab::new();
-    let dir = TempDir::new("mirror");
+    let dir = TempDir::new(tag);
     www(&dir);
-    let _nginx = nginx(
+    let server = nginx(
         &lab.src,
         &dir,
         &[
@@ -267,6 +271,15 @@ fn a_session_mirrors_matching_http_once_in_standard_vxlan() {
             format!("{}:8080", lab.server_ip),
         ],
     );
+    (lab, dir, server)
+}
+
+#[test]
+fn a_session_mirrors_matching_http_once_in_standard_vxlan() {
+    if !privileged("a_session_mirrors_matching_http_once_in_standard_vxlan") {
+        return;
+    }
+    let (lab, dir, _nginx) = web_lab("mirror");
     lab.target_vxlan("vx42", 4242);
 
     // The truth: what crossed the mirrored interface on port 80.
@@ -293,12 +306,7 @@ fn a_session_mirrors_matching_http_once_in_standard_vxlan() {
     );
     receiver.wait_attached();
 
-    let made = lab.session(&[
-        "create",
-        "--iface",
-        "sapp",
-        "--target",
-        &lab.target_ip,
+    let made = lab.create(&[
         "--vni",
         "4242",
         "--port",
@@ -380,26 +388,11 @@ fn overlapping_sessions_mirror_each_packet_once_to_the_lowest_number() {
     if !privileged("overlapping_sessions_mirror_each_packet_once_to_the_lowest_number") {
         return;
     }
-    let lab = Lab::new();
-    let dir = TempDir::new("mirror2");
-    www(&dir);
-    let _nginx = nginx(
-        &lab.src,
-        &dir,
-        &[
-            format!("{}:80", lab.server_ip),
-            format!("{}:8080", lab.server_ip),
-        ],
-    );
+    let (lab, dir, _nginx) = web_lab("mirror2");
     lab.target_vxlan("vx10", 10);
     lab.target_vxlan("vx20", 20);
     // Created out of order: the number decides, not the order of creation.
-    let all_tcp = lab.session(&[
-        "create",
-        "--iface",
-        "sapp",
-        "--target",
-        &lab.target_ip,
+    let all_tcp = lab.create(&[
         "--vni",
         "20",
         "--session-number",
@@ -408,29 +401,9 @@ fn overlapping_sessions_mirror_each_packet_once_to_the_lowest_number() {
         "num=1,action=accept,proto=tcp",
     ]);
     assert!(all_tcp.status.success(), "{}", all_tcp.stderr);
-    let web = lab.session(&[
-        "create",
-        "--iface",
-        "sapp",
-        "--target",
-        &lab.target_ip,
-        "--vni",
-        "10",
-        "--session-number",
-        "10",
-        "--port",
-        "80",
-    ]);
+    let web = lab.create(&["--vni", "10", "--session-number", "10", "--port", "80"]);
     assert!(web.status.success(), "{}", web.stderr);
-    let dup = lab.session(&[
-        "create",
-        "--iface",
-        "sapp",
-        "--target",
-        &lab.target_ip,
-        "--session-number",
-        "10",
-    ]);
+    let dup = lab.create(&["--session-number", "10"]);
     assert!(
         !dup.status.success() && dup.stderr.contains("session 10 exists"),
         "{}",
@@ -559,18 +532,7 @@ fn bad_sessions_are_refused_and_leave_nothing_behind() {
     sh(&["ip", "-n", &lab.src, "link", "set", "smir", "mtu", "600"]);
     sh(&["ip", "-n", &lab.tgt, "link", "set", "tmir", "mtu", "600"]);
     lab.target_vxlan("vx7", 7);
-    let made = lab.session(&[
-        "create",
-        "--iface",
-        "sapp",
-        "--target",
-        &lab.target_ip,
-        "--vni",
-        "7",
-        "--port",
-        "80",
-        "--json",
-    ]);
+    let made = lab.create(&["--vni", "7", "--port", "80", "--json"]);
     assert!(made.status.success(), "{}", made.stderr);
     assert_eq!(made.json()["mtu_limit"], 600 - 36);
     let seen = tcpdump(&lab.tgt, "vx7", &dir.path("v7.pcap"), &[]);
