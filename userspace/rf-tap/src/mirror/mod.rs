@@ -91,6 +91,7 @@ const MAP_NAMES: [&str; 5] = [
 pub struct Registry {
     pin_dir: PathBuf,
     state_path: PathBuf,
+    lock_path: PathBuf,
     _lock: fs::File,
     pub state: State,
 }
@@ -128,6 +129,7 @@ impl Registry {
         Ok(Self {
             pin_dir: Path::new(host::BPFFS).join(format!("rf-tap/net-{netns}")),
             state_path,
+            lock_path,
             _lock: lock,
             state,
         })
@@ -411,6 +413,17 @@ impl Registry {
             Ok(())
         } else {
             bail!("could not clean up: {}", problems.join("; "))
+        }
+    }
+}
+
+impl Drop for Registry {
+    /// With no sessions, nothing of this namespace stays behind, lock file included. (A
+    /// command waiting on the lock holds the old file and goes on once we exit; the next
+    /// one makes a new file.)
+    fn drop(&mut self) {
+        if self.state.sessions.is_empty() {
+            let _ = fs::remove_file(&self.lock_path);
         }
     }
 }
