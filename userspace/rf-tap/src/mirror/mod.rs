@@ -20,7 +20,7 @@ use std::{
     fs,
     io::Write as _,
     net::IpAddr,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -105,16 +105,25 @@ impl Registry {
         let run = Path::new("/run/rf-tap");
         fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
         let lock_path = run.join(format!("net-{netns}.lock"));
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("cannot lock the session state");
-        }
+        // The lock file is removed when the last session goes, so a lock taken on a file that
+        // was removed meanwhile is retaken on the file now at the path.
+        let lock = loop {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .with_context(|| format!("cannot open {}", lock_path.display()))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("cannot lock the session state");
+            }
+            let held = f.metadata()?.ino();
+            if fs::metadata(&lock_path).is_ok_and(|m| m.ino() == held) {
+                break f;
+            }
+        };
         let state_path = run.join(format!("net-{netns}.json"));
         let state = match fs::read_to_string(&state_path) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
