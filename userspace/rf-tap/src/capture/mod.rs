@@ -43,20 +43,26 @@ pub enum CaptureError {
 #[derive(Clone, Debug)]
 pub struct InterfaceFacts {
     pub name: String,
+    pub ifindex: u32,
     /// `LINK_ETHERNET` or `LINK_RAW_IP` for the kernel program.
     pub link_kind: u32,
     /// The pcap link type of the frames.
     pub datalink: DataLink,
 }
 
+/// The index of the interface of this name in this network namespace, if there is one.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Looks the interface up and classifies its frames.
 pub fn interface_facts(name: &str) -> Result<InterfaceFacts, CaptureError> {
-    let c = CString::new(name).map_err(|_| CaptureError::NoSuchInterface(name.to_string()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if ifindex == 0 || name.contains('/') {
-        return Err(CaptureError::NoSuchInterface(name.to_string()));
-    }
+    let ifindex = ifindex(name)
+        .filter(|_| !name.contains('/'))
+        .ok_or_else(|| CaptureError::NoSuchInterface(name.to_string()))?;
     let read = |f: &str| -> Option<u32> {
         fs::read_to_string(format!("/sys/class/net/{name}/{f}"))
             .ok()?
@@ -79,6 +85,7 @@ pub fn interface_facts(name: &str) -> Result<InterfaceFacts, CaptureError> {
     };
     Ok(InterfaceFacts {
         name: name.to_string(),
+        ifindex,
         link_kind,
         datalink,
     })

@@ -136,8 +136,7 @@ fn create(args: CreateArgs) -> anyhow::Result<std::process::ExitCode> {
     let facts = capture::interface_facts(&args.iface)?;
     capture::check_kernel(HookMode::Tc)?;
     capture::check_privileges()?;
-    let ifindex = host::ifindex(&facts.name)
-        .ok_or_else(|| capture::CaptureError::NoSuchInterface(facts.name.clone()))?;
+    let ifindex = facts.ifindex;
     if facts.name.starts_with("rftvx") {
         bail!(
             "{} is rf-tap's own VXLAN device: mirroring it would loop",
@@ -307,18 +306,15 @@ fn list(json: bool) -> anyhow::Result<std::process::ExitCode> {
         };
         rows.push(Listed {
             session: s,
-            interface_present: host::ifindex(&s.iface) == Some(s.ifindex),
+            interface_present: capture::ifindex(&s.iface) == Some(s.ifindex),
             counters,
         });
     }
     let device_drops: Vec<(String, u64)> = {
-        let mut ports: Vec<u16> = reg.state.sessions.iter().map(|s| s.dst_port).collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
+        let ports: Vec<u16> = reg.state.sessions.iter().map(|s| s.dst_port).collect();
+        host::net_devices()
             .into_iter()
-            .map(mirror::vxlan_device)
-            .filter_map(|d| host::tx_drops(&d).map(|n| (d, n)))
+            .filter(|(d, _)| ports.iter().any(|p| *d == mirror::vxlan_device(*p)))
             .collect()
     };
     let (_, loop_skipped, _) = if reg.has_kernel_state() {

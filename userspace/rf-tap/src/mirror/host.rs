@@ -221,33 +221,22 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether an interface of this name exists in this network namespace.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: c is NUL-terminated.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
-
-/// Transmit drops and errors of an interface, from /proc/net/dev (which, unlike /sys,
-/// always shows this process's network namespace).
-pub fn tx_drops(name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/net/dev").ok()?;
-    for line in text.lines() {
-        let Some((dev, rest)) = line.split_once(':') else {
-            continue;
-        };
-        if dev.trim() != name {
-            continue;
-        }
-        let v: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop
-        return Some(v.get(10)? + v.get(11)?);
-    }
-    None
+/// The interfaces of this network namespace with their transmit drops and errors, from
+/// /proc/net/dev (which, unlike /sys, always shows this process's network namespace).
+pub fn net_devices() -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (dev, rest) = line.split_once(':')?;
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets
+            // errs drop
+            Some((dev.trim().to_string(), v.get(10)? + v.get(11)?))
+        })
+        .collect()
 }
 
 pub fn exists(p: &Path) -> bool {

@@ -15,6 +15,8 @@
 
 pub mod host;
 
+use crate::capture;
+
 use std::{
     collections::BTreeSet,
     fs,
@@ -237,7 +239,7 @@ impl Registry {
     /// ifindex.
     pub fn vxlan(&self, bpf: &mut Ebpf, port: u16) -> anyhow::Result<u32> {
         let dev = vxlan_device(port);
-        if host::ifindex(&dev).is_none() {
+        if capture::ifindex(&dev).is_none() {
             let port_s = port.to_string();
             host::ip(&[
                 "link",
@@ -270,7 +272,7 @@ impl Registry {
                 }
             })?;
         }
-        let index = host::ifindex(&dev).ok_or_else(|| anyhow!("the device {dev} vanished"))?;
+        let index = capture::ifindex(&dev).ok_or_else(|| anyhow!("the device {dev} vanished"))?;
         self.attach_pinned(
             bpf,
             names::TC_MIRROR_ENCAP,
@@ -402,17 +404,10 @@ impl Registry {
             }
         }
         // VXLAN devices of ports no session uses.
-        for line in fs::read_to_string("/proc/self/net/dev")
-            .unwrap_or_default()
-            .lines()
-        {
-            let Some((dev, _)) = line.split_once(':') else {
-                continue;
-            };
-            let dev = dev.trim();
+        for (dev, _) in host::net_devices() {
             if let Some(p) = dev.strip_prefix("rftvx") {
                 if p.parse().is_ok_and(|p: u16| !ports.contains(&p)) {
-                    if let Err(e) = host::ip(&["link", "del", dev]) {
+                    if let Err(e) = host::ip(&["link", "del", &dev]) {
                         problems.push(format!("{e:#}"));
                     }
                 }
