@@ -222,7 +222,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     let facts = capture::interface_facts(&args.iface)?;
     // With --vxlan the kernel takes the VXLAN packets and the user's rules judge the inner
     // frames in userspace.
-    let (rules, mut decap) = if args.vxlan {
+    let (rules, decap) = if args.vxlan {
         let outer: rf_tap_engine::filter::Rule =
             format!("num=1,action=accept,proto=udp,dst-port={}", args.vxlan_port)
                 .parse()
@@ -252,7 +252,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     capture::check_kernel(args.mode)?;
     capture::check_privileges()?;
 
-    let mut output = match &args.write {
+    let output = match &args.write {
         None if args.rfcap.is_some() => Output::Nothing,
         None => Output::Lines {
             stdout: std::io::stdout(),
@@ -289,7 +289,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     };
 
-    let mut live = match &args.rfcap {
+    let live = match &args.rfcap {
         Some(path) => {
             let linktype = if args.vxlan && !args.keep_outer {
                 rf_tap_engine::wire::LINKTYPE_ETHERNET
@@ -375,7 +375,13 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut stop_reason;
     let mut write_error: Option<anyhow::Error> = None;
     let ring_fd = ring.as_raw_fd();
-    let mut rebuilt = Vec::new();
+    let mut rx = Receiver {
+        clock,
+        rebuilt: Vec::new(),
+        output,
+        live,
+        decap,
+    };
 
     'capture: loop {
         if stop.load(Ordering::Relaxed) {
@@ -398,15 +404,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         let mut drained = 0u64;
         while let Some(item) = ring.next() {
             drained += 1;
-            match deliver(
-                &item,
-                &clock,
-                &mut rebuilt,
-                &mut output,
-                live.as_mut(),
-                decap.as_mut(),
-                &mut summary,
-            ) {
+            match rx.deliver(&item, &mut summary) {
                 Ok(()) => {}
                 Err(e) => {
                     stop_reason = StopReason::OutputClosed;
@@ -427,7 +425,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             // kernel wakes us early if the ring fills past a quarter).
             std::thread::sleep(BATCH_PAUSE);
         }
-        if let Output::File(s) = &mut output {
+        if let Output::File(s) = &mut rx.output {
             if let Err(e) = s.tick() {
                 stop_reason = StopReason::WriteError;
                 write_error = Some(e.into());
@@ -449,22 +447,14 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             summary.over_limit += 1;
             continue;
         }
-        if let Err(e) = deliver(
-            &item,
-            &clock,
-            &mut rebuilt,
-            &mut output,
-            live.as_mut(),
-            decap.as_mut(),
-            &mut summary,
-        ) {
+        if let Err(e) = rx.deliver(&item, &mut summary) {
             if !is_broken_pipe(&e) {
                 write_error = Some(e);
             }
             summary.over_limit += 1;
         }
     }
-    if let Output::File(s) = &mut output {
+    if let Output::File(s) = &mut rx.output {
         if let Err(e) = s.finish() {
             if write_error.is_none() && !is_broken_pipe(&anyhow::Error::from(e)) {
                 write_error = Some(anyhow::anyhow!("cannot finish the capture file"));
@@ -474,11 +464,11 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         summary.files = s.files().to_vec();
     }
     status.clear();
-    if let Some(l) = live.take() {
+    if let Some(l) = rx.live.take() {
         let report = l.finish()?;
         summary.exchanges = Some(report.exchanges);
     }
-    if let Some(d) = &decap {
+    if let Some(d) = &rx.decap {
         summary.vxlan = Some(d.counts);
     }
     let counters = kernel.counters()?;
@@ -518,71 +508,76 @@ struct Decap {
     counts: DecapCounts,
 }
 
-fn deliver(
-    bytes: &[u8],
-    clock: &ClockMap,
-    rebuilt: &mut Vec<u8>,
-    output: &mut Output,
-    live: Option<&mut LiveArchive>,
-    decap: Option<&mut Decap>,
-    summary: &mut CaptureSummary,
-) -> anyhow::Result<()> {
-    let Ok(mut pkt) = decode_record(bytes, clock, rebuilt) else {
-        summary.dropped_user += 1;
-        return Ok(());
-    };
-    summary.received += 1;
-    if let Some(d) = decap {
-        use rf_tap_engine::wire::vxlan::{decapsulate, NotVxlan, INNER_LINKTYPE};
-        let inner = match decapsulate(d.linktype, pkt.data, pkt.orig_len, d.port) {
-            Ok(i) => i,
-            Err(why) => {
-                match why {
-                    NotVxlan::OtherTraffic => d.counts.not_vxlan += 1,
-                    NotVxlan::Fragment => d.counts.fragments += 1,
-                    NotVxlan::Malformed => d.counts.malformed += 1,
-                }
-                summary.left_out += 1;
-                return Ok(());
-            }
-        };
-        if d.vni.is_some_and(|v| v != inner.vni) {
-            d.counts.other_vni += 1;
-            summary.left_out += 1;
+/// Everything a ring record goes through on its way out.
+struct Receiver {
+    clock: ClockMap,
+    /// Reused for frames whose VLAN tag is put back.
+    rebuilt: Vec<u8>,
+    output: Output,
+    live: Option<LiveArchive>,
+    decap: Option<Decap>,
+}
+
+impl Receiver {
+    /// Decodes one record and writes it (or the frame inside it) everywhere it goes.
+    fn deliver(&mut self, bytes: &[u8], summary: &mut CaptureSummary) -> anyhow::Result<()> {
+        let Ok(mut pkt) = decode_record(bytes, &self.clock, &mut self.rebuilt) else {
+            summary.dropped_user += 1;
             return Ok(());
-        }
-        if let Some(sel) = d.selector.as_mut() {
-            if !sel.keep(INNER_LINKTYPE, inner.frame, inner.orig_len) {
-                d.counts.filtered += 1;
+        };
+        summary.received += 1;
+        if let Some(d) = self.decap.as_mut() {
+            use rf_tap_engine::wire::vxlan::{decapsulate, NotVxlan, INNER_LINKTYPE};
+            let inner = match decapsulate(d.linktype, pkt.data, pkt.orig_len, d.port) {
+                Ok(i) => i,
+                Err(why) => {
+                    match why {
+                        NotVxlan::OtherTraffic => d.counts.not_vxlan += 1,
+                        NotVxlan::Fragment => d.counts.fragments += 1,
+                        NotVxlan::Malformed => d.counts.malformed += 1,
+                    }
+                    summary.left_out += 1;
+                    return Ok(());
+                }
+            };
+            if d.vni.is_some_and(|v| v != inner.vni) {
+                d.counts.other_vni += 1;
                 summary.left_out += 1;
                 return Ok(());
             }
+            if let Some(sel) = d.selector.as_mut() {
+                if !sel.keep(INNER_LINKTYPE, inner.frame, inner.orig_len) {
+                    d.counts.filtered += 1;
+                    summary.left_out += 1;
+                    return Ok(());
+                }
+            }
+            d.counts.decapsulated += 1;
+            if !d.keep_outer {
+                // A mirror copy carries no direction.
+                pkt = CapturedPacket {
+                    ts: pkt.ts,
+                    ifindex: pkt.ifindex,
+                    direction: None,
+                    orig_len: inner.orig_len,
+                    data: inner.frame,
+                };
+            }
         }
-        d.counts.decapsulated += 1;
-        if !d.keep_outer {
-            // A mirror copy carries no direction.
-            pkt = CapturedPacket {
-                ts: pkt.ts,
-                ifindex: pkt.ifindex,
-                direction: None,
-                orig_len: inner.orig_len,
-                data: inner.frame,
-            };
+        match &mut self.output {
+            Output::File(sink) => sink.write(&pkt)?,
+            Output::Lines { stdout } => {
+                use std::io::Write;
+                writeln!(stdout.lock(), "{}", packet_line(&pkt))?;
+            }
+            Output::Nothing => {}
         }
-    }
-    match output {
-        Output::File(sink) => sink.write(&pkt)?,
-        Output::Lines { stdout } => {
-            use std::io::Write;
-            writeln!(stdout.lock(), "{}", packet_line(&pkt))?;
+        if let Some(l) = self.live.as_mut() {
+            l.packet(&pkt);
         }
-        Output::Nothing => {}
+        summary.written += 1;
+        Ok(())
     }
-    if let Some(l) = live {
-        l.packet(&pkt);
-    }
-    summary.written += 1;
-    Ok(())
 }
 
 /// A per-capture seed for flow sampling, so that repeated captures sample different flows.
