@@ -548,6 +548,14 @@ fn user_errors_exit_nonzero_with_one_clear_line_and_attach_nothing() {
         (vec!["attach", ifc, "--sample-rate", "0"], "--sample-rate"),
         (vec!["attach", ifc, "-s", "0"], "--packet-length"),
         (vec!["attach", ifc, "-w", "-", "--json"], "--json"),
+        (
+            vec!["attach", ifc, "--force"],
+            "--force only applies to --mode afxdp",
+        ),
+        (
+            vec!["attach", ifc, "--mode", "afxdp"],
+            "has addresses of its own",
+        ),
     ];
     for (args, want) in cases {
         let fin = rf_tap_run(ns, &args);

@@ -58,7 +58,7 @@ pub fn iface_packets(ns: &str, iface: &str) -> anyhow::Result<u64> {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -74,7 +74,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / hz.max(1.0)
 }
 
-fn capinfos_count(path: &Path) -> anyhow::Result<u64> {
+pub fn capinfos_count(path: &Path) -> anyhow::Result<u64> {
     let out = Command::new("capinfos")
         .args(["-c", "-M", "-T"])
         .arg(path)

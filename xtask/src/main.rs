@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | test | lint | demo | bench capture`.
+//! Project tasks: `cargo xtask setup | test | lint | demo | conformance | bench ...`.
 mod bench;
 mod bench_extract;
 mod bench_http_replay;
 mod bench_mirror;
 mod bench_replay;
+mod bench_sink;
 mod demo;
 mod setup;
 
@@ -88,6 +89,15 @@ enum Bench {
         seconds: u64,
         #[arg(long, default_value_t = 64)]
         connections: u32,
+    },
+    /// Sink capture under a flood: rf-tap --mode afxdp vs the ring buffer (tc, xdp) vs tcpdump
+    Sink {
+        /// Runs per tool (the median is printed)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// 64-byte frames per run
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u32,
     },
     /// HTTP replay: --topspeed requests/s vs wrk on nginx, 10x schedule accuracy, memory
     HttpReplay {
@@ -179,6 +189,9 @@ fn main() -> anyhow::Result<()> {
                     seconds,
                     connections,
                 } => bench_mirror::mirror(&bin, rounds.max(1), seconds.max(1), connections.max(1)),
+                Bench::Sink { rounds, packets } => {
+                    bench_sink::sink(&bin, rounds.max(1), packets.max(1000))
+                }
                 Bench::HttpReplay { rounds, requests } => {
                     bench_http_replay::http_replay(&bin, rounds.max(1), requests.max(100))
                 }

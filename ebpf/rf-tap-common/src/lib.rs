@@ -25,6 +25,8 @@ pub mod names {
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
     pub const XDP_INGRESS: &str = "xdp_ingress";
+    pub const XDP_SINK: &str = "xdp_sink";
+    pub const XSKS: &str = "XSKS";
     pub const MIRROR_SLOTS: &str = "MIRROR_SLOTS";
     pub const MIRROR_RULES: &str = "MIRROR_RULES";
     pub const MIRROR_ORDER: &str = "MIRROR_ORDER";
@@ -138,6 +140,20 @@ pub struct Scratch {
     pub data: [u8; MAX_CAPTURE as usize],
 }
 
+/// What the AF_XDP sink program puts in front of each frame (XDP metadata, which copy mode
+/// copies into the UMEM too): the kernel's receive time, as the ring buffer records carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskMeta {
+    pub ts_ns: u64,
+    pub magic: u32,
+    pub _pad: u32,
+}
+
+/// `XskMeta::magic`, so that userspace never takes stray bytes for a timestamp.
+pub const XSK_META_MAGIC: u32 = 0x5246_584d;
+pub const XSK_META_LEN: usize = core::mem::size_of::<XskMeta>();
+
 /// Slots of the per-CPU `COUNTERS` array. For every packet:
 /// `seen = accepted + rejected + unmatched` and
 /// `accepted = sampled_out + copied + ring_full + copy_failed`.
@@ -156,7 +172,8 @@ pub mod counter {
     pub const COPIED_BYTES: u32 = 8;
     /// Headers too short to parse; such packets are treated as non-IP frames.
     pub const MALFORMED: u32 = 9;
-    /// The packet could not be read into the staging area (should never happen).
+    /// The packet could not be read into the staging area (should never happen); for the
+    /// AF_XDP sink: no socket was bound to the packet's receive queue.
     pub const COPY_FAILED: u32 = 10;
     pub const SLOTS: u32 = 16;
 }

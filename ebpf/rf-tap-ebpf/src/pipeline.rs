@@ -6,8 +6,8 @@ use aya_ebpf::{
     },
 };
 use rf_tap_common::{
-    copy_len, counter, rule_matches, sample_keeps, PacketKey, VlanMeta, ACTION_ACCEPT, LINK_RAW_IP,
-    MAX_RULES, RECORD_HEADER_LEN, RECORD_VLAN,
+    copy_len, counter, rule_matches, sample_keeps, CaptureConfig, PacketKey, VlanMeta,
+    ACTION_ACCEPT, LINK_RAW_IP, MAX_RULES, RECORD_HEADER_LEN, RECORD_VLAN,
 };
 
 use crate::{
@@ -135,13 +135,12 @@ pub(crate) fn parse_key<P: PacketBytes>(
     }
 }
 
-/// Runs the whole pipeline for one packet. Never fails the packet: errors are counted.
+/// Parses, filters and samples one packet, counting the outcome; returns the configuration
+/// when the packet is to be copied.
 #[inline(always)]
-pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMeta) {
+pub fn judge<P: PacketBytes>(p: &P, direction: u8) -> Option<&'static CaptureConfig> {
     count(counter::SEEN, 1);
-    let Some(cfg) = CONFIG.get(0) else {
-        return;
-    };
+    let cfg = CONFIG.get(0)?;
     let mut key = PacketKey::default();
     if parse_key(p, cfg.link_kind, &mut key).is_err() {
         // Treat what could not be parsed as a non-IP frame; only catch-all rules take it.
@@ -164,20 +163,28 @@ pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMet
     match verdict {
         0 => {
             count(counter::UNMATCHED, 1);
-            return;
+            return None;
         }
         ACTION_ACCEPT => count(counter::ACCEPTED, 1),
         _ => {
             count(counter::REJECTED, 1);
-            return;
+            return None;
         }
     }
 
     if !sample_keeps(&key, cfg.sample_threshold, cfg.sample_seed) {
         count(counter::SAMPLED_OUT, 1);
-        return;
+        return None;
     }
+    Some(cfg)
+}
 
+/// Runs the whole pipeline for one packet. Never fails the packet: errors are counted.
+#[inline(always)]
+pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMeta) {
+    let Some(cfg) = judge(p, direction) else {
+        return;
+    };
     let orig_len = p.len();
     let cap_len = copy_len(orig_len, cfg.snaplen);
     // SAFETY: plain helper call.

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf, XskMap},
     programs::{
         tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
@@ -25,6 +25,9 @@ pub enum HookMode {
     Tc,
     /// XDP on ingress only: native where the driver supports it, generic otherwise.
     Xdp,
+    /// A dedicated sink interface: XDP redirects accepted packets to AF_XDP sockets (taken
+    /// from the kernel stack); ingress only.
+    Afxdp,
 }
 
 impl fmt::Display for HookMode {
@@ -32,6 +35,7 @@ impl fmt::Display for HookMode {
         f.write_str(match self {
             Self::Tc => "tc",
             Self::Xdp => "xdp",
+            Self::Afxdp => "afxdp",
         })
     }
 }
@@ -44,6 +48,8 @@ pub struct KernelSetup<'a> {
     pub config: CaptureConfig,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// `Afxdp`: the socket of each receive queue, in queue order.
+    pub xsk_fds: &'a [std::os::fd::RawFd],
 }
 
 /// Sums of the per-CPU counters.
@@ -86,6 +92,7 @@ impl KernelCapture {
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, setup.ring_bytes)
             .map_max_entries(names::SCRATCH, cpus)
+            .map_max_entries(names::XSKS, (setup.xsk_fds.len() as u32).max(1))
             .load(OBJECT)
             .map_err(|e| CaptureError::from_load(e.to_string()))?;
         let logger = aya_log::EbpfLogger::init(&mut bpf).ok();
@@ -137,23 +144,21 @@ impl KernelCapture {
                 }
                 "tcx ingress+egress".to_string()
             }
-            HookMode::Xdp => {
-                let prog: &mut Xdp = bpf
-                    .program_mut(names::XDP_INGRESS)
-                    .ok_or(CaptureError::MissingObject(names::XDP_INGRESS))?
-                    .try_into()
-                    .map_err(|e: ProgramError| CaptureError::program(names::XDP_INGRESS, e))?;
-                prog.load()
-                    .map_err(|e| CaptureError::program(names::XDP_INGRESS, e))?;
-                match prog.attach(setup.iface, XdpMode::Driver) {
-                    Ok(_) => "xdp native (driver) ingress".to_string(),
-                    Err(_) => {
-                        prog.attach(setup.iface, XdpMode::Skb).map_err(|e| {
-                            CaptureError::attach(setup.iface, names::XDP_INGRESS, e)
-                        })?;
-                        "xdp generic (skb) ingress".to_string()
-                    }
+            HookMode::Xdp => attach_xdp(&mut bpf, names::XDP_INGRESS, setup.iface)?,
+            HookMode::Afxdp => {
+                // The sockets go in first, so that no accepted packet finds an empty slot.
+                let mut xsks: XskMap<_> = XskMap::try_from(
+                    bpf.map_mut(names::XSKS)
+                        .ok_or(CaptureError::MissingObject(names::XSKS))?,
+                )
+                .map_err(|e| CaptureError::map(names::XSKS, e))?;
+                for (q, &fd) in setup.xsk_fds.iter().enumerate() {
+                    // SAFETY: the caller's sockets stay open for the whole call.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    xsks.set(q as u32, fd, 0)
+                        .map_err(|e| CaptureError::map(names::XSKS, e))?;
                 }
+                attach_xdp(&mut bpf, names::XDP_SINK, setup.iface)?
             }
         };
 
@@ -212,6 +217,27 @@ impl KernelCapture {
             malformed: sum(counter::MALFORMED)?,
             copy_failed: sum(counter::COPY_FAILED)?,
         })
+    }
+}
+
+/// Loads and attaches an XDP program: native where the driver has it, generic otherwise.
+fn attach_xdp(bpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<String, CaptureError> {
+    let prog: &mut Xdp = bpf
+        .program_mut(name)
+        .ok_or(CaptureError::MissingObject(name))?
+        .try_into()
+        .map_err(|e: ProgramError| CaptureError::program(name, e))?;
+    prog.load().map_err(|e| CaptureError::program(name, e))?;
+    match prog.attach(iface, XdpMode::Driver) {
+        Ok(_) => Ok("xdp native (driver) ingress".to_string()),
+        Err(native) => match prog.attach(iface, XdpMode::Skb) {
+            Ok(_) => Ok("xdp generic (skb) ingress".to_string()),
+            Err(generic) => Err(CaptureError::Attach {
+                iface: iface.to_string(),
+                program: name,
+                detail: format!("native: {native}; generic: {generic}"),
+            }),
+        },
     }
 }
 

@@ -1,6 +1,7 @@
 //! Live capture: checks before anything is loaded, the kernel side (`kernel`), and turning
 //! ring-buffer records into [`CapturedPacket`]s.
 
+pub mod af_xdp;
 pub mod kernel;
 pub mod live_archive;
 
@@ -125,7 +126,7 @@ pub fn check_kernel(mode: kernel::HookMode) -> Result<(), CaptureError> {
         return Ok(()); // unknown: let the syscalls decide
     };
     // (needed for this mode, minimum version, feature, hint)
-    let needs: [(bool, (u8, u8), &'static str, &'static str); 3] = [
+    let needs: [(bool, (u8, u8), &'static str, &'static str); 4] = [
         (true, (5, 8), "the BPF ring buffer", ""),
         (
             mode == kernel::HookMode::Tc,
@@ -138,6 +139,12 @@ pub fn check_kernel(mode: kernel::HookMode) -> Result<(), CaptureError> {
             (5, 18),
             "multi-buffer XDP (bpf_xdp_load_bytes)",
             "",
+        ),
+        (
+            mode == kernel::HookMode::Afxdp,
+            (5, 18),
+            "AF_XDP with socket statistics and XDP helpers rf-tap uses",
+            "; try --mode tc",
         ),
     ];
     for (applies, (maj, min), feature, hint) in needs {

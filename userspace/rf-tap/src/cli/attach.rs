@@ -19,12 +19,16 @@ use rf_tap_engine::{
     pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
 };
 
+use aya::maps::{MapData, RingBuf};
+
 use crate::{
     capture::{
-        self, decode_record,
-        kernel::{HookMode, KernelCapture, KernelSetup},
+        self,
+        af_xdp::{self, XskReceiver},
+        decode_record,
+        kernel::{HookMode, KernelCapture, KernelCounters, KernelSetup},
         live_archive::LiveArchive,
-        ClockMap,
+        BadRecord, ClockMap,
     },
     cli::{
         rules::FilterArgs,
@@ -54,6 +58,7 @@ Examples:
   sudo rf-tap attach eth0 --port 80-443 -w web.pcap
   sudo rf-tap attach eth0 --mode xdp -s 128 --sample-rate 10 -w sampled.pcapng --pcapng
   sudo rf-tap attach eth0 --port 443 -w - | tshark -r -
+  sudo rf-tap attach sink0 --mode afxdp -w sink.pcap      a dedicated sink interface
 
 Receiving mirrored traffic (from `rf-tap session` or a cloud mirror session):
   sudo rf-tap attach ens6 --vxlan -w inner.pcap          inner frames of every VNI
@@ -64,10 +69,16 @@ pub struct AttachArgs {
     /// Interface to capture on
     pub iface: String,
 
-    /// Hook: tc (clsact ingress and egress through TCX links) or xdp (ingress only; native
-    /// where the driver has it, generic otherwise)
+    /// Hook: tc (clsact ingress and egress through TCX links), xdp (ingress only; native
+    /// where the driver has it, generic otherwise), or afxdp (a dedicated sink interface:
+    /// accepted packets go to AF_XDP sockets and no longer reach the kernel stack)
     #[arg(long, value_enum, default_value_t = HookMode::Tc)]
     pub mode: HookMode,
+
+    /// With --mode afxdp: take the interface even though it has addresses of its own (the
+    /// packets the rules accept are taken away from the kernel stack)
+    #[arg(long)]
+    pub force: bool,
 
     /// Write packets to FILE (`-` for standard output) instead of printing a line per packet
     #[arg(short = 'w', long = "write", value_name = "FILE")]
@@ -180,6 +191,9 @@ impl AttachArgs {
         if !(4096..=(1 << 30)).contains(&self.ring_size) {
             bail!("--ring-size must be between 4KiB and 1GiB");
         }
+        if self.force && self.mode != HookMode::Afxdp {
+            bail!("--force only applies to --mode afxdp");
+        }
         Ok(())
     }
 }
@@ -251,6 +265,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     capture::check_kernel(args.mode)?;
     capture::check_privileges()?;
+    if args.mode == HookMode::Afxdp && !args.force {
+        refuse_addressed_sink(&facts.name)?;
+    }
 
     let output = match &args.write {
         None if args.rfcap.is_some() => Output::Nothing,
@@ -334,13 +351,44 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         wakeup_bytes: ring_bytes / 4,
         ..config
     };
-    let (mut kernel, mut ring) = KernelCapture::attach(&KernelSetup {
+    // AF_XDP: the sockets exist before the program that feeds them; --ring-size is their
+    // buffer memory, shared out over the receive queues.
+    let xsk = if args.mode == HookMode::Afxdp {
+        let queues = af_xdp::rx_queue_count(&facts.name);
+        let frames = (args.ring_size / 4096 / u64::from(queues)).min(1 << 16) as u32;
+        Some(
+            XskReceiver::open(facts.ifindex, queues, frames, args.packet_length).map_err(|e| {
+                anyhow::anyhow!("cannot open AF_XDP sockets on {}: {e}", facts.name)
+            })?,
+        )
+    } else {
+        None
+    };
+    let xsk_fds = xsk.as_ref().map(XskReceiver::fds).unwrap_or_default();
+    let (mut kernel, ring) = KernelCapture::attach(&KernelSetup {
         iface: &facts.name,
         mode: args.mode,
         rules: &compiled,
         config,
-        ring_bytes,
+        ring_bytes: if xsk.is_some() { 4096 } else { ring_bytes },
+        xsk_fds: &xsk_fds,
     })?;
+    if let Some(x) = &xsk {
+        kernel.attach_detail = format!(
+            "{}, AF_XDP {} mode on {} queue{}",
+            kernel.attach_detail,
+            x.mode(),
+            x.queue_count(),
+            if x.queue_count() == 1 { "" } else { "s" }
+        );
+    }
+    let mut source = match xsk {
+        Some(x) => Source::Xsk(x),
+        None => Source::Ring {
+            ring,
+            rebuilt: Vec::new(),
+        },
+    };
     let clock = ClockMap::now();
     let started = Instant::now();
     let mut target_name = match &output {
@@ -372,18 +420,16 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     let show_status = !args.quiet && std::io::stderr().is_terminal();
     let mut status = StatusLine::new(show_status);
     let mut summary = CaptureSummary::new(&facts.name, args.mode, &kernel.attach_detail);
-    let mut stop_reason;
+    let stop_reason;
     let mut write_error: Option<anyhow::Error> = None;
-    let ring_fd = ring.as_raw_fd();
+    let fds = source.fds();
     let mut rx = Receiver {
-        clock,
-        rebuilt: Vec::new(),
         output,
         live,
         decap,
     };
 
-    'capture: loop {
+    loop {
         if stop.load(Ordering::Relaxed) {
             stop_reason = StopReason::Signal;
             break;
@@ -399,30 +445,33 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             .map(|d| d.saturating_sub(started.elapsed()))
             .unwrap_or(Duration::MAX)
             .min(Duration::from_millis(100));
-        poll_readable(&[ring_fd], timeout);
+        poll_readable(&fds, timeout);
         kernel.flush_logs();
-        let mut drained = 0u64;
-        while let Some(item) = ring.next() {
-            drained += 1;
-            match rx.deliver(&item, &mut summary) {
-                Ok(()) => {}
-                Err(e) => {
-                    stop_reason = StopReason::OutputClosed;
-                    if !is_broken_pipe(&e) {
-                        write_error = Some(e);
-                        stop_reason = StopReason::WriteError;
-                    }
-                    break 'capture;
-                }
+        let mut ended: Option<(StopReason, Option<anyhow::Error>)> = None;
+        let drained = source.drain(&clock, |pkt| {
+            if let Err(e) = rx.deliver(pkt, &mut summary) {
+                ended = Some(if is_broken_pipe(&e) {
+                    (StopReason::OutputClosed, None)
+                } else {
+                    (StopReason::WriteError, Some(e))
+                });
+                return false;
             }
             if args.count.is_some_and(|c| summary.written >= c) {
-                stop_reason = StopReason::Count;
-                break 'capture;
+                ended = Some((StopReason::Count, None));
+                return false;
             }
+            true
+        });
+        if let Some((why, e)) = ended {
+            stop_reason = why;
+            write_error = e;
+            break;
         }
-        if drained > 0 {
+        if drained > 0 && matches!(source, Source::Ring { .. }) {
             // Traffic is flowing: let a batch build up instead of waking per packet (the
-            // kernel wakes us early if the ring fills past a quarter).
+            // kernel wakes us early if the ring fills past a quarter). AF_XDP rings are
+            // drained at once: copy mode has no such early wakeup.
             std::thread::sleep(BATCH_PAUSE);
         }
         if let Output::File(s) = &mut rx.output {
@@ -433,27 +482,30 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         if status.due() {
-            let k = kernel.counters()?;
+            let k = source.counters(&kernel)?;
             status.show(started.elapsed(), &k, &summary);
         }
     }
 
-    // Detach first, so that the counters are final, then take what is still in the ring.
+    // Detach first, so that the counters are final, then take what is still queued.
     kernel.detach();
-    let limit_reached = matches!(stop_reason, StopReason::Count);
-    while let Some(item) = ring.next() {
-        if limit_reached || write_error.is_some() || matches!(stop_reason, StopReason::OutputClosed)
-        {
+    let take_rest = !matches!(
+        stop_reason,
+        StopReason::Count | StopReason::OutputClosed | StopReason::WriteError
+    );
+    source.drain(&clock, |pkt| {
+        if !take_rest || write_error.is_some() {
             summary.over_limit += 1;
-            continue;
+            return true;
         }
-        if let Err(e) = rx.deliver(&item, &mut summary) {
+        if let Err(e) = rx.deliver(pkt, &mut summary) {
             if !is_broken_pipe(&e) {
                 write_error = Some(e);
             }
             summary.over_limit += 1;
         }
-    }
+        true
+    });
     if let Output::File(s) = &mut rx.output {
         if let Err(e) = s.finish() {
             if write_error.is_none() && !is_broken_pipe(&anyhow::Error::from(e)) {
@@ -471,7 +523,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(d) = &rx.decap {
         summary.vxlan = Some(d.counts);
     }
-    let counters = kernel.counters()?;
+    if let Source::Xsk(x) = &source {
+        summary.af_xdp = Some(x.drops());
+    }
+    let counters = source.counters(&kernel)?;
     summary.finish(
         counters,
         started.elapsed(),
@@ -508,20 +563,75 @@ struct Decap {
     counts: DecapCounts,
 }
 
-/// Everything a ring record goes through on its way out.
+/// Where packets come from: the ring buffer (tc, xdp) or the AF_XDP sockets (afxdp).
+enum Source {
+    Ring {
+        ring: RingBuf<MapData>,
+        /// Reused for frames whose VLAN tag is put back.
+        rebuilt: Vec<u8>,
+    },
+    Xsk(XskReceiver),
+}
+
+impl Source {
+    fn fds(&self) -> Vec<RawFd> {
+        match self {
+            Self::Ring { ring, .. } => vec![ring.as_raw_fd()],
+            Self::Xsk(x) => x.fds(),
+        }
+    }
+
+    /// Hands everything waiting to `each` (undecodable records as errors) until it returns
+    /// false; returns how many were taken.
+    fn drain(
+        &mut self,
+        clock: &ClockMap,
+        mut each: impl FnMut(Result<CapturedPacket<'_>, BadRecord>) -> bool,
+    ) -> u64 {
+        match self {
+            Self::Ring { ring, rebuilt } => {
+                let mut n = 0;
+                while let Some(item) = ring.next() {
+                    n += 1;
+                    if !each(decode_record(&item, clock, rebuilt)) {
+                        break;
+                    }
+                }
+                n
+            }
+            Self::Xsk(x) => x.drain(clock, u64::MAX, |p| each(Ok(p))),
+        }
+    }
+
+    /// The kernel counters, with the AF_XDP sockets' own drops and userspace truncation
+    /// folded in for afxdp (a packet redirected to a socket that had no room is a drop).
+    fn counters(&self, kernel: &KernelCapture) -> anyhow::Result<KernelCounters> {
+        let mut k = kernel.counters()?;
+        if let Self::Xsk(x) = self {
+            let drops = x.drops().total();
+            k.ring_full = drops;
+            k.copied = k.copied.saturating_sub(drops);
+            k.truncated = x.truncated();
+        }
+        Ok(k)
+    }
+}
+
+/// Everything a captured packet goes through on its way out.
 struct Receiver {
-    clock: ClockMap,
-    /// Reused for frames whose VLAN tag is put back.
-    rebuilt: Vec<u8>,
     output: Output,
     live: Option<LiveArchive>,
     decap: Option<Decap>,
 }
 
 impl Receiver {
-    /// Decodes one record and writes it (or the frame inside it) everywhere it goes.
-    fn deliver(&mut self, bytes: &[u8], summary: &mut CaptureSummary) -> anyhow::Result<()> {
-        let Ok(mut pkt) = decode_record(bytes, &self.clock, &mut self.rebuilt) else {
+    /// Writes one packet (or the frame inside it) everywhere it goes.
+    fn deliver(
+        &mut self,
+        pkt: Result<CapturedPacket<'_>, BadRecord>,
+        summary: &mut CaptureSummary,
+    ) -> anyhow::Result<()> {
+        let Ok(mut pkt) = pkt else {
             summary.dropped_user += 1;
             return Ok(());
         };
@@ -578,6 +688,30 @@ impl Receiver {
         summary.written += 1;
         Ok(())
     }
+}
+
+/// AF_XDP takes the packets the rules accept away from the kernel stack, so an interface
+/// that the host itself uses (it has addresses beyond the automatic IPv6 link-local one) is
+/// refused unless the user says --force.
+fn refuse_addressed_sink(iface: &str) -> anyhow::Result<()> {
+    let own: Vec<String> = crate::mirror::host::local_addresses()
+        .into_iter()
+        .filter(|(name, a)| {
+            name == iface
+                && !matches!(a, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+        })
+        .map(|(_, a)| a.to_string())
+        .collect();
+    if !own.is_empty() {
+        bail!(
+            "{iface} has addresses of its own ({}); --mode afxdp takes the packets the rules \
+             accept away from the kernel stack, so it is meant for a dedicated sink interface. \
+             Use --mode tc to capture beside the stack, or --force if taking them is intended \
+             (with --vxlan only UDP to the VXLAN port is taken)",
+            own.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// A per-capture seed for flow sampling, so that repeated captures sample different flows.

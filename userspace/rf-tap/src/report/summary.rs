@@ -71,6 +71,8 @@ pub struct CaptureSummary {
     pub exchanges: Option<u64>,
     /// --vxlan: what the decapsulation found.
     pub vxlan: Option<DecapCounts>,
+    /// --mode afxdp: the sockets' own counters (their drops are `dropped_kernel`).
+    pub af_xdp: Option<crate::capture::af_xdp::XskDrops>,
 }
 
 /// Outcomes of `--vxlan` decapsulation; all but `decapsulated` are in `left_out`.
@@ -114,6 +116,7 @@ impl CaptureSummary {
             files: Vec::new(),
             exchanges: None,
             vxlan: None,
+            af_xdp: None,
         }
     }
 
@@ -157,7 +160,15 @@ impl CaptureSummary {
                 self.truncated,
                 "cut to --packet-length (original length kept)",
             ),
-            ("dropped (kernel)", self.dropped_kernel, "ring buffer full"),
+            (
+                "dropped (kernel)",
+                self.dropped_kernel,
+                if self.af_xdp.is_some() {
+                    "AF_XDP socket had no room"
+                } else {
+                    "ring buffer full"
+                },
+            ),
             (
                 "dropped (user)",
                 self.dropped_user,
@@ -195,6 +206,20 @@ impl CaptureSummary {
                 v.not_vxlan,
                 v.fragments,
                 v.malformed
+            );
+        }
+        if let Some(x) = &self.af_xdp {
+            let _ = writeln!(
+                s,
+                "  {:<18}{:>14}  AF_XDP drops: no buffer {}, RX ring full {}, invalid {}; \
+                 fill ring found empty {} times; {} stamped in userspace",
+                "af_xdp",
+                x.total(),
+                x.dropped,
+                x.rx_ring_full,
+                x.invalid_descs,
+                x.fill_ring_empty,
+                x.unstamped
             );
         }
         if let Some(x) = self.exchanges {
