@@ -45,6 +45,29 @@ struct Run {
     captured: u64,
     flood_s: f64,
     cpu_s: f64,
+    /// Busy CPU time of the whole machine during the flood (sender, kernel, capture).
+    system_cpu_s: f64,
+}
+
+/// Busy (non-idle) CPU seconds of the whole machine so far, from /proc/stat.
+fn busy_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf is always safe to call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (total - idle) / hz.max(1.0)
 }
 
 /// Two namespaces and a veth pair; removed on drop.
@@ -148,6 +171,7 @@ fn one_run(
     std::thread::sleep(Duration::from_millis(1500));
 
     let dropped_before = counter(&sink.tx_ns, "bks0", "tx_dropped")?;
+    let busy_before = busy_cpu_seconds();
     let sent = Command::new("ip")
         .args(["netns", "exec", &sink.tx_ns])
         .arg(rf_tap)
@@ -166,12 +190,14 @@ fn one_run(
     if !sent.status.success() {
         bail!("sender: {}", String::from_utf8_lossy(&sent.stderr));
     }
+    let system_cpu_s = busy_cpu_seconds() - busy_before;
     let v: serde_json::Value = serde_json::from_slice(&sent.stdout).context("sender summary")?;
     let dropped = counter(&sink.tx_ns, "bks0", "tx_dropped")? - dropped_before;
     let packets = v["packets"].as_u64().unwrap_or(0);
     let mut run = Run {
         offered: packets.saturating_sub(dropped),
         flood_s: v["elapsed_s"].as_f64().unwrap_or(0.0),
+        system_cpu_s,
         ..Run::default()
     };
     // Let the capture drain what it holds.
@@ -230,11 +256,12 @@ pub fn sink(rf_tap: &Path, rounds: usize, packets: u32) -> anyhow::Result<()> {
             eprint!("  round {}/{rounds}: {:<18}", round + 1, tool.name());
             let r = one_run(*tool, &sink, &dir, rf_tap, &flood, loops)?;
             eprintln!(
-                " offered {:>9} at {:>8.0} pps  captured {:>9}  cpu {:.2}s",
+                " offered {:>9} at {:>8.0} pps  captured {:>9}  cpu {:.2}s  machine busy {:.2}s",
                 r.offered,
                 r.offered as f64 / r.flood_s.max(1e-9),
                 r.captured,
-                r.cpu_s
+                r.cpu_s,
+                r.system_cpu_s
             );
             results[i].push(r);
         }
@@ -246,6 +273,7 @@ pub fn sink(rf_tap: &Path, rounds: usize, packets: u32) -> anyhow::Result<()> {
         captured_pps: f64,
         captured_pct: f64,
         cpu_ns: f64,
+        system_ns: f64,
     }
     let rows: Vec<Row> = tools
         .iter()
@@ -272,6 +300,11 @@ pub fn sink(rf_tap: &Path, rounds: usize, packets: u32) -> anyhow::Result<()> {
                     .map(|r| r.cpu_s * 1e9 / r.captured.max(1) as f64)
                     .collect(),
             ),
+            system_ns: median(
+                runs.iter()
+                    .map(|r| r.system_cpu_s * 1e9 / r.offered.max(1) as f64)
+                    .collect(),
+            ),
         })
         .collect();
     println!(
@@ -279,15 +312,21 @@ pub fn sink(rf_tap: &Path, rounds: usize, packets: u32) -> anyhow::Result<()> {
         distinct * loops
     );
     println!(
-        "{:<18} {:>12} {:>13} {:>10} {:>16}",
-        "tool", "offered pps", "captured pps", "captured", "CPU ns/captured"
+        "{:<18} {:>12} {:>13} {:>10} {:>14} {:>14}",
+        "tool", "offered pps", "captured pps", "captured", "tool ns/pkt", "machine ns/pkt"
     );
     for r in &rows {
         println!(
-            "{:<18} {:>12.0} {:>13.0} {:>9.1}% {:>16.0}",
-            r.name, r.offered_pps, r.captured_pps, r.captured_pct, r.cpu_ns
+            "{:<18} {:>12.0} {:>13.0} {:>9.1}% {:>14.0} {:>14.0}",
+            r.name, r.offered_pps, r.captured_pps, r.captured_pct, r.cpu_ns, r.system_ns
         );
     }
+    println!(
+        "(tool ns/pkt: the capture process's CPU per captured packet; machine ns/pkt: busy CPU of \
+         the whole machine during the flood per offered packet: sender, both veth ends' kernel \
+         paths and the capture. On veth the receive path runs on the sender's core, so a costlier \
+         capture path slows the sender: the offered rate is the highest the pair sustains.)"
+    );
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     println!(
         "\nrf-tap afxdp captured pps: {:.2}x tcpdump, {:.2}x rf-tap tc (ring), {:.2}x rf-tap xdp (ring)",
