@@ -347,3 +347,100 @@ fn afxdp_sink_accounts_for_every_packet_of_a_flood_on_two_queues() {
         n(&s, "dropped_kernel")
     );
 }
+
+#[test]
+fn afxdp_sink_decapsulates_vxlan_from_a_standard_vxlan_device() {
+    if !privileged("afxdp_sink_decapsulates_vxlan_from_a_standard_vxlan_device") {
+        return;
+    }
+    // The client end sends through a plain Linux VXLAN device (VNI 42) to the server end,
+    // which has an address (a mirror target): --force, and --vxlan takes only UDP 4789.
+    let pair = NetPair::new();
+    let c = pair.client_ns.as_str();
+    sh(&[
+        "ip",
+        "-n",
+        c,
+        "link",
+        "add",
+        "rfvx42",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "remote",
+        &pair.server_ip,
+        "dstport",
+        "4789",
+        "dev",
+        &pair.client_if,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        c,
+        "addr",
+        "add",
+        "192.168.42.2/24",
+        "dev",
+        "rfvx42",
+    ]);
+    sh(&["ip", "-n", c, "link", "set", "rfvx42", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        c,
+        "neigh",
+        "add",
+        "192.168.42.1",
+        "lladdr",
+        "02:00:00:00:00:42",
+        "dev",
+        "rfvx42",
+    ]);
+    let dir = TempDir::new("sink-vxlan");
+    let out = dir.path("inner.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.server_ns,
+        &[
+            "attach",
+            &pair.server_if,
+            "--mode",
+            "afxdp",
+            "--force",
+            "--vxlan",
+            "--vni",
+            "42",
+            "--rule",
+            "num=1,action=accept,proto=udp,dst-port=7777",
+            "-w",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    tap.wait_attached();
+    const SENT: u32 = 200;
+    in_netns(c, move || {
+        let s = UdpSocket::bind("192.168.42.2:0").unwrap();
+        for i in 0..SENT {
+            s.send_to(&i.to_be_bytes(), "192.168.42.1:7777").unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let s = fin.json();
+    check_accounting(&s);
+    assert_eq!(n(&s["vxlan"], "decapsulated"), u64::from(SENT), "{s}");
+    assert_eq!(n(&s, "written"), u64::from(SENT), "{s}");
+    let (records, _) = read_pcap(&out);
+    let ids: Vec<u32> = records
+        .iter()
+        .map(|r| {
+            let (port, id) = udp_port_and_id(&r.data).expect("an inner UDP frame");
+            assert_eq!(port, 7777);
+            id
+        })
+        .collect();
+    assert_eq!(ids, (0..SENT).collect::<Vec<_>>());
+}
