@@ -233,23 +233,8 @@ fn afxdp_sink_accounts_for_every_packet_of_a_flood_on_two_queues() {
     // 40,000 frames of 400 flows (so the sender spreads them over both queues), every tenth
     // to a port the rules leave alone.
     const FRAMES: u32 = 40_000;
-    let records: Vec<(u64, Vec<u8>, u32)> = (0..FRAMES)
-        .map(|i| {
-            let dport = if i % 10 == 0 { 9 } else { 7777 };
-            let f = udp_frame(
-                [10, 9, 0, 1],
-                [10, 9, 0, 2],
-                1000 + (i % 400) as u16,
-                dport,
-                i,
-                18,
-            );
-            let len = f.len() as u32;
-            (u64::from(i) * 1000, f, len)
-        })
-        .collect();
     let flood = dir.path("flood.pcap");
-    write_pcap(&flood, 1, &records);
+    write_udp_flood(&flood, FRAMES, 400, |i| if i % 10 == 0 { 9 } else { 7777 });
     let out = dir.path("sink.pcap");
 
     // A small UMEM (64 buffers per queue) against a top-speed flood: whatever the socket

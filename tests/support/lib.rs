@@ -627,6 +627,27 @@ pub fn write_pcap(path: &Path, linktype: u32, records: &[(u64, Vec<u8>, u32)]) {
     fs::write(path, out).unwrap();
 }
 
+/// Writes a pcap of `count` 60-byte UDP/IPv4 frames (10.9.0.1 -> 10.9.0.2), frame `i` with
+/// id `i` in its payload, source port `1000 + i % flows` (so senders spread them over
+/// queues), destination port `dport(i)`, 1 us apart.
+pub fn write_udp_flood(path: &Path, count: u32, flows: u32, dport: impl Fn(u32) -> u16) {
+    let records: Vec<(u64, Vec<u8>, u32)> = (0..count)
+        .map(|i| {
+            let f = udp_frame(
+                [10, 9, 0, 1],
+                [10, 9, 0, 2],
+                1000 + (i % flows.max(1)) as u16,
+                dport(i),
+                i,
+                18,
+            );
+            let len = f.len() as u32;
+            (u64::from(i) * 1000, f, len)
+        })
+        .collect();
+    write_pcap(path, 1, &records);
+}
+
 /// A UDP/IPv4 Ethernet frame with `len` bytes of payload (`id` in its first bytes).
 pub fn udp_frame(
     src: [u8; 4],

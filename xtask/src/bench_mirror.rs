@@ -44,7 +44,7 @@ struct Lab {
     target_ip: String,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if !out.status.success() {
         bail!(

@@ -16,9 +16,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use rf_tap_tests::{udp_frame, write_pcap, Proc, TempDir};
+use rf_tap_tests::{write_udp_flood, Proc, TempDir};
 
-use crate::bench::{capinfos_count, cpu_seconds, median};
+use crate::{
+    bench::{capinfos_count, cpu_seconds, median},
+    bench_mirror::ip,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
@@ -104,18 +107,6 @@ impl Drop for Sink {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 fn counter(ns: &str, dev: &str, name: &str) -> anyhow::Result<u64> {
@@ -227,22 +218,8 @@ pub fn sink(rf_tap: &Path, rounds: usize, packets: u32) -> anyhow::Result<()> {
     // 100,000 distinct frames (1,000 flows), looped to make up the flood.
     let distinct = 100_000u32.min(packets);
     let loops = packets.div_ceil(distinct).max(1);
-    let records: Vec<(u64, Vec<u8>, u32)> = (0..distinct)
-        .map(|i| {
-            let f = udp_frame(
-                [10, 99, 0, 1],
-                [10, 99, 0, 2],
-                1000 + (i % 1000) as u16,
-                7777,
-                i,
-                18,
-            );
-            let len = f.len() as u32;
-            (u64::from(i) * 1000, f, len)
-        })
-        .collect();
     let flood = dir.path("flood.pcap");
-    write_pcap(&flood, 1, &records);
+    write_udp_flood(&flood, distinct, 1000, |_| 7777);
 
     let tools = [Tool::AfXdp, Tool::RingTc, Tool::RingXdp, Tool::Tcpdump];
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); tools.len()];
