@@ -167,20 +167,8 @@ fn one_run(
         ..Run::default()
     };
     if let Some(p) = capture.as_mut() {
-        let pid = p.pid() as u32;
-        run.cpu_s = cpu_seconds(pid);
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
-        let mut child = p.child.take().context("capture process")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("{} did not stop", tool.name());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output()?;
+        run.cpu_s = cpu_seconds(p.pid() as u32);
+        let out = interrupt_and_collect(p)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         run.captured = capinfos_count(&file)?;
@@ -201,6 +189,24 @@ fn one_run(
     }
     let _ = std::fs::remove_file(&file);
     Ok(run)
+}
+
+/// Stops a capture process the way a user would (SIGINT to its own PID), waits at most 30 s
+/// for it to finish its file, and returns its output.
+pub fn interrupt_and_collect(p: &mut Proc) -> anyhow::Result<std::process::Output> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(p.pid(), libc::SIGINT) };
+    let mut child = p.child.take().context("capture process")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not stop", p.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -12,14 +12,14 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
 use rf_tap_tests::{write_udp_flood, Proc, TempDir};
 
 use crate::{
-    bench::{capinfos_count, cpu_seconds, median},
+    bench::{capinfos_count, cpu_seconds, interrupt_and_collect, median},
     bench_mirror::ip,
 };
 
@@ -193,20 +193,8 @@ fn one_run(
     };
     // Let the capture drain what it holds.
     std::thread::sleep(Duration::from_millis(1000));
-    let pid = capture.pid();
-    run.cpu_s = cpu_seconds(pid as u32);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let mut child = capture.child.take().context("capture process")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("{} did not stop", tool.name());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait_with_output()?;
+    run.cpu_s = cpu_seconds(capture.pid() as u32);
+    interrupt_and_collect(&mut capture)?;
     run.captured = capinfos_count(&file)?;
     let _ = std::fs::remove_file(&file);
     Ok(run)
