@@ -192,27 +192,21 @@ impl XskReceiver {
         self.queues.len()
     }
 
-    /// Hands every frame waiting on the RX rings to `each`, at most `max` in all, and gives
-    /// the buffers back to the kernel. `each` returns false to stop early. Returns the
-    /// number of frames handed on.
+    /// Hands every frame waiting on the RX rings to `each` and gives the buffers back to the
+    /// kernel. `each` returns false to stop early. Returns the number of frames handed on.
     pub fn drain(
         &mut self,
         clock: &ClockMap,
-        max: u64,
         mut each: impl FnMut(CapturedPacket<'_>) -> bool,
     ) -> u64 {
         let mut handed = 0u64;
         let mut more = true;
-        while more && handed < max {
+        while more {
             more = false;
             for q in &mut self.queues {
-                let want = (max - handed).min(u64::from(BATCH)) as u32;
-                if want == 0 {
-                    break;
-                }
                 let mut stop = false;
                 {
-                    let mut rx = q.rx.receive(want);
+                    let mut rx = q.rx.receive(BATCH);
                     while let Some(desc) = rx.read() {
                         q.done.push(desc.addr);
                         handed += 1;
@@ -227,7 +221,7 @@ impl XskReceiver {
                     }
                     rx.release();
                 }
-                if q.done.len() as u32 == want {
+                if q.done.len() as u32 == BATCH {
                     more = true;
                 }
                 // Every buffer goes back: the fill ring has room for all of them.
@@ -286,7 +280,7 @@ impl Framing {
             Some(m) => clock.wall(m.ts_ns),
             None => {
                 self.unstamped += 1;
-                clock.wall(mono_now())
+                clock.wall(super::clock_ns(libc::CLOCK_MONOTONIC) as u64)
             }
         };
         let cap = len.min(self.snaplen);
@@ -301,16 +295,6 @@ impl Framing {
             data: &data[..cap as usize],
         })
     }
-}
-
-fn mono_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_nanos() as u64
 }
 
 fn options(fd: RawFd) -> u32 {

@@ -603,7 +603,7 @@ impl Source {
                 }
                 n
             }
-            Self::Xsk(x) => x.drain(clock, u64::MAX, |p| each(Ok(p))),
+            Self::Xsk(x) => x.drain(clock, |p| each(Ok(p))),
         }
     }
 
@@ -701,8 +701,7 @@ fn refuse_addressed_sink(iface: &str) -> anyhow::Result<()> {
     let own: Vec<String> = crate::mirror::host::local_addresses()
         .into_iter()
         .filter(|(name, a)| {
-            name == iface
-                && !matches!(a, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+            name == iface && !matches!(a, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
         })
         .map(|(_, a)| a.to_string())
         .collect();
