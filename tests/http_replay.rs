@@ -106,9 +106,7 @@ fn http(capture: &Path, url: &str, extra: &[&str]) -> (i32, Value, String) {
     replay(&args)
 }
 
-fn n(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
-}
+use rf_tap_tests::json_u64 as n;
 
 fn v2_server() -> TestServer {
     TestServer::start(|r: &Seen| {

@@ -5,16 +5,12 @@
 
 use std::{
     net::UdpSocket,
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
 use rf_tap_tests::*;
 
-fn n(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("summary lacks `{k}`: {v}"))
-}
+use rf_tap_tests::json_u64 as n;
 
 /// The UDP destination port and the 4-byte id at the start of the payload.
 fn udp_port_and_id(frame: &[u8]) -> Option<(u16, u32)> {
@@ -34,15 +30,8 @@ fn udp_port_and_id(frame: &[u8]) -> Option<(u16, u32)> {
 /// Counts datagrams arriving on `addr` inside `ns` until `quiet` passes without one (or a
 /// hard limit), on a thread of its own.
 fn udp_counter(ns: &str, addr: String, quiet: Duration) -> std::thread::JoinHandle<u64> {
-    let path = format!("/run/netns/{ns}");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on this thread only (CLONE_NEWNET is per thread).
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    let h = spawn_in_netns(ns, move || {
         let sock = UdpSocket::bind(&addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();

@@ -433,8 +433,11 @@ pub fn rf_tap_run(ns: Option<&str>, args: &[&str]) -> Finished {
     }
 }
 
-/// Runs `f` on a thread that has entered network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Starts `f` on a thread that has entered network namespace `ns`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = fs::File::open(&path).unwrap();
@@ -443,8 +446,17 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         assert_eq!(rc, 0, "setns {path}");
         f()
     })
-    .join()
-    .unwrap()
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f).join().unwrap()
+}
+
+/// The unsigned integer `v[k]` of a JSON summary (panics, naming it, when it is missing).
+pub fn json_u64(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("summary lacks `{k}`: {v}"))
 }
 
 /// Programs attached through TCX (ingress + egress) to `iface` in `ns`.
@@ -583,11 +595,7 @@ pub fn tshark_count(path: &Path, display_filter: &str) -> usize {
 
 /// Checks the accounting identities of an `attach --json` summary and returns it.
 pub fn check_accounting(summary: &serde_json::Value) {
-    let n = |k: &str| {
-        summary[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("summary lacks `{k}`: {summary}"))
-    };
+    let n = |k: &str| json_u64(summary, k);
     assert_eq!(
         n("seen"),
         n("matched") + n("rejected") + n("unmatched"),
