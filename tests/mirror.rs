@@ -374,6 +374,9 @@ fn a_session_mirrors_matching_http_once_in_standard_vxlan() {
     assert_eq!(c["mirrored"], truth.len() as u64, "{listed}");
     assert_eq!(c["truncated"], long as u64, "{listed}");
     assert_eq!(c["dropped"], 0, "{listed}");
+    // An IPv4 target on an Ethernet route: rf-tap's program encapsulated every copy itself.
+    assert_eq!(c["direct"], truth.len() as u64, "{listed}");
+    assert_eq!(listed["route_changed"], false, "{listed}");
     assert_eq!(listed["iface"], "sapp");
 
     let del = lab.session(&["delete", "1"]);
@@ -549,4 +552,159 @@ fn bad_sessions_are_refused_and_leave_nothing_behind() {
     let s = session_of(&lab.list(), 1);
     assert!(s["counters"]["mtu_truncated"].as_u64().unwrap() >= 3, "{s}");
     assert_eq!(s["counters"]["mirrored"], got.len() as u64, "{s}");
+
+    // State files are named by the namespace's inode, which a new namespace reuses once the
+    // old one is gone. A state whose namespace cookie is not ours is such a dead namespace's:
+    // its sessions, pinned links and device go, and never pass for this namespace's.
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(format!("/run/netns/{}", lab.src))
+        .unwrap()
+        .ino();
+    let state = format!("/run/rf-tap/net-{ino}.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(json["netns_cookie"].is_u64(), "{json}");
+    json["netns_cookie"] = serde_json::json!(1u64);
+    std::fs::write(&state, json.to_string()).unwrap();
+    let out = lab.session(&["list"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("no longer exists"), "{}", out.stderr);
+    lab.assert_clean();
+}
+
+#[test]
+fn ipv6_targets_go_through_the_vxlan_device_and_moved_routes_are_reported() {
+    if !privileged("ipv6_targets_go_through_the_vxlan_device_and_moved_routes_are_reported") {
+        return;
+    }
+    let (lab, dir, _nginx) = web_lab("mirror6");
+    let b = lab.target_ip.split('.').nth(1).unwrap().to_string();
+    let (src6, tgt6) = (format!("fd00:{b}::1"), format!("fd00:{b}::2"));
+    for (ns, dev, ip) in [(&lab.src, "smir", &src6), (&lab.tgt, "tmir", &tgt6)] {
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+    }
+    // A jumbo mirror link: whole segments fit once encapsulated, so super-packets travel whole.
+    sh(&["ip", "-n", &lab.src, "link", "set", "smir", "mtu", "9000"]);
+    sh(&["ip", "-n", &lab.tgt, "link", "set", "tmir", "mtu", "9000"]);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.tgt,
+        "link",
+        "add",
+        "vx6",
+        "type",
+        "vxlan",
+        "id",
+        "66",
+        "dstport",
+        "4789",
+        "local",
+        &tgt6,
+        "nolearning",
+    ]);
+    sh(&["ip", "-n", &lab.tgt, "link", "set", "vx6", "up"]);
+    lab.target_vxlan("vx4", 44);
+
+    let v6 = lab.session(&[
+        "create",
+        "--iface",
+        "sapp",
+        "--target",
+        &tgt6,
+        "--vni",
+        "66",
+        "--session-number",
+        "6",
+        "--port",
+        "80",
+    ]);
+    assert!(v6.status.success(), "{}", v6.stderr);
+    let v4 = lab.create(&["--vni", "44", "--session-number", "4", "--port", "8080"]);
+    assert!(v4.status.success(), "{}", v4.stderr);
+
+    let truth = tcpdump(&lab.src, "sapp", &dir.path("src.pcap"), &["tcp"]);
+    let got6 = tcpdump(&lab.tgt, "vx6", &dir.path("v6.pcap"), &[]);
+    let got4 = tcpdump(&lab.tgt, "vx4", &dir.path("v4.pcap"), &[]);
+    for port in [80, 8080] {
+        for _ in 0..4 {
+            assert_eq!(
+                lab.curl(&format!("http://{}:{port}/big.bin", lab.server_ip)),
+                (200, 6000)
+            );
+        }
+    }
+    stop(truth);
+    stop(got6);
+    stop(got4);
+    let truth = tcp_ports(&dir.path("src.pcap"));
+    let web = truth
+        .iter()
+        .filter(|(s, d, _)| *s == 80 || *d == 80)
+        .count();
+    let got6 = tcp_ports(&dir.path("v6.pcap"));
+    let got4 = tcp_ports(&dir.path("v4.pcap"));
+    assert!(web >= 4 * 7, "{truth:?}");
+    assert_eq!(got6.len(), web, "IPv6 target: {}", lab.list());
+    // rf-tap's own encapsulation carries every packet whole, super-packets (GSO) included.
+    let mut want4: Vec<_> = truth
+        .iter()
+        .filter(|(s, d, _)| *s == 8080 || *d == 8080)
+        .collect();
+    let mut got4: Vec<_> = got4.iter().collect();
+    want4.sort_unstable();
+    got4.sort_unstable();
+    assert_eq!(got4, want4, "IPv4 target, packet by packet");
+    let list = lab.list();
+    let (s6, s4) = (session_of(&list, 6), session_of(&list, 4));
+    assert_eq!(s6["counters"]["mirrored"], web as u64, "{s6}");
+    // IPv6 copies are the kernel VXLAN device's; IPv4 ones rf-tap's own.
+    assert_eq!(s6["counters"]["direct"], 0, "{s6}");
+    assert_eq!(
+        s4["counters"]["mirrored"],
+        (truth.len() - web) as u64,
+        "{s4}"
+    );
+    assert_eq!(s4["counters"]["direct"], (truth.len() - web) as u64, "{s4}");
+
+    // The route to the IPv4 target moves (through a gateway): `list` says the session's
+    // copies still go the old way, until the route comes back.
+    let gw = format!("{}.9", lab.target_ip.rsplit_once('.').unwrap().0);
+    let host_route = format!("{}/32", lab.target_ip);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.src,
+        "route",
+        "add",
+        &host_route,
+        "via",
+        &gw,
+        "dev",
+        "smir",
+    ]);
+    assert_eq!(session_of(&lab.list(), 4)["route_changed"], true);
+    assert_eq!(session_of(&lab.list(), 6)["route_changed"], false);
+    let text = lab.session(&["list"]);
+    let table = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        table.contains("session 4: the route to") && table.contains("re-create"),
+        "{table}"
+    );
+    sh(&["ip", "-n", &lab.src, "route", "del", &host_route]);
+    assert_eq!(session_of(&lab.list(), 4)["route_changed"], false);
+
+    let del = lab.session(&["delete", "--all"]);
+    assert!(del.status.success(), "{}", del.stderr);
+    lab.assert_clean();
 }

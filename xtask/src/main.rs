@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | lint | demo | conformance | bench ...`.
+//! Project tasks: `cargo xtask setup | test | lint | demo | conformance | fuzz | bench ...`.
 mod bench;
 mod bench_extract;
 mod bench_http_replay;
@@ -6,6 +6,7 @@ mod bench_mirror;
 mod bench_replay;
 mod bench_sink;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -27,7 +28,8 @@ struct Cli {
 enum Task {
     /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker); idempotent
     Setup,
-    /// Setup, build, and run every test (privileged netns tests need root)
+    /// Setup, build, and run every test (privileged netns tests need root), then every fuzz
+    /// target for 10 seconds (skipped when arguments for cargo test are given)
     Test {
         /// Extra arguments for `cargo test`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -39,6 +41,15 @@ enum Task {
     Demo,
     /// Agreement with Zeek's http.log on ../shared/corpus/http: per case and in total
     Conformance,
+    /// Run the libFuzzer targets (pcap_reader, decode, reassembly, http, rfcap_reader,
+    /// extract) for a bounded time each; a crash fails and keeps the input
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all)
+        targets: Vec<String>,
+    },
     /// Benchmarks that print rf-tap's figures beside the reference tools'
     Bench {
         #[command(subcommand)]
@@ -142,11 +153,30 @@ fn main() -> anyhow::Result<()> {
             cargo(&["build", "-p", "rf-tap"])?;
             let mut a = vec!["test"];
             a.extend(args.iter().map(String::as_str));
-            cargo(&a)
+            cargo(&a)?;
+            if args.is_empty() {
+                fuzz::fuzz(&root(), &[], 10)?;
+            }
+            Ok(())
         }
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(&root(), &targets, seconds.max(1)),
         Task::Lint => {
             cargo(&["fmt", "--all", "--", "--check"])?;
-            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The fuzz targets are a workspace of their own.
+            let fuzz = root().join("userspace/rf-tap-fuzz/Cargo.toml");
+            let fuzz = fuzz.to_str().context("path")?;
+            cargo(&["fmt", "--manifest-path", fuzz, "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--manifest-path",
+                fuzz,
+                "--target-dir",
+                "target/fuzz-lint",
+                "--",
+                "-D",
+                "warnings",
+            ])
         }
         Task::Conformance => {
             let bin = build_release()?;

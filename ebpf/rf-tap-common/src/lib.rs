@@ -330,9 +330,23 @@ pub struct MirrorSession {
     pub mtu_limit: u32,
     /// 4 or 6.
     pub family: u32,
-    pub _pad: u32,
+    /// The interface the route to the target leaves by, when the encapsulating program
+    /// builds IPv4 copies itself and hands them to that interface's neighbour (no route
+    /// lookup per copy); 0: every copy goes through the VXLAN device's own path.
+    pub egress_ifindex: u32,
     /// Target address: words in wire byte order loaded as native words (IPv4 uses word 0).
     pub remote: [u32; 4],
+    /// The source address the route to the target picks (same layout as `remote`).
+    pub local: [u32; 4],
+    /// The next hop towards the target: the target itself, or the route's gateway.
+    pub nexthop: [u32; 4],
+    /// VXLAN destination UDP port, host order.
+    pub dst_port: u32,
+    /// Source UDP ports are spread over `src_port_min..src_port_min + src_port_span` by the
+    /// inner flow's hash, as the kernel's VXLAN device does.
+    pub src_port_min: u32,
+    pub src_port_span: u32,
+    pub _pad: u32,
 }
 
 /// The order sessions are evaluated in: `count` slot numbers, ascending session number.
@@ -361,6 +375,9 @@ pub mod mirror_counter {
     pub const MTU_TRUNCATED: u32 = 5;
     /// Copies the kernel could not clone, cut or encapsulate.
     pub const DROPPED: u32 = 6;
+    /// Of the mirrored copies, those rf-tap encapsulated itself and handed to the next hop's
+    /// neighbour; the rest took the VXLAN device's own path.
+    pub const DIRECT: u32 = 7;
     pub const PER_SESSION: u32 = 8;
 
     /// Namespace-wide: packets the mirror programs looked at.

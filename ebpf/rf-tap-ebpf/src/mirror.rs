@@ -7,16 +7,29 @@
 //!   is set on the original only for the duration of the helper call and then restored, so
 //!   the production packet leaves exactly as it came.
 //! * `tc_mirror_encap` on that VXLAN device (collect_md mode) at egress: cuts the copy to the
-//!   session's packet length or path MTU and sets the tunnel key (VNI, target); the kernel's
-//!   own VXLAN code then builds standard RFC 7348 encapsulation.
+//!   session's packet length or path MTU, then encapsulates it (RFC 7348). For an IPv4
+//!   target it builds the outer Ethernet/IPv4/UDP/VXLAN headers itself and hands the copy
+//!   to the neighbour of the next hop that `session create` resolved (`bpf_redirect_neigh`):
+//!   no route lookup per copy. The kernel's VXLAN code, reached by setting the tunnel key
+//!   and passing the copy on, does one per copy, because a tunnel key set from BPF disables
+//!   the tunnel's route cache. That path still serves IPv6 targets (whose UDP checksum the
+//!   kernel computes) and frames the direct path cannot take (non-IP, VLAN metadata, an
+//!   already encapsulated packet).
 use aya_ebpf::{
-    bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_loop, bpf_skb_change_tail, bpf_skb_set_tunnel_key},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh, bpf_tunnel_key,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, BPF_F_TUNINFO_IPV6, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    helpers::generated::{
+        bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_loop, bpf_redirect_neigh,
+        bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_set_tunnel_key, bpf_skb_store_bytes,
+    },
     programs::TcContext,
 };
 use rf_tap_common::{
-    mirror_counter as mc, rule_matches, sample_keeps, PacketKey, ACTION_ACCEPT, MAX_RULES,
-    MAX_SESSIONS, MIRROR_MARK_BASE, MIRROR_MARK_MASK,
+    mirror_counter as mc, rule_matches, sample_keeps, MirrorSession, PacketKey, ACTION_ACCEPT,
+    MAX_RULES, MAX_SESSIONS, MIRROR_MARK_BASE, MIRROR_MARK_MASK,
 };
 
 use crate::{
@@ -242,6 +255,9 @@ pub fn encap(ctx: &TcContext) -> i32 {
             }
         }
     }
+    if let Some(verdict) = encap_direct(ctx, s, base) {
+        return verdict;
+    }
     // SAFETY: bpf_tunnel_key is plain data; all zeroes is a valid value.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = s.vni;
@@ -268,4 +284,116 @@ pub fn encap(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     }
     TC_ACT_OK as i32
+}
+
+/// Outer headers of an IPv4 copy: Ethernet (filled in by the neighbour), IPv4, UDP, VXLAN.
+const OUTER_V4: u32 = 14 + 20 + 8 + 8;
+
+/// Encapsulates the copy in place and sends it to the next hop's neighbour. `None`: the copy
+/// is untouched and takes the VXLAN device's path instead.
+#[inline(always)]
+fn encap_direct(ctx: &TcContext, s: &MirrorSession, base: u32) -> Option<i32> {
+    if s.egress_ifindex == 0 || s.family != 4 || skb_field(ctx, |k| k.vlan_present) != 0 {
+        return None;
+    }
+    let inner_eth = PacketBytes::load::<[u8; 14]>(ctx, 0)?;
+    let ether_type = u16::from_be_bytes([inner_eth[12], inner_eth[13]]);
+    // __sk_buff.protocol holds the be16 value. The helper below only grows IP packets.
+    let protocol = u16::from_be(skb_field(ctx, |k| k.protocol) as u16);
+    if ether_type != protocol || (ether_type != 0x0800 && ether_type != 0x86dd) {
+        return None;
+    }
+    // Room after the Ethernet header for the outer IPv4/UDP/VXLAN headers and a copy of the
+    // inner Ethernet header (50 bytes): the first 14 bytes then become the outer Ethernet
+    // header. FIXED_GSO keeps the
+    // segment size, so a super-packet is cut into the same segments as the wire carried.
+    let flags = (BPF_F_ADJ_ROOM_FIXED_GSO
+        | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+        | (14u64 << 56);
+    // SAFETY: plain helper call on our own context.
+    if unsafe { bpf_skb_adjust_room(ctx.skb.skb, OUTER_V4 as i32, BPF_ADJ_ROOM_MAC, flags) } != 0 {
+        // Not growable here (say, already encapsulated): the VXLAN device's path takes it.
+        return None;
+    }
+    // From here on the copy is changed: any failure drops it.
+    let len = ctx.len();
+    let ip_len = (len - 14) as u16;
+    let udp_len = (len - 34) as u16;
+    // SAFETY: plain helper calls.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let hash = hash ^ (hash << 16);
+    let span = if s.src_port_span == 0 {
+        1
+    } else {
+        s.src_port_span
+    };
+    let src_port = (s.src_port_min + (((hash as u64) * span as u64) >> 32) as u32) as u16;
+    // SAFETY: as above.
+    let id = unsafe { bpf_get_prandom_u32() } as u16;
+    let src = s.local[0].to_ne_bytes();
+    let dst = s.remote[0].to_ne_bytes();
+    let mut h = [0u8; OUTER_V4 as usize + 14];
+    // Outer Ethernet: addresses are written by the neighbour; a zero destination keeps
+    // bpf_redirect_neigh from taking the copy for multicast.
+    h[12] = 0x08;
+    // IPv4: version 4, 20 bytes, no DF (the kernel's VXLAN default), TTL 64, UDP.
+    h[14] = 0x45;
+    h[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    h[18..20].copy_from_slice(&id.to_be_bytes());
+    h[22] = 64;
+    h[23] = 17;
+    h[26..30].copy_from_slice(&src);
+    h[30..34].copy_from_slice(&dst);
+    let mut sum = 0u32;
+    for i in 0..10 {
+        sum += u16::from_be_bytes([h[14 + 2 * i], h[15 + 2 * i]]) as u32;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    h[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    // UDP: checksum 0, which IPv4 allows and the kernel's VXLAN device sends by default.
+    h[34..36].copy_from_slice(&src_port.to_be_bytes());
+    h[36..38].copy_from_slice(&(s.dst_port as u16).to_be_bytes());
+    h[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    // VXLAN: the I flag and the VNI.
+    h[42] = 0x08;
+    h[46..49].copy_from_slice(&s.vni.to_be_bytes()[1..4]);
+    h[50..64].copy_from_slice(&inner_eth);
+    // SAFETY: h is a valid buffer of the length passed.
+    let stored = unsafe {
+        bpf_skb_store_bytes(
+            ctx.skb.skb,
+            0,
+            h.as_ptr().cast(),
+            h.len() as u32,
+            BPF_F_RECOMPUTE_CSUM as u64,
+        )
+    };
+    if stored != 0 {
+        mirror_count(base + mc::DROPPED, 1);
+        return Some(TC_ACT_SHOT as i32);
+    }
+    let mut nh = bpf_redir_neigh {
+        nh_family: 2, // AF_INET
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: s.nexthop[0],
+        },
+    };
+    // SAFETY: nh is a valid bpf_redir_neigh of the size passed.
+    let verdict = unsafe {
+        bpf_redirect_neigh(
+            s.egress_ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
+    if verdict as i32 == TC_ACT_SHOT as i32 {
+        mirror_count(base + mc::DROPPED, 1);
+    } else {
+        mirror_count(base + mc::DIRECT, 1);
+    }
+    Some(verdict as i32)
 }

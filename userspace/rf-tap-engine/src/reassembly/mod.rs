@@ -300,6 +300,10 @@ impl Reassembler {
 
     /// Gives up on every hole now (memory pressure): held bytes are delivered after gaps.
     pub fn release_held(&mut self, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        // As in acknowledged(): the stream has ended, held bytes beyond the end stay unsaid.
+        if self.finished {
+            return;
+        }
         while !self.held.is_empty() {
             self.skip_hole(emit);
             self.drain(emit);
@@ -310,6 +314,10 @@ impl Reassembler {
     /// The peer acknowledged up to `ack`: anything held beyond a hole it covers means the
     /// capture missed the hole's bytes (the receiver had them).
     pub fn acknowledged(&mut self, ack: u32, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        // After the end (FIN or RST) nothing more comes out, not even bytes held beyond it.
+        if self.finished {
+            return;
+        }
         let Some(off) = self.offset_of(ack) else {
             return;
         };
@@ -394,6 +402,26 @@ mod tests {
         feed(&mut r, &mut s, 101, "", b"hello ");
         feed(&mut r, &mut s, 107, "F", b"world");
         assert_eq!(s.0, "hello world<fin>");
+    }
+
+    #[test]
+    fn nothing_follows_the_end_of_a_stream() {
+        // Found by the reassembly fuzz target: bytes held beyond the FIN came out, after
+        // a gap, once memory pressure released the holes after the stream had ended.
+        let (mut r, mut s) = new();
+        feed(&mut r, &mut s, 100, "S", b"");
+        feed(&mut r, &mut s, 500, "", b"far");
+        feed(&mut r, &mut s, 150, "F", b"x");
+        let mut emit = |e: StreamEvent<'_>| s.0.push_str(&format!("{e:?}"));
+        // The peer acknowledged the FIN's byte: the hole before it was lost.
+        r.acknowledged(152, &mut emit);
+        assert!(r.finished(), "{}", s.0);
+        let ended = s.0.clone();
+        let mut emit = |e: StreamEvent<'_>| s.0.push_str(&format!("{e:?}"));
+        r.release_held(&mut emit);
+        r.acknowledged(6000, &mut emit);
+        r.close(Origin::default(), &mut emit, false);
+        assert_eq!(s.0, ended, "no event after the end");
     }
 
     #[test]

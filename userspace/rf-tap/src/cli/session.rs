@@ -50,6 +50,11 @@ Several sessions on one interface follow VPC Traffic Mirroring: a packet goes to
 lowest-numbered session whose filter accepts it, and is mirrored once. Copies larger than the
 path MTU to the target allows are truncated and counted (mtu_truncated), as AWS does.
 
+Copies to an IPv4 target are encapsulated by rf-tap's kernel program and handed to the next
+hop on the route found at creation (no route lookup per copy; `session list` says when that
+route has changed, and re-creating the session follows the new one). Copies to an IPv6
+target, and frames that are not IP, go through the kernel's VXLAN device, which routes each.
+
 Filter rules are those of `rf-tap attach` (--rule, --filter FILE, --port).
 
 Examples:
@@ -206,6 +211,10 @@ fn create(args: CreateArgs) -> anyhow::Result<std::process::ExitCode> {
         dst_port: args.dst_port,
         packet_length: args.packet_length,
         mtu_limit,
+        direct: path.direct.map(|d| mirror::DirectRoute {
+            ifindex: d.ifindex,
+            next_hop: d.nexthop,
+        }),
         sample_rate: args.sample_rate,
         rules: rules.rules().iter().map(|r| r.to_string()).collect(),
         created: rf_tap_engine::query::format_utc(
@@ -220,15 +229,7 @@ fn create(args: CreateArgs) -> anyhow::Result<std::process::ExitCode> {
     let made = (|| -> anyhow::Result<()> {
         let mut bpf = reg.load()?;
         let vxlan_ifindex = reg.vxlan(&mut bpf, args.dst_port)?;
-        let mut remote = [0u32; 4];
-        match args.target {
-            IpAddr::V4(a) => remote[0] = u32::from_ne_bytes(a.octets()),
-            IpAddr::V6(a) => {
-                for (i, w) in a.octets().chunks_exact(4).enumerate() {
-                    remote[i] = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
-                }
-            }
-        }
+        let (port_min, port_max) = host::source_port_range();
         let kernel = MirrorSession {
             number,
             ifindex,
@@ -241,8 +242,16 @@ fn create(args: CreateArgs) -> anyhow::Result<std::process::ExitCode> {
             packet_length: args.packet_length.unwrap_or(u32::MAX),
             mtu_limit,
             family: if args.target.is_ipv4() { 4 } else { 6 },
+            egress_ifindex: path.direct.map_or(0, |d| d.ifindex),
+            remote: address_words(args.target),
+            local: address_words(path.local),
+            nexthop: path
+                .direct
+                .map_or([0; 4], |d| address_words(IpAddr::V4(d.nexthop))),
+            dst_port: args.dst_port.into(),
+            src_port_min: port_min.into(),
+            src_port_span: u32::from(port_max - port_min) + 1,
             _pad: 0,
-            remote,
         };
         reg.write_slot(slot, &kernel, &compiled)?;
         reg.attach_interface(&mut bpf, &facts.name, ifindex)?;
@@ -290,6 +299,8 @@ struct Listed<'a> {
     #[serde(flatten)]
     session: &'a SessionRecord,
     interface_present: bool,
+    /// The route to the target now differs from the one the copies are sent along.
+    route_changed: bool,
     counters: SessionCounters,
 }
 
@@ -304,9 +315,18 @@ fn list(json: bool) -> anyhow::Result<std::process::ExitCode> {
         } else {
             SessionCounters::default()
         };
+        // Copies follow the route as it was at creation; say so when it has moved.
+        let route_changed = match (s.target, s.direct) {
+            (IpAddr::V4(t), Some(d)) => {
+                host::direct_path(t).map(|p| (p.ifindex, p.nexthop))
+                    != Some((d.ifindex, d.next_hop))
+            }
+            _ => false,
+        };
         rows.push(Listed {
             session: s,
             interface_present: capture::ifindex(&s.iface) == Some(s.ifindex),
+            route_changed,
             counters,
         });
     }
@@ -377,6 +397,13 @@ fn list(json: bool) -> anyhow::Result<std::process::ExitCode> {
             c.dropped,
         );
     }
+    for r in rows.iter().filter(|r| r.route_changed) {
+        println!(
+            "session {}: the route to {} has changed since the session was created, and its \
+             copies still go the old way; delete and re-create the session",
+            r.session.number, r.session.target
+        );
+    }
     for (d, n) in device_drops.iter().filter(|(_, n)| *n > 0) {
         println!("{d}: {n} copies dropped after encapsulation (no route or neighbour to a target)");
     }
@@ -411,4 +438,18 @@ fn delete(number: Option<u32>, all: bool) -> anyhow::Result<std::process::ExitCo
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// An address as the kernel programs read it: wire-order bytes loaded as native words.
+fn address_words(a: IpAddr) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    match a {
+        IpAddr::V4(a) => words[0] = u32::from_ne_bytes(a.octets()),
+        IpAddr::V6(a) => {
+            for (i, w) in a.octets().chunks_exact(4).enumerate() {
+                words[i] = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+            }
+        }
+    }
+    words
 }

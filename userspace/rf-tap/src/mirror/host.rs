@@ -30,6 +30,27 @@ pub fn netns_id() -> anyhow::Result<u64> {
         .ino())
 }
 
+/// The network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+): unlike its inode, never
+/// reused by a later namespace.
+pub fn netns_cookie() -> Option<u64> {
+    let sock = UdpSocket::bind("0.0.0.0:0")
+        .or_else(|_| UdpSocket::bind("[::]:0"))
+        .ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie/len are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
@@ -108,6 +129,93 @@ pub fn enter_bpffs() -> anyhow::Result<()> {
 pub struct PathFacts {
     /// Largest IP packet on the route.
     pub mtu: u32,
+    /// The source address the route picks.
+    pub local: IpAddr,
+    /// Where an IPv4 copy can be sent without a route lookup per copy, if it can.
+    pub direct: Option<DirectPath>,
+}
+
+/// The Ethernet interface and next hop of the route to an IPv4 target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectPath {
+    pub ifindex: u32,
+    pub nexthop: std::net::Ipv4Addr,
+}
+
+/// The route to an IPv4 target as `ip -j route get` reports it, when it leaves by an
+/// Ethernet interface (directly or through a gateway); None for anything else (local,
+/// blackhole, multipath, a tunnel or raw-IP interface), which the VXLAN device then routes.
+pub fn direct_path(target: std::net::Ipv4Addr) -> Option<DirectPath> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "route", "get", &target.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_route_get(&out.stdout, target, ethernet_ifindex)
+}
+
+/// The index of an Ethernet interface (bpf_redirect_neigh writes an Ethernet header), asked
+/// of the kernel rather than /sys, which may show another network namespace once the bpffs
+/// is joined.
+fn ethernet_ifindex(dev: &str) -> Option<u32> {
+    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+    // SAFETY: ifreq is plain data; all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if dev.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq passed.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR set the hardware-address member of the union.
+    if unsafe { req.ifr_ifru.ifru_hwaddr.sa_family } != libc::ARPHRD_ETHER {
+        return None;
+    }
+    // SAFETY: ifr_name is NUL-terminated (checked length above, zeroed struct).
+    let ifindex = unsafe { libc::if_nametoindex(req.ifr_name.as_ptr()) };
+    (ifindex != 0).then_some(ifindex)
+}
+
+fn parse_route_get(
+    json: &[u8],
+    target: std::net::Ipv4Addr,
+    ifindex_of: impl Fn(&str) -> Option<u32>,
+) -> Option<DirectPath> {
+    let routes: Vec<serde_json::Value> = serde_json::from_slice(json).ok()?;
+    let [route] = routes.as_slice() else {
+        return None;
+    };
+    if route
+        .get("type")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| t != "unicast")
+    {
+        return None;
+    }
+    let ifindex = ifindex_of(route.get("dev")?.as_str()?)?;
+    let nexthop = match route.get("gateway") {
+        Some(g) => g.as_str()?.parse().ok()?,
+        None => target,
+    };
+    Some(DirectPath { ifindex, nexthop })
+}
+
+/// The kernel's ephemeral port range, which the VXLAN device spreads source ports over.
+pub fn source_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(lo, hi)| lo <= hi)
+        .unwrap_or((32768, 60999))
 }
 
 /// Checks there is a route to `target` and finds its MTU, the way the VXLAN device will
@@ -159,7 +267,19 @@ pub fn route_to(target: IpAddr, port: u16) -> anyhow::Result<PathFacts> {
     if rc != 0 || mtu <= 0 {
         return Err(io::Error::last_os_error()).context("cannot read the path MTU to the target");
     }
-    Ok(PathFacts { mtu: mtu as u32 })
+    let local = sock
+        .local_addr()
+        .context("cannot read the source address towards the target")?
+        .ip();
+    let direct = match target {
+        IpAddr::V4(t) => direct_path(t),
+        IpAddr::V6(_) => None,
+    };
+    Ok(PathFacts {
+        mtu: mtu as u32,
+        local,
+        direct,
+    })
 }
 
 /// The addresses configured on this host's interfaces (this network namespace).
@@ -241,4 +361,39 @@ pub fn net_devices() -> Vec<(String, u64)> {
 
 pub fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_get_gives_device_and_next_hop() {
+        let t: std::net::Ipv4Addr = "10.9.0.2".parse().unwrap();
+        let eth = |d: &str| (d == "eth0").then_some(7);
+        let on_link = br#"[{"dst":"10.9.0.2","dev":"eth0","prefsrc":"10.9.0.1","flags":[],"uid":0,"cache":[]}]"#;
+        assert_eq!(
+            parse_route_get(on_link, t, eth),
+            Some(DirectPath {
+                ifindex: 7,
+                nexthop: t
+            })
+        );
+        let via =
+            br#"[{"dst":"10.9.0.2","gateway":"192.0.2.1","dev":"eth0","prefsrc":"192.0.2.2"}]"#;
+        assert_eq!(
+            parse_route_get(via, t, eth),
+            Some(DirectPath {
+                ifindex: 7,
+                nexthop: "192.0.2.1".parse().unwrap()
+            })
+        );
+        // Not an Ethernet device, a local route, garbage: the VXLAN device routes.
+        let tun = br#"[{"dst":"10.9.0.2","dev":"wg0"}]"#;
+        assert_eq!(parse_route_get(tun, t, eth), None);
+        let local = br#"[{"type":"local","dst":"10.9.0.2","dev":"eth0"}]"#;
+        assert_eq!(parse_route_get(local, t, eth), None);
+        assert_eq!(parse_route_get(b"[", t, eth), None);
+        assert_eq!(parse_route_get(b"[]", t, eth), None);
+    }
 }

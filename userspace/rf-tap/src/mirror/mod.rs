@@ -52,14 +52,29 @@ pub struct SessionRecord {
     pub packet_length: Option<u32>,
     /// Largest inner frame that fits the path MTU once encapsulated.
     pub mtu_limit: u32,
+    /// Where the kernel program sends this session's IPv4 copies (resolved at creation);
+    /// None: the VXLAN device routes every copy.
+    #[serde(default)]
+    pub direct: Option<DirectRoute>,
     pub sample_rate: f64,
     /// The rules, one per line as `--rule` would take them.
     pub rules: Vec<String>,
     pub created: String,
 }
 
+/// The egress interface and next hop a session's copies are handed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectRoute {
+    pub ifindex: u32,
+    pub next_hop: std::net::Ipv4Addr,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
+    /// The namespace the sessions belong to. The files are named by the namespace's inode,
+    /// which a new namespace may reuse once the old one is gone; the cookie tells them apart.
+    #[serde(default)]
+    pub netns_cookie: Option<u64>,
     pub sessions: Vec<SessionRecord>,
 }
 
@@ -73,6 +88,9 @@ pub struct SessionCounters {
     pub truncated: u64,
     pub mtu_truncated: u64,
     pub dropped: u64,
+    /// Copies encapsulated by rf-tap's program and sent to the next hop's neighbour; the
+    /// rest went through the VXLAN device's own path.
+    pub direct: u64,
 }
 
 pub fn vxlan_device(port: u16) -> String {
@@ -127,7 +145,7 @@ impl Registry {
             }
         };
         let state_path = run.join(format!("net-{netns}.json"));
-        let state = match fs::read_to_string(&state_path) {
+        let mut state: State = match fs::read_to_string(&state_path) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
                 format!(
                     "the session state {} is corrupt (remove it, then `rf-tap session delete --all`)",
@@ -137,13 +155,32 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e).context("cannot read the session state"),
         };
-        Ok(Self {
+        let cookie = host::netns_cookie();
+        let stale = state.netns_cookie.is_some() && state.netns_cookie != cookie;
+        if stale {
+            eprintln!(
+                "rf-tap: removing {} session(s) left by a network namespace that no longer \
+                 exists (this one reuses its inode)",
+                state.sessions.len()
+            );
+            state = State::default();
+        }
+        state.netns_cookie = cookie;
+        let reg = Self {
             pin_dir: Path::new(host::BPFFS).join(format!("rf-tap/net-{netns}")),
             state_path,
             lock_path,
             _lock: lock,
             state,
-        })
+        };
+        if reg.state.sessions.is_empty() {
+            // With no recorded session, every pin and rf-tap VXLAN device here is a leftover:
+            // of a command killed half way, or of a namespace that had this inode before.
+            // A pinned link of a dead namespace's interface must not pass for ours.
+            reg.reconcile()?;
+            reg.save()?;
+        }
+        Ok(reg)
     }
 
     pub fn save(&self) -> anyhow::Result<()> {
@@ -352,6 +389,7 @@ impl Registry {
             truncated: sum(mc::TRUNCATED)?,
             mtu_truncated: sum(mc::MTU_TRUNCATED)?,
             dropped: sum(mc::DROPPED)?,
+            direct: sum(mc::DIRECT)?,
         })
     }
 
