@@ -149,7 +149,10 @@ fn extract_jsonl_follows_the_contract() {
     assert_eq!(xs[2]["status"], 204);
     assert!(xs[0]["ts"].as_f64().unwrap() > 1_763_700_000.0);
     assert!(xs[0]["latency_ms"].as_f64().unwrap() > 0.0);
-    assert!(xs.iter().all(|x| x["conn"] == 1));
+    // One connection, one id (1 with one worker; with several, ids are per worker).
+    assert!(xs.iter().all(|x| x["conn"] == xs[0]["conn"]));
+    let one = rf_tap_run(None, &["extract", pcap.to_str().unwrap(), "--threads", "1"]);
+    assert!(lines(&one.stdout).iter().all(|x| x["conn"] == 1));
 }
 
 #[test]
@@ -293,4 +296,94 @@ fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
         3,
         "the exchanges before the tear are there"
     );
+}
+
+#[test]
+fn threads_give_the_same_exchanges() {
+    // 120 connections whose exchanges interleave, so every worker has some and their
+    // exchanges complete in between each other's.
+    let dir = TempDir::new("threads");
+    let path = dir.path("many.pcap");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut w = rf_tap_engine::pcap::synth::SynthWriter::new(file).unwrap();
+    let server = "10.7.0.2:80".parse().unwrap();
+    let mut t = Duration::from_secs(1_700_000_000);
+    let mut convs: Vec<_> = (0..120u16)
+        .map(|i| {
+            t += Duration::from_micros(50);
+            let client = format!("10.7.{}.{}:{}", 1 + i / 200, 1 + i % 200, 40000 + i)
+                .parse()
+                .unwrap();
+            w.open(t, client, server).unwrap()
+        })
+        .collect();
+    for round in 0..3 {
+        for (i, c) in convs.iter_mut().enumerate() {
+            t += Duration::from_micros(30);
+            let req = format!("GET /r{round}/c{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let body = "y".repeat(i * 37 % 3000);
+            let resp = format!(
+                "HTTP/1.1 {} OK\r\nContent-Length: {}\r\n\r\n{body}",
+                200 + (i % 3),
+                body.len()
+            );
+            w.exchange(
+                c,
+                t,
+                req.as_bytes(),
+                Duration::from_micros(200),
+                resp.as_bytes(),
+            )
+            .unwrap();
+        }
+    }
+    // Closed in reverse, the last exchanges of some end at end of input.
+    for c in convs.iter_mut().rev().skip(10) {
+        t += Duration::from_micros(10);
+        w.close(c, t).unwrap();
+    }
+    w.finish().unwrap();
+
+    let run = |threads: &str| {
+        let p = path.to_str().unwrap();
+        let out = rf_tap_run(None, &["extract", p, "--threads", threads, "-q"]);
+        assert!(out.status.success(), "{}", out.stderr);
+        lines(&out.stdout)
+    };
+    let key = |x: &serde_json::Value| {
+        format!(
+            "{} {} {} {} {} {} {}",
+            x["client"],
+            x["method"],
+            x["uri"],
+            x["status"],
+            x["response_body_len"],
+            x["ts"],
+            x["flags"]
+        )
+    };
+    let one = run("1");
+    assert_eq!(one.len(), 360);
+    let mut want: Vec<String> = one.iter().map(key).collect();
+    want.sort();
+    for threads in ["2", "4"] {
+        let many = run(threads);
+        let mut got: Vec<String> = many.iter().map(key).collect();
+        got.sort();
+        assert_eq!(got, want, "--threads {threads}");
+        // Ids count in output order; connection ids are unique, one per connection.
+        let ids: Vec<u64> = many.iter().map(|x| x["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, (1..=360).collect::<Vec<u64>>());
+        let conns: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
+            many.iter().fold(Default::default(), |mut m, x| {
+                m.entry(x["client"].to_string())
+                    .or_default()
+                    .insert(x["conn"].as_u64().unwrap());
+                m
+            });
+        assert_eq!(conns.len(), 120);
+        assert!(conns.values().all(|c| c.len() == 1));
+        let distinct: std::collections::BTreeSet<u64> = conns.values().flatten().copied().collect();
+        assert_eq!(distinct.len(), 120, "connection ids are unique");
+    }
 }

@@ -237,8 +237,11 @@ pub fn extract(
     type Tool<'a> = (&'a str, &'a str, Command);
     let mut tools: Vec<Tool<'_>> = Vec::new();
     let mut rf = Command::new(rf_tap);
-    rf.args(["extract", "-q", c]);
+    rf.args(["extract", "-q", "--threads", "1", c]);
     tools.push(("rf-tap extract (1 thread)", "exchanges", rf));
+    let mut rf_all = Command::new(rf_tap);
+    rf_all.args(["extract", "-q", "--threads", "0", c]);
+    tools.push(("rf-tap extract (all cores)", "exchanges", rf_all));
     let mut ts = Command::new("tshark");
     ts.args([
         "-r",
@@ -282,6 +285,7 @@ pub fn extract(
     let half = dir.join("half-open-100k.pcap");
     make_half_open(&half, 100_000)?;
     let (hsecs, hrss, _) = measure(Command::new(rf_tap).args(["extract", "-q"]).arg(&half))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     println!(
         "\nextraction benchmark: {} ({:.0} MiB, {:.0} frames of real HTTP traffic), medians of {rounds} runs",
@@ -314,6 +318,7 @@ pub fn extract(
             }
         );
     }
+    println!("({cores} cores: \"all cores\" is one reader thread and {cores} workers)");
     println!("\nmemory: rf-tap extract on 100,000 half-open connections ({}): {hrss:.0} MiB peak, {hsecs:.2} s (bound: 512 MiB)", half.display());
     if !keep {
         let _ = std::fs::remove_file(&half);

@@ -70,6 +70,33 @@ pub struct ExtractStats {
     pub reassembly: ReassemblyStats,
 }
 
+impl ExtractStats {
+    /// Adds another extractor's counters (shards of one capture).
+    pub fn add(&mut self, o: &ExtractStats) {
+        self.frames += o.frames;
+        self.bytes += o.bytes;
+        self.tcp_segments += o.tcp_segments;
+        self.not_tcp += o.not_tcp;
+        self.malformed += o.malformed;
+        self.unsupported_link += o.unsupported_link;
+        self.fragments_reassembled += o.fragments_reassembled;
+        self.fragments_dropped += o.fragments_dropped;
+        self.flows += o.flows;
+        self.flows_evicted += o.flows_evicted;
+        self.flows_timed_out += o.flows_timed_out;
+        self.held_budget_releases += o.held_budget_releases;
+        self.exchanges += o.exchanges;
+        self.snaplen_truncated_segments += o.snaplen_truncated_segments;
+        let (r, x) = (&mut self.reassembly, &o.reassembly);
+        r.delivered_bytes += x.delivered_bytes;
+        r.gap_bytes += x.gap_bytes;
+        r.gaps += x.gaps;
+        r.retransmitted_bytes += x.retransmitted_bytes;
+        r.conflicting_overlaps += x.conflicting_overlaps;
+        r.out_of_order_segments += x.out_of_order_segments;
+    }
+}
+
 /// Every exchange of a capture held in memory, and where reading stopped if the capture
 /// is torn or corrupt.
 pub fn extract_all(

@@ -1,9 +1,8 @@
 //! Live exchanges: captured packets → per-flow shards (worker threads, each with its own
 //! engine) → one writer appending to an rfcap archive.
 //!
-//! A packet goes to the shard of its connection (a hash of both endpoints, the same in both
-//! directions; fragments by address pair), so each TCP connection is reassembled by one
-//! worker. Channels are bounded: a slow disk slows the ring reader, and the kernel's ring
+//! A packet goes to the shard of its connection ([`Sharder`]), so each TCP connection is
+//! reassembled by one worker. Channels are bounded: a slow disk slows the ring reader, and the kernel's ring
 //! absorbs it or counts the drops, rather than memory growing. The writer numbers exchanges
 //! in the order they complete and flushes a block at least every second, so the archive
 //! can be read while the capture runs and survives a crash up to its last block.
@@ -39,7 +38,7 @@ pub struct LiveArchive {
     writer: JoinHandle<anyhow::Result<u64>>,
     linktype: u32,
     frames: u64,
-    hasher: foldhash::fast::RandomState,
+    sharder: Sharder,
 }
 
 /// What the live archive did, for the capture summary.
@@ -50,28 +49,73 @@ pub struct LiveArchiveReport {
     pub gaps: u64,
 }
 
-fn shard_key(
-    linktype: u32,
-    data: &[u8],
-    orig_len: u32,
-) -> Option<(std::net::IpAddr, u16, std::net::IpAddr, u16)> {
-    let ip = wire::ip_packet(linktype, data, orig_len).ok()?;
-    let (a, b) = if ip.src <= ip.dst {
-        (ip.src, ip.dst)
-    } else {
-        (ip.dst, ip.src)
-    };
-    if ip.is_fragment {
-        return Some((a, 0, b, 0));
-    }
-    match wire::transport(&ip, 0).ok()? {
-        wire::Transport::Tcp(t) => {
-            let (x, y) = ((t.src, t.sport), (t.dst, t.dport));
-            let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
-            Some((lo.0, lo.1, hi.0, hi.1))
+/// Picks the shard of each packet: a hash of the connection's two endpoints (the same in
+/// both directions), so one worker sees all of a TCP connection. Fragments follow: the first
+/// fragment of a datagram carries the ports and its shard is remembered for the rest; a
+/// later fragment that comes before its first goes by address pair (and will not reassemble
+/// if that is another shard: out-of-order fragments of TCP are the rarest of cases). Tunnels
+/// go by outer address pair, since the inner flow is not known before decapsulation.
+pub struct Sharder {
+    shards: usize,
+    hasher: foldhash::fast::FixedState,
+    first_fragments: std::collections::HashMap<(std::net::IpAddr, std::net::IpAddr, u32), usize>,
+}
+
+impl Sharder {
+    const MAX_FRAGMENTED: usize = 1 << 16;
+
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: shards.max(1),
+            hasher: foldhash::fast::FixedState::default(),
+            first_fragments: std::collections::HashMap::new(),
         }
-        // Tunnels: the inner flow is not known here; keep the outer pair together.
-        wire::Transport::Inner(_) => Some((a, 0, b, 0)),
+    }
+
+    fn of<K: std::hash::Hash>(&self, key: K) -> usize {
+        (self.hasher.hash_one(key) % self.shards as u64) as usize
+    }
+
+    fn of_ports(&self, a: (std::net::IpAddr, u16), b: (std::net::IpAddr, u16)) -> usize {
+        self.of(if a <= b { (a, b) } else { (b, a) })
+    }
+
+    pub fn shard(&mut self, linktype: u32, data: &[u8], orig_len: u32) -> usize {
+        if self.shards == 1 {
+            return 0;
+        }
+        let Ok(ip) = wire::ip_packet(linktype, data, orig_len) else {
+            return 0;
+        };
+        let pair = if ip.src <= ip.dst {
+            (ip.src, ip.dst)
+        } else {
+            (ip.dst, ip.src)
+        };
+        if ip.is_fragment {
+            let key = (ip.src, ip.dst, ip.frag_id);
+            if ip.frag_offset == 0 && ip.protocol == 6 && ip.payload.len() >= 4 {
+                let p = ip.payload;
+                let shard = self.of_ports(
+                    (ip.src, u16::from_be_bytes([p[0], p[1]])),
+                    (ip.dst, u16::from_be_bytes([p[2], p[3]])),
+                );
+                if self.first_fragments.len() >= Self::MAX_FRAGMENTED {
+                    self.first_fragments.clear();
+                }
+                self.first_fragments.insert(key, shard);
+                return shard;
+            }
+            return match self.first_fragments.get(&key) {
+                Some(s) => *s,
+                None => self.of(pair),
+            };
+        }
+        match wire::transport(&ip, 0) {
+            Ok(wire::Transport::Tcp(t)) => self.of_ports((t.src, t.sport), (t.dst, t.dport)),
+            Ok(wire::Transport::Inner(_)) => self.of(pair),
+            Err(_) => 0,
+        }
     }
 }
 
@@ -158,16 +202,13 @@ impl LiveArchive {
             writer,
             linktype,
             frames: 0,
-            hasher: foldhash::fast::RandomState::default(),
+            sharder: Sharder::new(shards),
         })
     }
 
     pub fn packet(&mut self, p: &CapturedPacket<'_>) {
         self.frames += 1;
-        let shard = match shard_key(self.linktype, p.data, p.orig_len) {
-            Some(k) => (self.hasher.hash_one(k) % self.shards.len() as u64) as usize,
-            None => 0,
-        };
+        let shard = self.sharder.shard(self.linktype, p.data, p.orig_len);
         let _ = self.shards[shard].send(OwnedFrame {
             number: self.frames,
             ts: p.ts,

@@ -8,12 +8,16 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use crossbeam::channel::bounded;
 use rf_tap_engine::{
     archive::ArchiveWriter,
-    flow::{ExtractConfig, Extractor},
+    flow::{ExtractConfig, ExtractStats, Extractor},
     har::{self, HAR_PREFIX, HAR_SUFFIX},
-    pcap::reader::CaptureReader,
+    http::exchange::Exchange,
+    pcap::reader::{CaptureReader, RawFrame, ReadError},
 };
+
+use crate::capture::live_archive::Sharder;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExtractFormat {
@@ -57,6 +61,12 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 100_000)]
     pub max_flows: usize,
 
+    /// Worker threads reassembling flows (0: one per core). With more than one, each
+    /// connection goes to one worker and exchanges come out in the order they complete; ids
+    /// count in that order, and connection ids are unique but numbered per worker
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
     /// Print the extraction counters as JSON on standard error at the end
     #[arg(long)]
     pub stats: bool,
@@ -74,10 +84,15 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("cannot map {}", args.input.display()))?;
     let reader = CaptureReader::new(&map).with_context(|| format!("{}", args.input.display()))?;
-    let mut extractor = Extractor::new(ExtractConfig {
+    let config = ExtractConfig {
         max_flows: args.max_flows.max(1),
         ..ExtractConfig::default()
-    });
+    };
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(64);
     let stdout = std::io::stdout();
     let mut out = match &args.output {
         Some(path) => Sink::Archive(Box::new(crate::capture::live_archive::create_archive(
@@ -90,43 +105,31 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         },
     };
     out.begin()?;
-    let mut batch = Vec::new();
-    let mut stopped_at = None;
     let progress = !args.quiet && std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let total = map.len().max(1);
-    let mut reader = reader;
-    let mut releaser = crate::cli::mapped::Releaser::new(&map);
-    while let Some(item) = reader.next() {
-        match item {
-            Ok(frame) => extractor.frame(&frame, &mut batch),
-            Err(e) => {
-                stopped_at = Some(e);
-                break;
-            }
-        }
-        if !batch.is_empty() {
-            write_batch(&mut out, &mut batch)?;
-        }
-        releaser.parsed_up_to(&map, reader.offset());
+    let mut show = |offset: usize, exchanges: u64| {
         if progress && last_progress.elapsed() >= Duration::from_millis(500) {
             last_progress = Instant::now();
             eprint!(
                 "\r\x1b[Krf-tap: {:.0}% of {} ({} exchanges)",
-                reader.offset() as f64 * 100.0 / total as f64,
+                offset as f64 * 100.0 / total as f64,
                 args.input.display(),
-                extractor.stats.exchanges
+                exchanges
             );
         }
-    }
-    extractor.finish(&mut batch);
-    write_batch(&mut out, &mut batch)?;
+    };
+    let (stats, stopped_at) = if threads > 1 {
+        sharded(&map, reader, threads, config, &mut out, &mut show)?
+    } else {
+        single(&map, reader, config, &mut out, &mut show)?
+    };
     let archive_bytes = out.end()?;
     if progress {
         eprint!("\r\x1b[K");
     }
-    let s = &extractor.stats;
+    let s = &stats;
     if !args.quiet {
         eprintln!(
             "rf-tap: {} exchanges from {} frames ({} TCP flows, {} gaps of {} bytes) in {:.2} s",
@@ -160,6 +163,220 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::FAILURE);
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+type Extracted = (ExtractStats, Option<ReadError>);
+
+/// One thread: frames → extractor → output, in order.
+fn single(
+    map: &memmap2::Mmap,
+    mut reader: CaptureReader<'_>,
+    config: ExtractConfig,
+    out: &mut Sink<'_>,
+    show: &mut dyn FnMut(usize, u64),
+) -> anyhow::Result<Extracted> {
+    let mut extractor = Extractor::new(config);
+    let mut batch = Vec::new();
+    let mut stopped_at = None;
+    let mut releaser = crate::cli::mapped::Releaser::new(map);
+    while let Some(item) = reader.next() {
+        match item {
+            Ok(frame) => extractor.frame(&frame, &mut batch),
+            Err(e) => {
+                stopped_at = Some(e);
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            write_batch(out, &mut batch)?;
+        }
+        releaser.parsed_up_to(map, reader.offset());
+        show(reader.offset(), extractor.stats.exchanges);
+    }
+    extractor.finish(&mut batch);
+    write_batch(out, &mut batch)?;
+    Ok((extractor.stats, stopped_at))
+}
+
+/// Frames a shard worker gets: a batch, or word that every frame up to a number was sent.
+enum ToShard<'m> {
+    Frames(Vec<RawFrame<'m>>),
+    Tick(u64),
+}
+
+/// What a worker sends back: exchanges keyed by the frame that completed them (`u64::MAX`
+/// for those its end of input closed), and the frame number up to which it has worked.
+struct FromShard {
+    shard: usize,
+    items: Vec<(u64, Exchange)>,
+    watermark: u64,
+    stats: Option<ExtractStats>,
+}
+
+/// Frames per batch to a worker, and how often every worker hears how far the reader got.
+const BATCH: usize = 256;
+const TICK_EVERY: u64 = 4096;
+
+/// Several threads: a reader thread shards frames by connection ([`Sharder`]) to workers,
+/// each with its own extractor, borrowing frames from the map rather than copying them. This
+/// thread merges the workers' exchanges in the order the frames completed them (a worker's
+/// exchange is written once every worker has got past that frame), numbers them, and writes
+/// them. Memory limits are shared out over the workers.
+fn sharded<'m>(
+    map: &'m memmap2::Mmap,
+    reader: CaptureReader<'m>,
+    threads: usize,
+    config: ExtractConfig,
+    out: &mut Sink<'_>,
+    show: &mut dyn FnMut(usize, u64),
+) -> anyhow::Result<Extracted> {
+    let per_shard = ExtractConfig {
+        max_flows: (config.max_flows / threads).max(1),
+        held_budget: (config.held_budget / threads).max(config.flow_buffer),
+        ..config
+    };
+    let offset = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| -> anyhow::Result<Extracted> {
+        let (result_tx, result_rx) = bounded::<FromShard>(threads * 16);
+        let mut to_shards = Vec::new();
+        for shard in 0..threads {
+            let (tx, rx) = bounded::<ToShard<'m>>(64);
+            to_shards.push(tx);
+            let results = result_tx.clone();
+            scope.spawn(move || {
+                let mut x = Extractor::new(per_shard);
+                let mut out = Vec::new();
+                let mut items = Vec::new();
+                for msg in rx {
+                    let watermark = match msg {
+                        ToShard::Frames(frames) => {
+                            for f in &frames {
+                                x.frame(f, &mut out);
+                                items.extend(out.drain(..).map(|e| (f.number, e)));
+                            }
+                            frames.last().map(|f| f.number)
+                        }
+                        ToShard::Tick(n) => Some(n),
+                    };
+                    if let Some(watermark) = watermark {
+                        let sent = results.send(FromShard {
+                            shard,
+                            items: std::mem::take(&mut items),
+                            watermark,
+                            stats: None,
+                        });
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                }
+                x.finish(&mut out);
+                let _ = results.send(FromShard {
+                    shard,
+                    items: out.drain(..).map(|e| (u64::MAX, e)).collect(),
+                    watermark: u64::MAX,
+                    stats: Some(x.stats),
+                });
+            });
+        }
+        drop(result_tx);
+        let offset = &offset;
+        let reading = scope.spawn(move || -> Option<ReadError> {
+            let mut reader = reader;
+            let mut sharder = Sharder::new(threads);
+            let mut releaser = crate::cli::mapped::Releaser::new(map);
+            let mut batches: Vec<Vec<RawFrame<'m>>> = vec![Vec::new(); threads];
+            let mut stopped = None;
+            let mut last = 0u64;
+            // A send fails only when the workers are gone (the writer failed): stop reading.
+            let flush = |batches: &mut Vec<Vec<RawFrame<'m>>>, tick: Option<u64>| -> bool {
+                for (tx, b) in to_shards.iter().zip(batches.iter_mut()) {
+                    if !b.is_empty() && tx.send(ToShard::Frames(std::mem::take(b))).is_err() {
+                        return false;
+                    }
+                    if let Some(n) = tick {
+                        if tx.send(ToShard::Tick(n)).is_err() {
+                            return false;
+                        }
+                    }
+                }
+                true
+            };
+            while let Some(item) = reader.next() {
+                let frame = match item {
+                    Ok(f) => f,
+                    Err(e) => {
+                        stopped = Some(e);
+                        break;
+                    }
+                };
+                last = frame.number;
+                let shard = sharder.shard(frame.linktype, frame.data, frame.orig_len);
+                batches[shard].push(frame);
+                if batches[shard].len() >= BATCH {
+                    let b = std::mem::take(&mut batches[shard]);
+                    if to_shards[shard].send(ToShard::Frames(b)).is_err() {
+                        return stopped;
+                    }
+                }
+                if last.is_multiple_of(TICK_EVERY) {
+                    if !flush(&mut batches, Some(last)) {
+                        return stopped;
+                    }
+                    releaser.parsed_up_to(map, reader.offset());
+                    offset.store(reader.offset(), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            flush(&mut batches, Some(last));
+            stopped
+        });
+
+        let mut queues: Vec<std::collections::VecDeque<(u64, Exchange)>> =
+            (0..threads).map(|_| Default::default()).collect();
+        let mut marks = vec![0u64; threads];
+        let mut stats = ExtractStats::default();
+        let mut next_id = 1u64;
+        let mut batch = Vec::new();
+        for msg in result_rx.iter() {
+            queues[msg.shard].extend(msg.items);
+            marks[msg.shard] = msg.watermark;
+            if let Some(s) = msg.stats {
+                stats.add(&s);
+            }
+            while let Some((key, shard)) = queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.front().map(|(k, _)| (*k, i)))
+                .min()
+            {
+                // No worker whose queue is empty may still produce an earlier exchange.
+                if !(0..threads).all(|j| !queues[j].is_empty() || marks[j] >= key) {
+                    break;
+                }
+                let Some((_, mut e)) = queues[shard].pop_front() else {
+                    break;
+                };
+                e.id = next_id;
+                next_id += 1;
+                // Unique over the workers; with one worker, the worker's own numbering.
+                e.conn = (e.conn.max(1) - 1) * threads as u64 + shard as u64 + 1;
+                batch.push(e);
+            }
+            if !batch.is_empty() {
+                // An error here drops the receiver; the workers and the reader then stop.
+                write_batch(out, &mut batch)?;
+            }
+            show(
+                offset.load(std::sync::atomic::Ordering::Relaxed),
+                next_id - 1,
+            );
+        }
+        let stopped = reading
+            .join()
+            .map_err(|_| anyhow::anyhow!("the capture reader thread panicked"))?;
+        stats.exchanges = next_id - 1;
+        Ok((stats, stopped))
+    })
 }
 
 fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
