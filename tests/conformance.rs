@@ -34,3 +34,65 @@ fn zeek_http_log_agreement() {
         "agreement {pct:.1}% fell below {FLOOR_PERCENT}%"
     );
 }
+
+/// Every capture of the corpus gives the same exchanges with one worker and with three.
+#[test]
+fn threads_give_the_same_exchanges_on_every_corpus_capture() {
+    let Some(corpus) = corpus_dir() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but ../shared/corpus/http is missing"
+        );
+        eprintln!("skipped: ../shared/corpus/http not found beside the clone");
+        return;
+    };
+    let mut captures = Vec::new();
+    let mut dirs = vec![corpus];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "pcap" || x == "pcapng") {
+                captures.push(p);
+            }
+        }
+    }
+    assert!(captures.len() > 100, "{} captures", captures.len());
+    let exchanges = |capture: &std::path::Path, threads: &str| {
+        let out = rf_tap_tests::rf_tap_run(
+            None,
+            &[
+                "extract",
+                capture.to_str().unwrap(),
+                "-q",
+                "--threads",
+                threads,
+            ],
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let x: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{} {} {} {} {} {} {} {} {} {}",
+                    x["client"],
+                    x["server"],
+                    x["ts"],
+                    x["method"],
+                    x["uri"],
+                    x["status"],
+                    x["request_body_len"],
+                    x["response_body_len"],
+                    x["flags"],
+                    x["anomalies"]
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for c in &captures {
+        assert_eq!(exchanges(c, "1"), exchanges(c, "3"), "{}", c.display());
+    }
+}
