@@ -61,10 +61,11 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 100_000)]
     pub max_flows: usize,
 
-    /// Worker threads reassembling flows (0: one per core). With more than one, each
-    /// connection goes to one worker and exchanges come out in the order they complete; ids
-    /// count in that order, and connection ids are unique but numbered per worker
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads reassembling flows (0: one per core). With more than one, a reader
+    /// thread sends each connection to one worker; exchanges still come out in the order
+    /// they complete, ids count in that order, and connection ids are unique but numbered per
+    /// worker. It pays off only with cores to spare beyond the reader and the writer
+    #[arg(long, default_value_t = 1)]
     pub threads: usize,
 
     /// Print the extraction counters as JSON on standard error at the end
@@ -236,6 +237,10 @@ fn sharded<'m>(
         ..config
     };
     let offset = std::sync::atomic::AtomicUsize::new(0);
+    // (frame number, file offset after it) at each tick: once every worker is past a frame,
+    // the pages before its offset can go (the reader runs ahead of the workers, and a page
+    // given back too early would only be faulted in again and stay).
+    let ticks = std::sync::Mutex::new(std::collections::VecDeque::<(u64, usize)>::new());
     std::thread::scope(|scope| -> anyhow::Result<Extracted> {
         let (result_tx, result_rx) = bounded::<FromShard>(threads * 16);
         let mut to_shards = Vec::new();
@@ -281,10 +286,10 @@ fn sharded<'m>(
         }
         drop(result_tx);
         let offset = &offset;
+        let ticks = &ticks;
         let reading = scope.spawn(move || -> Option<ReadError> {
             let mut reader = reader;
             let mut sharder = Sharder::new(threads);
-            let mut releaser = crate::cli::mapped::Releaser::new(map);
             let mut batches: Vec<Vec<RawFrame<'m>>> = vec![Vec::new(); threads];
             let mut stopped = None;
             let mut last = 0u64;
@@ -323,7 +328,9 @@ fn sharded<'m>(
                     if !flush(&mut batches, Some(last)) {
                         return stopped;
                     }
-                    releaser.parsed_up_to(map, reader.offset());
+                    if let Ok(mut t) = ticks.lock() {
+                        t.push_back((last, reader.offset()));
+                    }
                     offset.store(reader.offset(), std::sync::atomic::Ordering::Relaxed);
                 }
             }
@@ -337,6 +344,7 @@ fn sharded<'m>(
         let mut stats = ExtractStats::default();
         let mut next_id = 1u64;
         let mut batch = Vec::new();
+        let mut releaser = crate::cli::mapped::Releaser::new(map);
         for msg in result_rx.iter() {
             queues[msg.shard].extend(msg.items);
             marks[msg.shard] = msg.watermark;
@@ -365,6 +373,16 @@ fn sharded<'m>(
             if !batch.is_empty() {
                 // An error here drops the receiver; the workers and the reader then stop.
                 write_batch(out, &mut batch)?;
+            }
+            let passed = marks.iter().copied().min().unwrap_or(0);
+            let mut done_up_to = None;
+            if let Ok(mut t) = ticks.lock() {
+                while t.front().is_some_and(|(n, _)| *n <= passed) {
+                    done_up_to = t.pop_front().map(|(_, o)| o);
+                }
+            }
+            if let Some(o) = done_up_to {
+                releaser.parsed_up_to(map, o);
             }
             show(
                 offset.load(std::sync::atomic::Ordering::Relaxed),
