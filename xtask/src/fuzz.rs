@@ -122,17 +122,7 @@ fn seeds(target: &str, captures: &[PathBuf], dir: &Path) -> anyhow::Result<usize
         }
         "decode" => {
             // One byte choosing the link type (the index in the target's table), then a frame.
-            let links = [
-                wire::LINKTYPE_NULL,
-                wire::LINKTYPE_ETHERNET,
-                wire::LINKTYPE_RAW,
-                wire::LINKTYPE_LOOP,
-                wire::LINKTYPE_LINUX_SLL,
-                wire::LINKTYPE_IPV4,
-                wire::LINKTYPE_IPV6,
-                wire::LINKTYPE_NFLOG,
-                wire::LINKTYPE_LINUX_SLL2,
-            ];
+            let links = wire::DECODED_LINKTYPES;
             for c in captures {
                 let bytes = fs::read(c)?;
                 let Ok(reader) = CaptureReader::new(&bytes) else {

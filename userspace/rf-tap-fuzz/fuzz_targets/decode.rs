@@ -3,17 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 use rf_tap_engine::wire::{self, Transport};
 
-const LINKS: [u32; 9] = [
-    wire::LINKTYPE_NULL,
-    wire::LINKTYPE_ETHERNET,
-    wire::LINKTYPE_RAW,
-    wire::LINKTYPE_LOOP,
-    wire::LINKTYPE_LINUX_SLL,
-    wire::LINKTYPE_IPV4,
-    wire::LINKTYPE_IPV6,
-    wire::LINKTYPE_NFLOG,
-    wire::LINKTYPE_LINUX_SLL2,
-];
+const LINKS: [u32; 9] = wire::DECODED_LINKTYPES;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, frame)) = data.split_first() else {

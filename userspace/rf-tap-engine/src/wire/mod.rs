@@ -21,6 +21,19 @@ pub const LINKTYPE_IPV6: u32 = 229;
 pub const LINKTYPE_NFLOG: u32 = 239;
 pub const LINKTYPE_LINUX_SLL2: u32 = 276;
 
+/// Every link type [`ip_packet`] decodes.
+pub const DECODED_LINKTYPES: [u32; 9] = [
+    LINKTYPE_NULL,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    LINKTYPE_LOOP,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_NFLOG,
+    LINKTYPE_LINUX_SLL2,
+];
+
 const MAX_TUNNEL_DEPTH: u8 = 4;
 
 /// TCP flag bits.
