@@ -49,6 +49,11 @@ pub struct LiveArchiveReport {
     pub gaps: u64,
 }
 
+/// A connection id unique across shards, from a shard's own (with one shard, the same).
+pub fn conn_id(local: u64, shard: usize, shards: usize) -> u64 {
+    local * shards as u64 + shard as u64
+}
+
 /// Picks the shard of each packet: a hash of the connection's two endpoints (the same in
 /// both directions), so one worker sees all of a TCP connection. Fragments follow: the first
 /// fragment of a datagram carries the ports and its shard is remembered for the rest; a
@@ -155,15 +160,14 @@ impl LiveArchive {
                     x.frame(&frame, &mut out);
                     if !out.is_empty() {
                         for e in &mut out {
-                            // Connection ids unique across shards.
-                            e.conn = e.conn * shards as u64 + shard as u64;
+                            e.conn = conn_id(e.conn, shard, shards);
                         }
                         let _ = done.send(std::mem::take(&mut out));
                     }
                 }
                 x.finish(&mut out);
                 for e in &mut out {
-                    e.conn = e.conn * shards as u64 + shard as u64;
+                    e.conn = conn_id(e.conn, shard, shards);
                 }
                 let _ = done.send(out);
                 x.stats

@@ -17,7 +17,7 @@ use rf_tap_engine::{
     pcap::reader::{CaptureReader, RawFrame, ReadError},
 };
 
-use crate::capture::live_archive::Sharder;
+use crate::capture::live_archive::{conn_id, Sharder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExtractFormat {
@@ -366,8 +366,7 @@ fn sharded<'m>(
                 };
                 e.id = next_id;
                 next_id += 1;
-                // Unique over the workers; with one worker, the worker's own numbering.
-                e.conn = (e.conn.max(1) - 1) * threads as u64 + shard as u64 + 1;
+                e.conn = conn_id(e.conn, shard, threads);
                 batch.push(e);
             }
             if !batch.is_empty() {
