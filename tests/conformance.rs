@@ -2,7 +2,7 @@
 //! with a message where the corpus is absent (a user's clone); a failure under CI=true.
 #![allow(clippy::unwrap_used)]
 
-use rf_tap_tests::conformance::{corpus_dir, report, run_case, zeek_cases};
+use rf_tap_tests::conformance::{capture_files, corpus_dir, report, run_case, zeek_cases};
 
 /// The agreement this test holds: it only goes up (the target is 98%).
 const FLOOR_PERCENT: f64 = 95.0;
@@ -49,18 +49,7 @@ fn threads_give_the_same_exchanges_on_every_corpus_capture() {
     let Some(corpus) = corpus_or_skip() else {
         return;
     };
-    let mut captures = Vec::new();
-    let mut dirs = vec![corpus];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "pcap" || x == "pcapng") {
-                captures.push(p);
-            }
-        }
-    }
+    let captures = capture_files(&corpus);
     assert!(captures.len() > 100, "{} captures", captures.len());
     let exchanges = |capture: &std::path::Path, threads: &str| {
         let out = rf_tap_tests::rf_tap_run(

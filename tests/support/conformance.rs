@@ -14,6 +14,30 @@ pub fn corpus_dir() -> Option<PathBuf> {
     p.join("INDEX.md").exists().then_some(p)
 }
 
+/// The capture files (pcap, pcapng, cap) under `dir`, at any depth, sorted.
+pub fn capture_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p
+                .extension()
+                .is_some_and(|x| x == "pcap" || x == "pcapng" || x == "cap")
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// One expected or produced transaction, on the compared columns.
 pub type Tx = BTreeMap<&'static str, String>;
 

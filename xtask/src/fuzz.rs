@@ -21,6 +21,7 @@ use rf_tap_engine::{
     pcap::reader::CaptureReader,
     wire,
 };
+use rf_tap_tests::conformance::capture_files;
 
 pub const TARGETS: [&str; 6] = [
     "pcap_reader",
@@ -77,28 +78,10 @@ fn build(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// Captures to seed from: the repository's, and the shared HTTP corpus when it is there.
 fn captures(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.join("pcaps")];
+    let mut out = capture_files(&root.join("pcaps"));
     if let Some(c) = rf_tap_tests::conformance::corpus_dir() {
-        dirs.push(c);
+        out.extend(capture_files(&c));
     }
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p
-                .extension()
-                .is_some_and(|x| x == "pcap" || x == "pcapng" || x == "cap")
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
     out
 }
 
