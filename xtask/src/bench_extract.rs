@@ -268,15 +268,25 @@ pub fn extract(
         size / 1048576.0,
         frames
     );
-    let mut rows = Vec::new();
-    for (name, unit, mut cmd) in tools {
-        let mut runs = Vec::new();
-        for round in 0..rounds {
-            eprint!("  {name:<28} round {}/{rounds}", round + 1);
-            let r = measure(&mut cmd)?;
+    // Warm the page cache, so that no tool pays for reading the disk.
+    std::io::copy(&mut std::fs::File::open(&capture)?, &mut std::io::sink())?;
+    // Rounds go over every tool in turn, so a noisy moment hits all of them alike.
+    let mut runs: Vec<Vec<(f64, f64, usize)>> = vec![Vec::new(); tools.len()];
+    for round in 0..rounds {
+        for ((name, _, cmd), runs) in tools.iter_mut().zip(&mut runs) {
+            eprint!("  round {}/{rounds}  {name:<28}", round + 1);
+            if name.starts_with("tcpflow") {
+                // Each tcpflow run starts from an empty directory, as the first did.
+                let _ = std::fs::remove_dir_all(&flowdir);
+                std::fs::create_dir_all(&flowdir)?;
+            }
+            let r = measure(cmd)?;
             eprintln!(" {:>7.2} s  {:>7.0} MiB peak", r.0, r.1);
             runs.push(r);
         }
+    }
+    let mut rows = Vec::new();
+    for ((name, unit, _), mut runs) in tools.into_iter().zip(runs) {
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (secs, rss, lines) = runs[runs.len() / 2];
         rows.push((name, unit, secs, rss, lines));
@@ -294,23 +304,26 @@ pub fn extract(
         frames
     );
     println!(
-        "{:<28} {:>9} {:>9} {:>11} {:>10} {:>10}  output",
-        "tool", "seconds", "MB/s", "packets/s", "peak MiB", "vs tshark"
+        "{:<28} {:>9} {:>9} {:>11} {:>10} {:>10} {:>11}  output",
+        "tool", "seconds", "MB/s", "packets/s", "peak MiB", "vs tshark", "vs tcpflow"
     );
-    let tshark_secs = rows
-        .iter()
-        .find(|r| r.0.starts_with("tshark"))
-        .map(|r| r.2)
-        .unwrap_or(f64::NAN);
+    let secs_of = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.0.starts_with(prefix))
+            .map(|r| r.2)
+            .unwrap_or(f64::NAN)
+    };
+    let (tshark_secs, tcpflow_secs) = (secs_of("tshark"), secs_of("tcpflow"));
     for (name, unit, secs, rss, lines) in &rows {
         println!(
-            "{:<28} {:>9.2} {:>9.1} {:>11.0} {:>10.0} {:>9.1}x  {}",
+            "{:<28} {:>9.2} {:>9.1} {:>11.0} {:>10.0} {:>9.1}x {:>10.2}x  {}",
             name,
             secs,
             size / 1e6 / secs,
             frames / secs,
             rss,
             tshark_secs / secs,
+            tcpflow_secs / secs,
             if *unit == "-" {
                 "files on disk".to_string()
             } else {

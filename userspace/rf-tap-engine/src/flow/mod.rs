@@ -153,7 +153,9 @@ struct Flow {
 pub struct Extractor {
     config: ExtractConfig,
     /// foldhash: fast, and seeded per process so hostile flow keys cannot force collisions.
-    flows: HashMap<FlowKey, Flow, foldhash::fast::RandomState>,
+    /// Boxed: a flow is about 1.3 KB, and a table of inline flows (sized to a power of two,
+    /// doubled while growing) would hold that for every empty slot too.
+    flows: HashMap<FlowKey, Box<Flow>, foldhash::fast::RandomState>,
     defrag: Defragmenter,
     next_flow: u64,
     next_exchange: u64,
@@ -286,7 +288,7 @@ impl Extractor {
                 (dst, src)
             };
             self.stats.flows += 1;
-            let flow = Flow {
+            let flow = Box::new(Flow {
                 id: self.next_flow,
                 client: SocketAddr::new(client.0, client.1),
                 server: SocketAddr::new(server.0, server.1),
@@ -299,7 +301,7 @@ impl Extractor {
                 gap: [false; 2],
                 truncated: false,
                 closed: false,
-            };
+            });
             self.next_flow += 1;
             self.flows.insert(key, flow);
         }
@@ -322,7 +324,7 @@ impl Extractor {
         }
         let Flow {
             dirs, http, gap, ..
-        } = flow;
+        } = &mut **flow;
         let paired = &mut self.paired;
         let from_client = d == 0;
         let (this, other) = if d == 0 {
@@ -412,7 +414,7 @@ impl Extractor {
         let before = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
         let Flow {
             dirs, http, gap, ..
-        } = flow;
+        } = &mut **flow;
         for (d, r) in dirs.iter_mut().enumerate() {
             let mut emit =
                 |e: StreamEvent<'_>| deliver(http, d == 0, e, &mut gap[d], &mut self.paired);
@@ -423,7 +425,7 @@ impl Extractor {
         self.emit_paired(&key, out);
     }
 
-    fn close_flow(&mut self, mut flow: Flow, out: &mut Vec<Exchange>) {
+    fn close_flow(&mut self, mut flow: Box<Flow>, out: &mut Vec<Exchange>) {
         self.held_total = self
             .held_total
             .saturating_sub(flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes());
@@ -433,7 +435,7 @@ impl Extractor {
         };
         let Flow {
             dirs, http, gap, ..
-        } = &mut flow;
+        } = &mut *flow;
         for (d, r) in dirs.iter_mut().enumerate() {
             let mut emit =
                 |e: StreamEvent<'_>| deliver(http, d == 0, e, &mut gap[d], &mut self.paired);
@@ -491,7 +493,7 @@ impl Extractor {
 
     /// End of input: every flow is closed, in order of first activity.
     pub fn finish(&mut self, out: &mut Vec<Exchange>) {
-        let mut flows: Vec<Flow> = self.flows.drain().map(|(_, f)| f).collect();
+        let mut flows: Vec<Box<Flow>> = self.flows.drain().map(|(_, f)| f).collect();
         flows.sort_by_key(|f| f.id);
         for f in flows {
             self.close_flow(f, out);

@@ -1,6 +1,6 @@
 //! Pairing requests with responses on one connection, and the exchange record.
 
-use std::{collections::VecDeque, net::SocketAddr};
+use std::{borrow::Cow, collections::VecDeque, net::SocketAddr};
 
 use serde::Serialize;
 
@@ -22,6 +22,10 @@ pub struct ExchangeFlags {
 
 impl ExchangeFlags {
     pub fn names(&self) -> Vec<&'static str> {
+        self.iter_names().collect()
+    }
+
+    fn iter_names(&self) -> impl Iterator<Item = &'static str> {
         [
             (self.gap_request, "gap_request"),
             (self.gap_response, "gap_response"),
@@ -35,7 +39,6 @@ impl ExchangeFlags {
         .into_iter()
         .filter(|(on, _)| *on)
         .map(|(_, n)| n)
-        .collect()
     }
 }
 
@@ -52,30 +55,35 @@ pub struct Exchange {
     pub anomalies: Vec<String>,
 }
 
-fn header_text(h: &[(String, Vec<u8>)], name: &str) -> Option<String> {
-    h.iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
+fn header_text<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> Option<Cow<'a, str>> {
+    h.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(
+        |(_, v)| match String::from_utf8_lossy(v) {
+            Cow::Borrowed(t) => Cow::Borrowed(t.trim()),
+            Cow::Owned(t) => Cow::Owned(t.trim().to_string()),
+        },
+    )
 }
 
 fn secs(o: &Origin) -> f64 {
     o.ts.as_secs_f64()
 }
 
-/// The JSONL record (the contract other tools and tests read).
+/// The JSONL record (the contract other tools and tests read). It borrows from the
+/// exchange, so writing one allocates nothing beyond a non-UTF-8 Host.
 #[derive(Serialize)]
-pub struct ExchangeJson {
+pub struct ExchangeJson<'a> {
     pub id: u64,
     pub conn: u64,
-    pub client: String,
-    pub server: String,
+    /// Written as `"ip:port"` (`[ip]:port` for IPv6).
+    pub client: SocketAddr,
+    pub server: SocketAddr,
     pub ts: f64,
-    pub method: Option<String>,
-    pub uri: Option<String>,
-    pub version: Option<String>,
-    pub host: Option<String>,
+    pub method: Option<&'a str>,
+    pub uri: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub host: Option<Cow<'a, str>>,
     pub status: Option<u16>,
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
     pub info_code: Option<u16>,
     pub request_body_len: u64,
     pub response_body_len: u64,
@@ -86,8 +94,17 @@ pub struct ExchangeJson {
     pub response_end: Option<f64>,
     pub first_frame: u64,
     pub last_frame: u64,
-    pub flags: Vec<&'static str>,
-    pub anomalies: Vec<String>,
+    pub flags: FlagNames,
+    pub anomalies: &'a [String],
+}
+
+/// The names of the flags that are set, serialized as a JSON list without allocating.
+pub struct FlagNames(ExchangeFlags);
+
+impl Serialize for FlagNames {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter_names())
+    }
 }
 
 impl Exchange {
@@ -106,10 +123,10 @@ impl Exchange {
         Some(((secs(&r.start) - secs(&q.end)) * 1000.0).max(0.0))
     }
 
-    pub fn to_json(&self) -> ExchangeJson {
+    pub fn to_json(&self) -> ExchangeJson<'_> {
         let q = self.request.as_ref();
         let r = self.response.as_ref();
-        let frames: Vec<u64> = [
+        let frames = [
             q.map(|q| q.start.frame),
             q.map(|q| q.end.frame),
             r.map(|r| r.start.frame),
@@ -117,22 +134,21 @@ impl Exchange {
         ]
         .into_iter()
         .flatten()
-        .filter(|f| *f > 0)
-        .collect();
+        .filter(|f| *f > 0);
         ExchangeJson {
             id: self.id,
             conn: self.conn,
-            client: self.client.to_string(),
-            server: self.server.to_string(),
+            client: self.client,
+            server: self.server,
             ts: secs(&self.start()),
-            method: q.map(|q| q.method.clone()),
-            uri: q.map(|q| q.target.clone()),
+            method: q.map(|q| q.method.as_str()),
+            uri: q.map(|q| q.target.as_str()),
             version: q
-                .map(|q| q.version.clone())
-                .or(r.map(|r| r.version.clone())),
+                .map(|q| q.version.as_str())
+                .or(r.map(|r| r.version.as_str())),
             host: q.and_then(|q| header_text(&q.headers, "host")),
             status: r.map(|r| r.status),
-            reason: r.map(|r| r.reason.clone()),
+            reason: r.map(|r| r.reason.as_str()),
             info_code: r.and_then(|r| r.interim.last().copied()),
             request_body_len: q.map(|q| q.body.len).unwrap_or(0),
             response_body_len: r.map(|r| r.body.len).unwrap_or(0),
@@ -141,10 +157,10 @@ impl Exchange {
             request_end: q.map(|q| secs(&q.end)),
             response_start: r.map(|r| secs(&r.start)),
             response_end: r.map(|r| secs(&r.end)),
-            first_frame: frames.iter().copied().min().unwrap_or(0),
-            last_frame: frames.iter().copied().max().unwrap_or(0),
-            flags: self.flags.names(),
-            anomalies: self.anomalies.clone(),
+            first_frame: frames.clone().min().unwrap_or(0),
+            last_frame: frames.max().unwrap_or(0),
+            flags: FlagNames(self.flags),
+            anomalies: &self.anomalies,
         }
     }
 }

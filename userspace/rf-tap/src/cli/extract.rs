@@ -85,10 +85,14 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("cannot map {}", args.input.display()))?;
     let reader = CaptureReader::new(&map).with_context(|| format!("{}", args.input.display()))?;
-    let config = ExtractConfig {
+    let mut config = ExtractConfig {
         max_flows: args.max_flows.max(1),
         ..ExtractConfig::default()
     };
+    if args.output.is_none() && matches!(args.format, ExtractFormat::Jsonl) {
+        // JSONL carries body lengths, not bodies: count and decode them, keep nothing.
+        config.http.keep_body = 0;
+    }
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
