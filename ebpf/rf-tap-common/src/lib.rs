@@ -95,20 +95,22 @@ pub struct CaptureConfig {
     pub sample_threshold: u32,
     pub sample_seed: u32,
     pub link_kind: u32,
-    /// Wake the reader only when the ring was empty before a record (the first of a burst)
-    /// or holds at least this many bytes; otherwise submit without a wakeup. Userspace drains
-    /// in batches, so per-packet wakeups would only burn CPU on the production path.
-    pub wakeup_bytes: u32,
+    pub _pad: u32,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC in nanoseconds, measured at attach: the kernel stamps
+    /// each record with wall-clock time from `bpf_ktime_get_ns()` and this.
+    pub wall_offset_ns: i64,
 }
 
 /// Header of each record in the `EVENTS` ring buffer; `cap_len` packet bytes follow it.
+///
+/// Its last 16 bytes are a classic pcap record header (nanosecond timestamps, host byte
+/// order), so `header[PCAP_RECORD_AT..]` plus the packet bytes is a pcap record as it goes into
+/// a file, and userspace can hand it to `writev` straight from the ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketRecord {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
-    pub orig_len: u32,
-    pub cap_len: u32,
     pub ifindex: u32,
     pub direction: u8,
     /// `RECORD_VLAN`: the kernel had moved a VLAN tag out of the frame into metadata (VLAN
@@ -118,7 +120,16 @@ pub struct PacketRecord {
     /// Tag protocol in host order (0x8100 or 0x88a8).
     pub vlan_proto: u16,
     pub _pad: [u8; 6],
+    /// Wall-clock seconds (`ts_ns` + `CaptureConfig::wall_offset_ns`).
+    pub pcap_sec: u32,
+    /// Nanoseconds within `pcap_sec`.
+    pub pcap_nsec: u32,
+    pub cap_len: u32,
+    pub orig_len: u32,
 }
+
+/// Where the pcap record header starts inside [`PacketRecord`].
+pub const PCAP_RECORD_AT: usize = 24;
 
 /// `PacketRecord::flags`: `vlan_tci`/`vlan_proto` hold a tag to re-insert after the MACs.
 pub const RECORD_VLAN: u8 = 1;

@@ -1,9 +1,6 @@
 //! The capture pipeline shared by every hook: parse, filter, sample, truncate, copy, count.
-use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::generated::{
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output, bpf_ringbuf_query,
-    },
+use aya_ebpf::helpers::generated::{
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output,
 };
 use rf_tap_common::{
     copy_len, counter, rule_matches, sample_keeps, CaptureConfig, PacketKey, VlanMeta,
@@ -199,7 +196,12 @@ pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMet
         count(counter::COPY_FAILED, 1);
         return;
     }
-    scratch.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain helper call.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let wall = (ts_ns as i64).saturating_add(cfg.wall_offset_ns).max(0) as u64;
+    scratch.header.ts_ns = ts_ns;
+    scratch.header.pcap_sec = (wall / 1_000_000_000) as u32;
+    scratch.header.pcap_nsec = (wall % 1_000_000_000) as u32;
     scratch.header.orig_len = orig_len;
     scratch.header.cap_len = cap_len;
     scratch.header.ifindex = ifindex;
@@ -210,20 +212,16 @@ pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMet
 
     let size = RECORD_HEADER_LEN as u64 + cap_len as u64;
     let ring = core::ptr::addr_of!(EVENTS).cast_mut().cast();
-    // SAFETY: plain helper call on our own ring buffer map.
-    let pending = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA as u64) };
-    let flags = if pending == 0 || pending + size >= cfg.wakeup_bytes as u64 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    // No wakeup flag: the kernel then wakes the reader only for a record that finds it
+    // caught up (the first of a burst). While traffic flows the reader drains in batches on
+    // its own schedule, so this costs nothing per packet (no query of the ring's positions).
     // SAFETY: `size` never exceeds the scratch value (header + MAX_CAPTURE bytes).
     let ret = unsafe {
         bpf_ringbuf_output(
             ring,
             (scratch as *mut rf_tap_common::Scratch).cast(),
             size,
-            flags as u64,
+            0,
         )
     };
     if ret == 0 {

@@ -856,7 +856,11 @@ rules:
             "no destination CIDR: any address of the family"
         );
         assert_eq!(std::mem::size_of::<FilterRule>(), 84);
-        assert_eq!(std::mem::size_of::<rf_tap_common::PacketRecord>(), 32);
+        assert_eq!(std::mem::size_of::<rf_tap_common::PacketRecord>(), 40);
+        assert_eq!(
+            std::mem::offset_of!(rf_tap_common::PacketRecord, pcap_sec),
+            rf_tap_common::PCAP_RECORD_AT
+        );
     }
 }
 

@@ -44,6 +44,13 @@ fn io_err(e: pcap_file::PcapError) -> io::Error {
 }
 
 impl FrameEncoder {
+    /// For classic pcap: the snap length, up to which a record of the kernel's pcap layout
+    /// (16-byte header in host order, nanoseconds, then the data) is a valid record of this
+    /// file as it is. None for pcapng.
+    pub fn pcap_snaplen(&self) -> Option<u32> {
+        (self.format == CaptureFormat::Pcap).then_some(self.iface.snaplen)
+    }
+
     pub fn new(format: CaptureFormat, iface: InterfaceInfo) -> Self {
         Self { format, iface }
     }

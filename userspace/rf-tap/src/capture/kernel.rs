@@ -7,7 +7,7 @@
 use std::fmt;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf, XskMap},
+    maps::{Array, MapData, PerCpuArray, XskMap},
     programs::{
         tc::TcAttachOptions, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
@@ -15,7 +15,7 @@ use aya::{
 };
 use rf_tap_common::{counter, names, CaptureConfig, FilterRule, MAX_CAPTURE};
 
-use super::CaptureError;
+use super::{ring::RingReader, CaptureError};
 
 /// Where the programs hook in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -82,7 +82,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rf
 impl KernelCapture {
     /// Loads, configures and attaches. On any error nothing stays attached (whatever was
     /// attached is dropped with the `Ebpf` before returning).
-    pub fn attach(setup: &KernelSetup<'_>) -> Result<(Self, RingBuf<MapData>), CaptureError> {
+    pub fn attach(setup: &KernelSetup<'_>) -> Result<(Self, RingReader), CaptureError> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| CaptureError::Kernel {
                 what: "count possible CPUs",
@@ -162,11 +162,15 @@ impl KernelCapture {
             }
         };
 
-        let ring = RingBuf::try_from(
-            bpf.take_map(names::EVENTS)
-                .ok_or(CaptureError::MissingObject(names::EVENTS))?,
-        )
-        .map_err(|e| CaptureError::map(names::EVENTS, e))?;
+        let ring = match bpf.take_map(names::EVENTS) {
+            Some(aya::maps::Map::RingBuf(data)) => {
+                RingReader::new(data).map_err(|e| CaptureError::Kernel {
+                    what: "map the ring buffer",
+                    detail: e.to_string(),
+                })?
+            }
+            _ => return Err(CaptureError::MissingObject(names::EVENTS)),
+        };
         let counters = PerCpuArray::try_from(
             bpf.take_map(names::COUNTERS)
                 .ok_or(CaptureError::MissingObject(names::COUNTERS))?,

@@ -4,12 +4,14 @@
 pub mod af_xdp;
 pub mod kernel;
 pub mod live_archive;
+pub mod ring;
 
 use std::{ffi::CString, fs, time::Duration};
 
 use pcap_file::DataLink;
 use rf_tap_common::{
-    PacketRecord, DIR_EGRESS, LINK_ETHERNET, LINK_RAW_IP, RECORD_HEADER_LEN, RECORD_VLAN,
+    PacketRecord, DIR_EGRESS, LINK_ETHERNET, LINK_RAW_IP, PCAP_RECORD_AT, RECORD_HEADER_LEN,
+    RECORD_VLAN,
 };
 use rf_tap_engine::packet::{CapturedPacket, PacketDirection};
 
@@ -188,6 +190,11 @@ impl ClockMap {
         }
     }
 
+    /// realtime - monotonic, for the kernel to stamp records with.
+    pub fn offset_ns(&self) -> i64 {
+        self.offset_ns.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    }
+
     /// Called once per packet: plain 64-bit arithmetic (no 128-bit division).
     pub fn wall(&self, mono_ns: u64) -> Duration {
         let ns = (mono_ns as i64)
@@ -201,12 +208,28 @@ impl ClockMap {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadRecord;
 
+/// The pcap record inside a ring-buffer record (its header's tail and the data), when it can
+/// go to a pcap file of this snap length as it is: no VLAN tag to put back, and consistent
+/// lengths. Otherwise None, and the record takes [`decode_record`].
+pub fn pcap_record(bytes: &[u8], snaplen: u32) -> Option<&[u8]> {
+    let header = bytes.get(..RECORD_HEADER_LEN)?;
+    // SAFETY: as in decode_record.
+    let rec: PacketRecord = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
+    if rec.flags & RECORD_VLAN != 0
+        || rec.cap_len > rec.orig_len
+        || rec.cap_len > snaplen
+        || rec.pcap_nsec > 999_999_999
+    {
+        return None;
+    }
+    bytes.get(PCAP_RECORD_AT..RECORD_HEADER_LEN + rec.cap_len as usize)
+}
+
 /// Decodes one ring-buffer record (header + bytes). A VLAN tag the kernel held as metadata
 /// is put back after the MAC addresses (in `rebuilt`, reused across calls), so the file shows
 /// the frame as it was on the wire, as libpcap does.
 pub fn decode_record<'a>(
     bytes: &'a [u8],
-    clock: &ClockMap,
     rebuilt: &'a mut Vec<u8>,
 ) -> Result<CapturedPacket<'a>, BadRecord> {
     let header = bytes.get(..RECORD_HEADER_LEN).ok_or(BadRecord)?;
@@ -230,7 +253,8 @@ pub fn decode_record<'a>(
         orig_len += 4;
     }
     Ok(CapturedPacket {
-        ts: clock.wall(rec.ts_ns),
+        // The kernel's wall-clock stamp (the same offset as `clock`, applied there).
+        ts: Duration::new(u64::from(rec.pcap_sec), rec.pcap_nsec.min(999_999_999)),
         ifindex: rec.ifindex,
         direction: Some(if rec.direction == DIR_EGRESS {
             PacketDirection::Egress
@@ -267,6 +291,8 @@ mod tests {
             vlan_proto: vlan.map(|v| v.0).unwrap_or(0),
             vlan_tci: vlan.map(|v| v.1).unwrap_or(0),
             _pad: [0; 6],
+            pcap_sec: 5,
+            pcap_nsec: 1_123,
         };
         // SAFETY: reading the bytes of a plain #[repr(C)] value.
         let head: [u8; RECORD_HEADER_LEN] = unsafe { std::mem::transmute(r) };
@@ -275,12 +301,40 @@ mod tests {
         v
     }
 
+    /// The writev fast path writes the record's own pcap part; it must be byte for byte what
+    /// the encoder writes for the decoded packet, and refuse what needs the encoder.
+    #[test]
+    fn the_pcap_part_of_a_record_is_what_the_encoder_writes() {
+        use rf_tap_engine::pcap::{CaptureFormat, FrameEncoder, InterfaceInfo};
+        let enc = FrameEncoder::new(
+            CaptureFormat::Pcap,
+            InterfaceInfo {
+                name: "t0".into(),
+                linktype: pcap_file::DataLink::ETHERNET,
+                snaplen: 64,
+            },
+        );
+        let payload: Vec<u8> = (0..40u8).collect();
+        let bytes = record(40, 1500, DIR_EGRESS, &payload);
+        let mut re = Vec::new();
+        let mut encoded = Vec::new();
+        enc.encode(&decode_record(&bytes, &mut re).unwrap(), &mut encoded)
+            .unwrap();
+        assert_eq!(pcap_record(&bytes, 64), Some(&encoded[..]));
+        // Longer than the file's snap length, or a VLAN tag to put back: the encoder's job.
+        assert_eq!(pcap_record(&bytes, 39), None);
+        let tagged = record_vlan(40, 40, DIR_EGRESS, &payload, Some((0x8100, 5)));
+        assert_eq!(pcap_record(&tagged, 64), None);
+        // Torn or inconsistent records are refused, never read past their end.
+        assert_eq!(pcap_record(&bytes[..50], 64), None);
+        assert_eq!(pcap_record(&record(41, 40, 0, &payload), 64), None);
+    }
+
     #[test]
     fn decodes_header_and_truncated_payload() {
-        let clock = ClockMap { offset_ns: 1_000 };
         let bytes = record(3, 1500, DIR_EGRESS, &[1, 2, 3]);
         let mut re = Vec::new();
-        let p = decode_record(&bytes, &clock, &mut re).unwrap();
+        let p = decode_record(&bytes, &mut re).unwrap();
         assert_eq!(p.data, &[1, 2, 3]);
         assert_eq!(p.orig_len, 1500);
         assert_eq!(p.ifindex, 7);
@@ -290,26 +344,21 @@ mod tests {
 
     #[test]
     fn refuses_records_that_lie_about_their_length() {
-        let clock = ClockMap { offset_ns: 0 };
         let mut re = Vec::new();
-        assert_eq!(decode_record(&[0; 10], &clock, &mut re), Err(BadRecord));
+        assert_eq!(decode_record(&[0; 10], &mut re), Err(BadRecord));
         let short = record(100, 100, 1, &[0; 10]);
-        assert_eq!(decode_record(&short, &clock, &mut re), Err(BadRecord));
+        assert_eq!(decode_record(&short, &mut re), Err(BadRecord));
         let longer_than_wire = record(4, 2, 1, &[0; 4]);
-        assert_eq!(
-            decode_record(&longer_than_wire, &clock, &mut re),
-            Err(BadRecord)
-        );
+        assert_eq!(decode_record(&longer_than_wire, &mut re), Err(BadRecord));
     }
 
     #[test]
     fn reinserts_an_offloaded_vlan_tag_after_the_macs() {
-        let clock = ClockMap { offset_ns: 0 };
         let mut frame = vec![0xaa; 12];
         frame.extend_from_slice(&[0x08, 0x00, 0x45]);
         let bytes = record_vlan(15, 60, 1, &frame, Some((0x8100, 100)));
         let mut re = Vec::new();
-        let p = decode_record(&bytes, &clock, &mut re).unwrap();
+        let p = decode_record(&bytes, &mut re).unwrap();
         assert_eq!(&p.data[12..18], &[0x81, 0x00, 0x00, 100, 0x08, 0x00]);
         assert_eq!(p.data.len(), 19);
         assert_eq!(p.orig_len, 64);
@@ -341,9 +390,8 @@ mod tests {
         /// lengths: arbitrary bytes never panic and never read past the record.
         #[test]
         fn arbitrary_records_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
-            let clock = ClockMap { offset_ns: 0 };
             let mut re = Vec::new();
-            if let Ok(p) = decode_record(&bytes, &clock, &mut re) {
+            if let Ok(p) = decode_record(&bytes, &mut re) {
                 proptest::prop_assert!(p.data.len() <= bytes.len().saturating_sub(RECORD_HEADER_LEN) + 4);
                 proptest::prop_assert!(p.data.len() as u32 <= p.orig_len);
             }

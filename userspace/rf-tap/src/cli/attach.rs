@@ -2,7 +2,7 @@
 
 use std::{
     io::IsTerminal,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::RawFd,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -19,8 +19,8 @@ use rf_tap_engine::{
     pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
 };
 
-use aya::maps::{MapData, RingBuf};
-
+use crate::capture::ring::RingReader;
+use crate::sink::capture_file::SinkError;
 use crate::{
     capture::{
         self,
@@ -337,20 +337,17 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let compiled = rules.compile();
+    let clock = ClockMap::now();
     let config = CaptureConfig {
         rule_count: compiled.len() as u32,
         snaplen: args.packet_length,
         sample_threshold: ((args.sample_rate / 100.0) * SAMPLE_SCALE as f64).round() as u32,
         sample_seed: rand_seed(),
         link_kind: facts.link_kind,
-        wakeup_bytes: 0,
+        _pad: 0,
+        wall_offset_ns: clock.offset_ns(),
     };
     let ring_bytes = args.ring_size.next_power_of_two().max(4096) as u32;
-    // Wake the reader early when a quarter of the ring is used.
-    let config = CaptureConfig {
-        wakeup_bytes: ring_bytes / 4,
-        ..config
-    };
     // AF_XDP: the sockets exist before the program that feeds them; --ring-size is their
     // buffer memory, shared out over the receive queues.
     let xsk = if args.mode == HookMode::Afxdp {
@@ -389,7 +386,6 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             rebuilt: Vec::new(),
         },
     };
-    let clock = ClockMap::now();
     let started = Instant::now();
     let mut target_name = match &output {
         Output::File(s) => s.files()[0].clone(),
@@ -429,6 +425,15 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         decap,
     };
 
+    // Plain `-w FILE.pcap` from the ring: records go to the file as they are.
+    let fast_pcap = match (&source, &rx.output) {
+        (Source::Ring { .. }, Output::File(sink))
+            if rx.live.is_none() && rx.decap.is_none() && args.count.is_none() =>
+        {
+            sink.takes_pcap_records()
+        }
+        _ => None,
+    };
     loop {
         if stop.load(Ordering::Relaxed) {
             stop_reason = StopReason::Signal;
@@ -448,6 +453,33 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         poll_readable(&fds, timeout);
         kernel.flush_logs();
         let mut ended: Option<(StopReason, Option<anyhow::Error>)> = None;
+        if let (Some(snaplen), Output::File(sink)) = (fast_pcap, &mut rx.output) {
+            let drained = match source.drain_to_pcap(sink, snaplen, &mut summary) {
+                Ok(n) => n,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    (stop_reason, write_error) = if is_broken_pipe(&e) {
+                        (StopReason::OutputClosed, None)
+                    } else {
+                        (StopReason::WriteError, Some(e))
+                    };
+                    break;
+                }
+            };
+            if drained > 0 {
+                std::thread::sleep(BATCH_PAUSE);
+            }
+            if let Err(e) = sink.tick() {
+                stop_reason = StopReason::WriteError;
+                write_error = Some(e.into());
+                break;
+            }
+            if status.due() {
+                let k = source.counters(&kernel)?;
+                status.show(started.elapsed(), &k, &summary);
+            }
+            continue;
+        }
         let drained = source.drain(&clock, |pkt| {
             if let Err(e) = rx.deliver(pkt, &mut summary) {
                 ended = Some(if is_broken_pipe(&e) {
@@ -570,7 +602,7 @@ struct Decap {
 /// Where packets come from: the ring buffer (tc, xdp) or the AF_XDP sockets (afxdp).
 enum Source {
     Ring {
-        ring: RingBuf<MapData>,
+        ring: RingReader,
         /// Reused for frames whose VLAN tag is put back.
         rebuilt: Vec<u8>,
     },
@@ -580,7 +612,7 @@ enum Source {
 impl Source {
     fn fds(&self) -> Vec<RawFd> {
         match self {
-            Self::Ring { ring, .. } => vec![ring.as_raw_fd()],
+            Self::Ring { ring, .. } => vec![ring.fd()],
             Self::Xsk(x) => x.fds(),
         }
     }
@@ -594,10 +626,11 @@ impl Source {
     ) -> u64 {
         match self {
             Self::Ring { ring, rebuilt } => {
+                let batch = ring.batch();
                 let mut n = 0;
-                while let Some(item) = ring.next() {
+                while let Some(item) = batch.next() {
                     n += 1;
-                    if !each(decode_record(&item, clock, rebuilt)) {
+                    if !each(decode_record(item, rebuilt)) {
                         break;
                     }
                 }
@@ -605,6 +638,45 @@ impl Source {
             }
             Self::Xsk(x) => x.drain(clock, |p| each(Ok(p))),
         }
+    }
+
+    /// The fast path to a classic pcap file (tc/xdp, no rotation, count, decapsulation or
+    /// live archive): each record's pcap part goes from the ring to the file by `writev`,
+    /// without a copy. Records it cannot take (a VLAN tag to put back) take the encoding path
+    /// in order. Returns how many records were taken.
+    fn drain_to_pcap(
+        &mut self,
+        sink: &mut CaptureFileSink,
+        snaplen: u32,
+        summary: &mut CaptureSummary,
+    ) -> Result<u64, SinkError> {
+        let Self::Ring { ring, rebuilt } = self else {
+            return Ok(0);
+        };
+        let batch = ring.batch();
+        let mut records: Vec<&[u8]> = Vec::new();
+        let mut n = 0;
+        while let Some(item) = batch.next() {
+            n += 1;
+            if let Some(r) = capture::pcap_record(item, snaplen) {
+                records.push(r);
+                summary.received += 1;
+                summary.written += 1;
+                continue;
+            }
+            sink.write_pcap_records(&records)?;
+            records.clear();
+            match decode_record(item, rebuilt) {
+                Ok(pkt) => {
+                    summary.received += 1;
+                    sink.write(&pkt)?;
+                    summary.written += 1;
+                }
+                Err(BadRecord) => summary.dropped_user += 1,
+            }
+        }
+        sink.write_pcap_records(&records)?;
+        Ok(n)
     }
 
     /// The kernel counters, with the AF_XDP sockets' own drops and userspace truncation
