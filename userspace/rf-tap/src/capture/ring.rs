@@ -16,6 +16,7 @@ use std::{
     cell::Cell,
     os::fd::{AsFd, AsRawFd, RawFd},
     sync::atomic::{AtomicU32, AtomicUsize, Ordering},
+    time::{Duration, Instant},
 };
 
 use aya::maps::MapData;
@@ -31,6 +32,11 @@ pub struct RingReader {
     producer: *mut u8,
     page: usize,
     size: usize,
+    /// Bytes the last batch took, and the time between the last two batches: the rate the
+    /// reader paces itself by.
+    drained: Cell<usize>,
+    last_batch: Instant,
+    interval: Duration,
 }
 
 // SAFETY: the mappings belong to this value alone; moving it to another thread is fine.
@@ -65,6 +71,9 @@ impl RingReader {
             producer,
             page,
             size,
+            drained: Cell::new(0),
+            last_batch: Instant::now(),
+            interval: Duration::ZERO,
         })
     }
 
@@ -77,8 +86,25 @@ impl RingReader {
         unsafe { &*(self.consumer as *const AtomicUsize) }
     }
 
+    /// How long the reader may wait before its next batch: `longest`, or less when, at the
+    /// rate of the last batch, a quarter of the ring would fill sooner. (No kernel wakeup
+    /// comes while the ring fills: the programs ask for one only when the reader has caught
+    /// up, which keeps the per-packet cost off the production path.)
+    pub fn pause(&self, longest: Duration) -> Duration {
+        let bytes = self.drained.get();
+        if bytes == 0 {
+            return longest;
+        }
+        let quarter = (self.size / 4) as f64;
+        let secs = self.interval.as_secs_f64() * quarter / bytes as f64;
+        Duration::from_secs_f64(secs.min(longest.as_secs_f64()))
+    }
+
     /// The records ready now; the space they take is given back when the batch is dropped.
     pub fn batch(&mut self) -> Batch<'_> {
+        let now = Instant::now();
+        self.interval = now.duration_since(self.last_batch);
+        self.last_batch = now;
         let start = self.consumer_pos().load(Ordering::Relaxed);
         // SAFETY: the first word of the producer page.
         let end = unsafe { &*(self.producer as *const AtomicUsize) }.load(Ordering::Acquire);
@@ -86,6 +112,8 @@ impl RingReader {
         let data =
             unsafe { std::slice::from_raw_parts(self.producer.add(self.page), 2 * self.size) };
         Batch {
+            drained: &self.drained,
+            start,
             consumer: self.consumer_pos(),
             data,
             mask: self.size - 1,
@@ -126,6 +154,8 @@ fn mmap(fd: RawFd, len: usize, prot: libc::c_int, offset: usize) -> std::io::Res
 /// Records read from the ring, valid while the batch lives. Dropping it publishes how far
 /// the reader got, which lets the kernel reuse that space.
 pub struct Batch<'r> {
+    drained: &'r Cell<usize>,
+    start: usize,
     consumer: &'r AtomicUsize,
     data: &'r [u8],
     mask: usize,
@@ -168,5 +198,6 @@ impl Batch<'_> {
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         self.consumer.store(self.pos.get(), Ordering::Release);
+        self.drained.set(self.pos.get().wrapping_sub(self.start));
     }
 }

@@ -467,7 +467,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
                 }
             };
             if drained > 0 {
-                std::thread::sleep(BATCH_PAUSE);
+                std::thread::sleep(source.pause());
             }
             if let Err(e) = sink.tick() {
                 stop_reason = StopReason::WriteError;
@@ -501,14 +501,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             break;
         }
         if drained > 0 {
-            // Traffic is flowing: let a batch build up instead of waking per packet. The
-            // kernel wakes a ring reader early if the ring fills past a quarter; AF_XDP has no
-            // such wakeup, so its pause is short enough for a quarter of its RX ring to hold
-            // what arrives meanwhile (at 1 Mpps, 1 ms is 1,000 frames).
-            std::thread::sleep(match &source {
-                Source::Ring { .. } => BATCH_PAUSE,
-                Source::Xsk(x) => x.pause(),
-            });
+            // Traffic is flowing: let a batch build up instead of waking per packet, for
+            // no longer than a quarter of the ring (at the rate just seen) or of the AF_XDP
+            // RX ring (at 1 Mpps, 1 ms is 1,000 frames) takes to fill.
+            std::thread::sleep(source.pause());
         }
         if let Output::File(s) = &mut rx.output {
             if let Err(e) = s.tick() {
@@ -637,6 +633,14 @@ impl Source {
                 n
             }
             Self::Xsk(x) => x.drain(clock, |p| each(Ok(p))),
+        }
+    }
+
+    /// How long to let records accumulate after a non-empty drain.
+    fn pause(&self) -> Duration {
+        match self {
+            Self::Ring { ring, .. } => ring.pause(BATCH_PAUSE),
+            Self::Xsk(x) => x.pause(),
         }
     }
 
