@@ -64,7 +64,7 @@ pub struct ExtractArgs {
     /// Worker threads reassembling flows (0: one per core). With more than one, a reader
     /// thread sends each connection to one worker; exchanges still come out in the order
     /// they complete, ids count in that order, and connection ids are unique but numbered per
-    /// worker. It pays off only with cores to spare beyond the reader and the writer
+    /// worker. More threads take more memory (each worker has its own flows)
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 
