@@ -453,48 +453,36 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         poll_readable(&fds, timeout);
         kernel.flush_logs();
         let mut ended: Option<(StopReason, Option<anyhow::Error>)> = None;
-        if let (Some(snaplen), Output::File(sink)) = (fast_pcap, &mut rx.output) {
-            let drained = match source.drain_to_pcap(sink, snaplen, &mut summary) {
+        let drained = if let (Some(snaplen), Output::File(sink)) = (fast_pcap, &mut rx.output) {
+            match source.drain_to_pcap(sink, snaplen, &mut summary) {
                 Ok(n) => n,
                 Err(e) => {
                     let e = anyhow::Error::from(e);
-                    (stop_reason, write_error) = if is_broken_pipe(&e) {
+                    ended = Some(if is_broken_pipe(&e) {
                         (StopReason::OutputClosed, None)
                     } else {
                         (StopReason::WriteError, Some(e))
-                    };
-                    break;
+                    });
+                    0
                 }
-            };
-            if drained > 0 {
-                std::thread::sleep(source.pause());
             }
-            if let Err(e) = sink.tick() {
-                stop_reason = StopReason::WriteError;
-                write_error = Some(e.into());
-                break;
-            }
-            if status.due() {
-                let k = source.counters(&kernel)?;
-                status.show(started.elapsed(), &k, &summary);
-            }
-            continue;
-        }
-        let drained = source.drain(&clock, |pkt| {
-            if let Err(e) = rx.deliver(pkt, &mut summary) {
-                ended = Some(if is_broken_pipe(&e) {
-                    (StopReason::OutputClosed, None)
-                } else {
-                    (StopReason::WriteError, Some(e))
-                });
-                return false;
-            }
-            if args.count.is_some_and(|c| summary.written >= c) {
-                ended = Some((StopReason::Count, None));
-                return false;
-            }
-            true
-        });
+        } else {
+            source.drain(&clock, |pkt| {
+                if let Err(e) = rx.deliver(pkt, &mut summary) {
+                    ended = Some(if is_broken_pipe(&e) {
+                        (StopReason::OutputClosed, None)
+                    } else {
+                        (StopReason::WriteError, Some(e))
+                    });
+                    return false;
+                }
+                if args.count.is_some_and(|c| summary.written >= c) {
+                    ended = Some((StopReason::Count, None));
+                    return false;
+                }
+                true
+            })
+        };
         if let Some((why, e)) = ended {
             stop_reason = why;
             write_error = e;
