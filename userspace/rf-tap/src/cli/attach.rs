@@ -453,27 +453,17 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         poll_readable(&fds, timeout);
         kernel.flush_logs();
         let mut ended: Option<(StopReason, Option<anyhow::Error>)> = None;
-        let drained = if let (Some(snaplen), Output::File(sink)) = (fast_pcap, &mut rx.output) {
-            match source.drain_to_pcap(sink, snaplen, &mut summary) {
-                Ok(n) => n,
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    ended = Some(if is_broken_pipe(&e) {
-                        (StopReason::OutputClosed, None)
-                    } else {
-                        (StopReason::WriteError, Some(e))
-                    });
+        let drained = if let Some(snaplen) = fast_pcap {
+            source
+                .drain_to_pcap(&mut rx, snaplen, &mut summary)
+                .unwrap_or_else(|e| {
+                    ended = Some(output_failure(e));
                     0
-                }
-            }
+                })
         } else {
             source.drain(&clock, |pkt| {
                 if let Err(e) = rx.deliver(pkt, &mut summary) {
-                    ended = Some(if is_broken_pipe(&e) {
-                        (StopReason::OutputClosed, None)
-                    } else {
-                        (StopReason::WriteError, Some(e))
-                    });
+                    ended = Some(output_failure(e));
                     return false;
                 }
                 if args.count.is_some_and(|c| summary.written >= c) {
@@ -564,6 +554,15 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// How a failed write ends the capture: a closed pipe (`-w - | head`) is a normal end.
+fn output_failure(e: anyhow::Error) -> (StopReason, Option<anyhow::Error>) {
+    if is_broken_pipe(&e) {
+        (StopReason::OutputClosed, None)
+    } else {
+        (StopReason::WriteError, Some(e))
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -634,14 +633,14 @@ impl Source {
 
     /// The fast path to a classic pcap file (tc/xdp, no rotation, count, decapsulation or
     /// live archive): each record's pcap part goes from the ring to the file by `writev`,
-    /// without a copy. Records it cannot take (a VLAN tag to put back) take the encoding path
-    /// in order. Returns how many records were taken.
+    /// without a copy. Records it cannot take (a VLAN tag to put back, a bad record) go
+    /// through [`Receiver::deliver`] in order. Returns how many records were taken.
     fn drain_to_pcap(
         &mut self,
-        sink: &mut CaptureFileSink,
+        rx: &mut Receiver,
         snaplen: u32,
         summary: &mut CaptureSummary,
-    ) -> Result<u64, SinkError> {
+    ) -> anyhow::Result<u64> {
         let Self::Ring { ring, rebuilt } = self else {
             return Ok(0);
         };
@@ -656,18 +655,11 @@ impl Source {
                 summary.written += 1;
                 continue;
             }
-            sink.write_pcap_records(&records)?;
+            rx.write_pcap_records(&records)?;
             records.clear();
-            match decode_record(item, rebuilt) {
-                Ok(pkt) => {
-                    summary.received += 1;
-                    sink.write(&pkt)?;
-                    summary.written += 1;
-                }
-                Err(BadRecord) => summary.dropped_user += 1,
-            }
+            rx.deliver(decode_record(item, rebuilt), summary)?;
         }
-        sink.write_pcap_records(&records)?;
+        rx.write_pcap_records(&records)?;
         Ok(n)
     }
 
@@ -693,6 +685,14 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// Appends records already in the pcap file's layout (see `Source::drain_to_pcap`).
+    fn write_pcap_records(&mut self, records: &[&[u8]]) -> Result<(), SinkError> {
+        match &mut self.output {
+            Output::File(sink) => sink.write_pcap_records(records),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes one packet (or the frame inside it) everywhere it goes.
     fn deliver(
         &mut self,
