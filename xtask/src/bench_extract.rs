@@ -232,8 +232,6 @@ pub fn extract(
     };
     let c = capture.to_str().context("path")?;
     let flowdir = dir.join("tcpflow-out");
-    let _ = std::fs::remove_dir_all(&flowdir);
-    std::fs::create_dir_all(&flowdir)?;
     type Tool<'a> = (&'a str, &'a str, Command);
     let mut tools: Vec<Tool<'_>> = Vec::new();
     let mut rf = Command::new(rf_tap);
@@ -276,7 +274,7 @@ pub fn extract(
         for ((name, _, cmd), runs) in tools.iter_mut().zip(&mut runs) {
             eprint!("  round {}/{rounds}  {name:<28}", round + 1);
             if name.starts_with("tcpflow") {
-                // Each tcpflow run starts from an empty directory, as the first did.
+                // Each tcpflow run starts from an empty directory.
                 let _ = std::fs::remove_dir_all(&flowdir);
                 std::fs::create_dir_all(&flowdir)?;
             }
