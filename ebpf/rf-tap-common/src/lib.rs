@@ -21,7 +21,6 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
-    pub const SCRATCH: &str = "SCRATCH";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
     pub const XDP_INGRESS: &str = "xdp_ingress";
@@ -101,7 +100,9 @@ pub struct CaptureConfig {
     pub wall_offset_ns: i64,
 }
 
-/// Header of each record in the `EVENTS` ring buffer; `cap_len` packet bytes follow it.
+/// Header of each record in the `EVENTS` ring buffer; `cap_len` packet bytes follow it, then
+/// padding up to the record's slot size (the smallest power of two, at least 64, that holds
+/// `cap_len`: the kernel reserves slots of constant size), which readers skip.
 ///
 /// Its last 16 bytes are a classic pcap record header (nanosecond timestamps, host byte
 /// order), so `header[PCAP_RECORD_AT..]` plus the packet bytes is a pcap record as it goes into
@@ -143,13 +144,6 @@ pub struct VlanMeta {
 }
 
 pub const RECORD_HEADER_LEN: usize = core::mem::size_of::<PacketRecord>();
-
-/// The per-CPU staging area one packet is copied into before it goes to the ring.
-#[repr(C)]
-pub struct Scratch {
-    pub header: PacketRecord,
-    pub data: [u8; MAX_CAPTURE as usize],
-}
 
 /// What the AF_XDP sink program puts in front of each frame (XDP metadata, which copy mode
 /// copies into the UMEM too): the kernel's receive time, as the ring buffer records carry it.

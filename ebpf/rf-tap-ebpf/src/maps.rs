@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
 };
 use rf_tap_common::{
-    CaptureConfig, FilterRule, MirrorSession, Scratch, SessionOrder, MAX_RULES, MAX_SESSIONS,
+    CaptureConfig, FilterRule, MirrorSession, SessionOrder, MAX_RULES, MAX_SESSIONS,
 };
 
 /// Filter rules in evaluation order; `CONFIG.rule_count` of them are live.
@@ -23,11 +23,6 @@ pub static COUNTERS: PerCpuArray<u64> =
 /// Copied packets for userspace (size set at load).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
-
-/// One staging area per CPU (entries set at load to the number of possible CPUs). A plain
-/// array, because per-CPU map values are limited to 32 KiB.
-#[map(name = "SCRATCH")]
-pub static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn count(slot: u32, n: u64) {

@@ -1,6 +1,8 @@
-//! Reading packet bytes the same way from TC (`bpf_skb_load_bytes`) and XDP
-//! (`bpf_xdp_load_bytes`), so that header parsing is written once and works on
-//! non-linear (GSO, multi-buffer) packets too.
+//! Reading packet bytes the same way from TC and XDP, so that header parsing is written once.
+//!
+//! Headers are read in place when they lie in the packet's linear head (direct packet
+//! access: no helper call), and otherwise through `bpf_skb_load_bytes` / `bpf_xdp_load_bytes`,
+//! which also reach the fragments of non-linear (GSO, multi-buffer) packets.
 use aya_ebpf::{
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
@@ -12,9 +14,18 @@ pub trait PacketBytes {
     fn len(&self) -> u32;
     /// Copies `len` bytes at `offset` to `dst`; returns false when they are not there.
     fn read(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+    /// Start and end addresses of the linear head, the bytes the program may read in place.
+    fn head(&self) -> (usize, usize);
 
     #[inline(always)]
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        let (start, end) = self.head();
+        let at = start + offset as usize;
+        if at + core::mem::size_of::<T>() <= end {
+            // SAFETY: [at, at + size_of::<T>()) lies inside the linear head (checked above,
+            // the check the verifier wants), and T is plain data read without alignment.
+            return Some(unsafe { (at as *const T).read_unaligned() });
+        }
         let mut v = MaybeUninit::<T>::uninit();
         if self.read(
             offset,
@@ -29,7 +40,10 @@ pub trait PacketBytes {
     }
     #[inline(always)]
     fn u8_at(&self, offset: u32) -> Option<u8> {
-        self.load::<u8>(offset)
+        // Through the helper: for one byte the compiler turns the bounds check into a form
+        // (`at < end`) from which the verifier derives no readable range.
+        let mut v = 0u8;
+        self.read(offset, &mut v, 1).then_some(v)
     }
     #[inline(always)]
     fn be16_at(&self, offset: u32) -> Option<u16> {
@@ -47,6 +61,10 @@ impl PacketBytes for TcContext {
         // SAFETY: dst points to at least len writable bytes (a stack value or the scratch map).
         unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) == 0 }
     }
+    #[inline(always)]
+    fn head(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
 }
 
 impl PacketBytes for XdpContext {
@@ -59,5 +77,9 @@ impl PacketBytes for XdpContext {
     fn read(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: as above.
         unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) == 0 }
+    }
+    #[inline(always)]
+    fn head(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
 }

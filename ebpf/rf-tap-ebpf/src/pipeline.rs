@@ -1,14 +1,14 @@
 //! The capture pipeline shared by every hook: parse, filter, sample, truncate, copy, count.
 use aya_ebpf::helpers::generated::{
-    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output,
+    bpf_ktime_get_ns, bpf_ringbuf_discard, bpf_ringbuf_reserve, bpf_ringbuf_submit,
 };
 use rf_tap_common::{
-    copy_len, counter, rule_matches, sample_keeps, CaptureConfig, PacketKey, VlanMeta,
-    ACTION_ACCEPT, LINK_RAW_IP, MAX_RULES, RECORD_HEADER_LEN, RECORD_VLAN,
+    copy_len, counter, rule_matches, sample_keeps, CaptureConfig, PacketKey, PacketRecord,
+    VlanMeta, ACTION_ACCEPT, LINK_RAW_IP, MAX_CAPTURE, MAX_RULES, RECORD_HEADER_LEN, RECORD_VLAN,
 };
 
 use crate::{
-    maps::{count, CONFIG, EVENTS, RULES, SCRATCH},
+    maps::{count, CONFIG, EVENTS, RULES},
     packet::PacketBytes,
 };
 
@@ -185,52 +185,87 @@ pub fn capture<P: PacketBytes>(p: &P, direction: u8, ifindex: u32, vlan: VlanMet
     let orig_len = p.len();
     let cap_len = copy_len(orig_len, cfg.snaplen);
     // SAFETY: plain helper call.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
-        count(counter::COPY_FAILED, 1);
-        return;
-    };
-    // SAFETY: the scratch slot of this CPU is ours until the program returns (no nesting).
-    let scratch = unsafe { &mut *scratch };
-    if cap_len > 0 && !p.read(0, scratch.data.as_mut_ptr(), cap_len) {
-        count(counter::COPY_FAILED, 1);
-        return;
-    }
-    // SAFETY: plain helper call.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let wall = (ts_ns as i64).saturating_add(cfg.wall_offset_ns).max(0) as u64;
-    scratch.header.ts_ns = ts_ns;
-    scratch.header.pcap_sec = (wall / 1_000_000_000) as u32;
-    scratch.header.pcap_nsec = (wall % 1_000_000_000) as u32;
-    scratch.header.orig_len = orig_len;
-    scratch.header.cap_len = cap_len;
-    scratch.header.ifindex = ifindex;
-    scratch.header.direction = direction;
-    scratch.header.flags = if vlan.present { RECORD_VLAN } else { 0 };
-    scratch.header.vlan_tci = vlan.tci;
-    scratch.header.vlan_proto = vlan.proto;
-
-    let size = RECORD_HEADER_LEN as u64 + cap_len as u64;
-    let ring = core::ptr::addr_of!(EVENTS).cast_mut().cast();
-    // No wakeup flag: the kernel then wakes the reader only for a record that finds it
-    // caught up (the first of a burst). While traffic flows the reader drains in batches on
-    // its own schedule, so this costs nothing per packet (no query of the ring's positions).
-    // SAFETY: `size` never exceeds the scratch value (header + MAX_CAPTURE bytes).
-    let ret = unsafe {
-        bpf_ringbuf_output(
-            ring,
-            (scratch as *mut rf_tap_common::Scratch).cast(),
-            size,
-            0,
-        )
+    let header = PacketRecord {
+        ts_ns,
+        ifindex,
+        direction,
+        flags: if vlan.present { RECORD_VLAN } else { 0 },
+        vlan_tci: vlan.tci,
+        vlan_proto: vlan.proto,
+        _pad: [0; 6],
+        pcap_sec: (wall / 1_000_000_000) as u32,
+        pcap_nsec: (wall % 1_000_000_000) as u32,
+        cap_len,
+        orig_len,
     };
-    if ret == 0 {
-        count(counter::COPIED, 1);
-        count(counter::COPIED_BYTES, orig_len as u64);
-        if cap_len < orig_len {
-            count(counter::TRUNCATED, 1);
+    // The packet goes straight into a ring slot: one copy, no staging area. A slot's size
+    // must be a constant, so records take the smallest power of two that holds them (the
+    // reader goes by `cap_len` and skips the rest).
+    let outcome = match cap_len {
+        0..=64 => emit::<P, 64>(p, &header),
+        65..=128 => emit::<P, 128>(p, &header),
+        129..=256 => emit::<P, 256>(p, &header),
+        257..=512 => emit::<P, 512>(p, &header),
+        513..=1024 => emit::<P, 1024>(p, &header),
+        1025..=2048 => emit::<P, 2048>(p, &header),
+        2049..=4096 => emit::<P, 4096>(p, &header),
+        4097..=8192 => emit::<P, 8192>(p, &header),
+        8193..=16384 => emit::<P, 16384>(p, &header),
+        16385..=32768 => emit::<P, 32768>(p, &header),
+        _ => emit::<P, { MAX_CAPTURE as usize }>(p, &header),
+    };
+    match outcome {
+        Emitted::Copied => {
+            count(counter::COPIED, 1);
+            count(counter::COPIED_BYTES, orig_len as u64);
+            if cap_len < orig_len {
+                count(counter::TRUNCATED, 1);
+            }
         }
-    } else {
-        count(counter::RING_FULL, 1);
+        Emitted::RingFull => count(counter::RING_FULL, 1),
+        Emitted::CopyFailed => count(counter::COPY_FAILED, 1),
     }
+}
+
+enum Emitted {
+    Copied,
+    RingFull,
+    CopyFailed,
+}
+
+/// Reserves a ring slot of `N` packet bytes, reads up to `header.cap_len` (at most `N`) bytes
+/// of the packet into it, and submits it.
+#[inline(always)]
+fn emit<P: PacketBytes, const N: usize>(p: &P, header: &PacketRecord) -> Emitted {
+    let ring = core::ptr::addr_of!(EVENTS).cast_mut().cast();
+    // No wakeup flag on submit: the kernel then wakes the reader only for a record that finds
+    // it caught up (the first of a burst). While traffic flows the reader drains in batches
+    // on its own schedule, so this costs nothing per packet.
+    // SAFETY: plain helper call; a constant size, as the verifier requires.
+    let slot = unsafe { bpf_ringbuf_reserve(ring, (RECORD_HEADER_LEN + N) as u64, 0) };
+    if slot.is_null() {
+        return Emitted::RingFull;
+    }
+    let slot = slot.cast::<u8>();
+    let want = header.cap_len;
+    if want > 0 {
+        // Arithmetic clamp to [1, N] the verifier can follow (N is a power of two).
+        let n = N as u32;
+        let len = ((if want < n { want } else { n }) - 1) & (n - 1);
+        // SAFETY: the slot holds RECORD_HEADER_LEN + N bytes and len + 1 <= N.
+        if !p.read(0, unsafe { slot.add(RECORD_HEADER_LEN) }, len + 1) {
+            // SAFETY: giving back the slot reserved above.
+            unsafe { bpf_ringbuf_discard(slot.cast(), 0) };
+            return Emitted::CopyFailed;
+        }
+    }
+    // SAFETY: the slot is 8-byte aligned and starts with room for the header; submitting
+    // hands it to the reader and it is not touched afterwards.
+    unsafe {
+        slot.cast::<PacketRecord>().write(*header);
+        bpf_ringbuf_submit(slot.cast(), 0);
+    }
+    Emitted::Copied
 }

@@ -83,15 +83,8 @@ impl KernelCapture {
     /// Loads, configures and attaches. On any error nothing stays attached (whatever was
     /// attached is dropped with the `Ebpf` before returning).
     pub fn attach(setup: &KernelSetup<'_>) -> Result<(Self, RingReader), CaptureError> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(what, e)| CaptureError::Kernel {
-                what: "count possible CPUs",
-                detail: format!("{what}: {e}"),
-            })?
-            .max(1) as u32;
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, setup.ring_bytes)
-            .map_max_entries(names::SCRATCH, cpus)
             .map_max_entries(names::XSKS, (setup.xsk_fds.len() as u32).max(1))
             .load(OBJECT)
             .map_err(|e| CaptureError::from_load(e.to_string()))?;

@@ -342,6 +342,21 @@ mod tests {
         assert_eq!(p.ts, Duration::new(5, 1_123));
     }
 
+    /// The kernel reserves power-of-two slots, so a record is usually longer than its header
+    /// and `cap_len` bytes: both readers must stop at `cap_len` and ignore the rest.
+    #[test]
+    fn slot_padding_after_the_packet_is_not_part_of_it() {
+        let payload: Vec<u8> = (0..100u8).collect();
+        let mut slot = record(100, 1500, DIR_EGRESS, &payload);
+        slot.resize(RECORD_HEADER_LEN + 128, 0xee);
+        let mut re = Vec::new();
+        let p = decode_record(&slot, &mut re).unwrap();
+        assert_eq!(p.data, &payload[..]);
+        let pcap = pcap_record(&slot, 65535).unwrap();
+        assert_eq!(pcap.len(), 16 + 100);
+        assert_eq!(&pcap[16..], &payload[..]);
+    }
+
     #[test]
     fn refuses_records_that_lie_about_their_length() {
         let mut re = Vec::new();

@@ -144,7 +144,8 @@ pub struct AttachArgs {
     #[arg(long, value_name = "PCT", default_value_t = 100.0)]
     pub sample_rate: f64,
 
-    /// Kernel ring buffer size (rounded up to a power of two)
+    /// Kernel ring buffer size (rounded up to a power of two). A packet takes the smallest
+    /// power of two (at least 64 bytes) that holds its copied bytes, plus 48 bytes of headers
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
     pub ring_size: u64,
 
