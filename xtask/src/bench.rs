@@ -3,8 +3,11 @@
 //! wrk drives nginx at its maximum through a veth pair; each capture tool in turn records the
 //! server's interface. Per run: wrk's requests/s, the packets the interface carried (offered,
 //! from its kernel counters), the packets in the file (captured), the drops the tool admits,
-//! and the CPU time of the capture process. Configurations are interleaved round by round
-//! and medians are printed, with ratios against tcpdump.
+//! and the CPU time of the capture process. Configurations are interleaved round by round, in
+//! an order that rotates each round; a run's production cost is measured against the
+//! no-capture run of its own round (paired, so that the machine's drift cancels), and medians
+//! are printed, with ratios against tcpdump. One extra rf-tap run with the kernel's BPF
+//! statistics on gives its in-kernel time per packet.
 
 use std::{
     path::Path,
@@ -39,6 +42,8 @@ impl Tool {
 #[derive(Clone, Copy, Debug, Default)]
 struct Run {
     rps: f64,
+    /// 1 - rps / rps of the same round's no-capture run, in percent.
+    cost: f64,
     offered: u64,
     captured: u64,
     dropped: u64,
@@ -95,6 +100,51 @@ pub fn parse_after(text: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Run time and count of rf-tap's capture programs (`bpftool prog show`; the kernel counts
+/// them only while `kernel.bpf_stats_enabled` is 1): those named like them and loaded at
+/// most 20 s before `since` (Debian's bpftool does not list owning processes).
+fn bpf_prog_stats(since: std::time::SystemTime) -> anyhow::Result<(u64, u64)> {
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("bpftool is needed: cargo xtask setup")?;
+    let progs: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("bpftool -j prog show")?;
+    let (mut ns, mut runs) = (0, 0);
+    for p in progs.as_array().into_iter().flatten() {
+        let ours = matches!(p["name"].as_str(), Some("tc_ingress" | "tc_egress"))
+            && p["loaded_at"].as_u64().is_some_and(|t| t + 20 >= since);
+        if ours {
+            ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            runs += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok((ns, runs))
+}
+
+/// Sets `kernel.bpf_stats_enabled` for as long as it lives, then puts the old value back.
+struct BpfStats(String);
+
+impl BpfStats {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    fn on() -> anyhow::Result<Self> {
+        let old = std::fs::read_to_string(Self::KNOB).context(Self::KNOB)?;
+        std::fs::write(Self::KNOB, "1").context(Self::KNOB)?;
+        Ok(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::KNOB, &self.0);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn one_run(
     tool: Tool,
     pair: &NetPair,
@@ -102,6 +152,7 @@ fn one_run(
     rf_tap: &Path,
     seconds: u64,
     connections: u32,
+    prog_stats: Option<&mut (u64, u64)>,
 ) -> anyhow::Result<Run> {
     let file = dir.path(&format!("{:?}.pcap", tool).to_lowercase());
     let _ = std::fs::remove_file(&file);
@@ -147,6 +198,11 @@ fn one_run(
     };
 
     let before = iface_packets(ns, ifc)?;
+    // CPU from here on: the steady state, not loading programs or opening sockets.
+    let cpu_before = capture
+        .as_ref()
+        .map_or(0.0, |p| cpu_seconds(p.pid() as u32));
+    let started = std::time::SystemTime::now();
     let wrk = Command::new("ip")
         .args(["netns", "exec", &pair.client_ns, "wrk", "-t1"])
         .arg(format!("-c{connections}"))
@@ -167,7 +223,10 @@ fn one_run(
         ..Run::default()
     };
     if let Some(p) = capture.as_mut() {
-        run.cpu_s = cpu_seconds(p.pid() as u32);
+        run.cpu_s = cpu_seconds(p.pid() as u32) - cpu_before;
+        if let Some(st) = prog_stats {
+            *st = bpf_prog_stats(started)?;
+        }
         let out = interrupt_and_collect(p)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -245,16 +304,53 @@ pub fn capture(
         tools.len()
     );
     for round in 0..rounds {
-        for (i, tool) in tools.iter().enumerate() {
+        // Rotate the order so that no tool always runs furthest from the baseline.
+        let mut base_rps = 0.0;
+        for k in 0..tools.len() {
+            let i = (k + round) % tools.len();
+            let tool = tools[i];
             eprint!("  round {}/{rounds}: {:<18}", round + 1, tool.name());
-            let r = one_run(*tool, &pair, &dir, rf_tap, seconds, connections)?;
+            let r = one_run(tool, &pair, &dir, rf_tap, seconds, connections, None)?;
+            if tool == Tool::None {
+                base_rps = r.rps;
+            }
             eprintln!(
                 " {:>9.0} req/s  offered {:>9}  captured {:>9}  dropped {:>7}  cpu {:.2}s",
                 r.rps, r.offered, r.captured, r.dropped, r.cpu_s
             );
             results[i].push(r);
         }
+        // Each run's cost against this round's no-capture run.
+        for (i, tool) in tools.iter().enumerate() {
+            if let Some(last) = results[i].last_mut() {
+                last.cost = if *tool == Tool::None || base_rps <= 0.0 {
+                    0.0
+                } else {
+                    (1.0 - last.rps / base_rps) * 100.0
+                };
+            }
+        }
     }
+    eprint!("  extra run: rf-tap with kernel.bpf_stats_enabled=1");
+    let mut prog = (0u64, 0u64);
+    {
+        let _stats = BpfStats::on()?;
+        one_run(
+            Tool::RfTap,
+            &pair,
+            &dir,
+            rf_tap,
+            seconds,
+            connections,
+            Some(&mut prog),
+        )?;
+    }
+    let kernel_ns = if prog.1 > 0 {
+        prog.0 as f64 / prog.1 as f64
+    } else {
+        f64::NAN
+    };
+    eprintln!(" {kernel_ns:.0} ns per program run over {} runs", prog.1);
 
     struct Row {
         name: &'static str,
@@ -266,7 +362,6 @@ pub fn capture(
         dropped: f64,
         cpu_us_per_pkt: f64,
     }
-    let base_rps = median(results[0].iter().map(|r| r.rps).collect());
     let rows: Vec<Row> = tools
         .iter()
         .zip(&results)
@@ -288,11 +383,7 @@ pub fn capture(
             Row {
                 name: t.name(),
                 rps,
-                cost: if base_rps > 0.0 {
-                    (1.0 - rps / base_rps) * 100.0
-                } else {
-                    0.0
-                },
+                cost: median(runs.iter().map(|r| r.cost).collect()),
                 offered,
                 captured,
                 loss,
@@ -324,15 +415,21 @@ pub fn capture(
                 })
             })
             .collect();
+        let v = serde_json::json!({
+            "tools": v,
+            "rf_tap_kernel_ns_per_program_run": kernel_ns,
+            "rounds": rounds,
+            "seconds": seconds,
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "\ncapture benchmark: medians of {rounds} rounds, {seconds}s each, wrk -t1 -c{connections} on one veth pair (2 cores shared by wrk, nginx and the capture)"
+        "\ncapture benchmark: medians of {rounds} rounds, {seconds}s each, wrk -t1 -c{connections} on one veth pair (2 cores shared by wrk, nginx and the capture); cost = 1 - req/s over the same round's no-capture req/s"
     );
     println!(
         "{:<18} {:>10} {:>9} {:>12} {:>12} {:>8} {:>9} {:>12}",
-        "tool", "req/s", "cost", "offered", "captured", "loss", "dropped", "CPU us/pkt"
+        "tool", "req/s", "cost", "offered", "captured", "loss", "dropped", "proc us/pkt"
     );
     for r in &rows {
         println!(
@@ -343,12 +440,15 @@ pub fn capture(
     let rf = &rows[1];
     let td = &rows[2];
     println!(
-        "\nrf-tap vs tcpdump: loss {:.2}% vs {:.2}%; production cost {:.1}% vs {:.1}%; CPU per captured packet {:.2}x tcpdump's",
+        "\nrf-tap vs tcpdump: loss {:.2}% vs {:.2}%; production cost {:.1}% vs {:.1}%; process CPU per captured packet {:.2}x tcpdump's",
         rf.loss,
         td.loss,
         rf.cost,
         td.cost,
         if td.cpu_us_per_pkt > 0.0 { rf.cpu_us_per_pkt / td.cpu_us_per_pkt } else { f64::NAN }
+    );
+    println!(
+        "rf-tap in the kernel (extra run, BPF statistics on): {kernel_ns:.0} ns per program run, on the packet's own path; the 'proc' column is the capture process alone (for tcpdump and netsniff-ng, their kernel copy into the packet socket is not in it either)"
     );
     Ok(())
 }

@@ -63,7 +63,7 @@ enum Bench {
     Capture {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         #[arg(long, default_value_t = 64)]
         connections: u32,

@@ -26,6 +26,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("tcpflow", "tcpflow"),
     ("httpry", "httpry"),
     ("tcpreplay", "tcpreplay"),
+    ("bpftool", "bpftool"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -177,7 +177,7 @@ pub mod counter {
     pub const COPIED_BYTES: u32 = 8;
     /// Headers too short to parse; such packets are treated as non-IP frames.
     pub const MALFORMED: u32 = 9;
-    /// The packet could not be read into the staging area (should never happen); for the
+    /// The packet could not be read into its ring slot (should never happen); for the
     /// AF_XDP sink: no socket was bound to the packet's receive queue.
     pub const COPY_FAILED: u32 = 10;
     pub const SLOTS: u32 = 16;

@@ -58,7 +58,7 @@ impl PacketBytes for TcContext {
     }
     #[inline(always)]
     fn read(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: dst points to at least len writable bytes (a stack value or the scratch map).
+        // SAFETY: dst points to at least len writable bytes (a stack value or a ring slot).
         unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) == 0 }
     }
     #[inline(always)]
