@@ -144,7 +144,6 @@ impl Drop for BpfStats {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn one_run(
     tool: Tool,
     pair: &NetPair,
