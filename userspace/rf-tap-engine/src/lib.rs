@@ -3,6 +3,7 @@
 //!
 //! frames ([`pcap::reader`]) → IP/TCP ([`wire`]) → streams ([`reassembly`], per flow in
 //! [`flow`]) → HTTP exchanges ([`http`]).
+pub mod analyzer;
 pub mod archive;
 pub mod compare;
 pub mod filter;

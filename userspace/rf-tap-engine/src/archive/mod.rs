@@ -1,7 +1,7 @@
 //! rfcap: rf-tap's exchange archive (format in docs/rfcap.md).
 //!
 //! ```text
-//! file   := header frame*
+//! file   := header frame* end          (version 2; version 1 files have no end frame)
 //! header := "RFCAP\0\r\n" version:u16 flags:u16 reserved:u32 created_ns:u64 reserved:u64   (32 bytes)
 //! frame  := "RFB1" kind:u8 codec:u8 reserved:u16 count:u32 summary_len:u32
 //!           payload_len:u32 raw_len:u32 data_crc:u32 header_crc:u32                       (32 bytes)
@@ -11,7 +11,10 @@
 //! [`Summary`] per exchange (what `requests` filters on); `payload` is the zstd-compressed
 //! bincode of the exchanges themselves. `header_crc` covers the 28 header bytes before it,
 //! `data_crc` the summaries and payload. Frames are appended whole (one write each), so a
-//! crash can only tear the last one, which readers detect and skip.
+//! crash can only tear the last one, which readers detect and skip. The end frame (kind 2,
+//! no data, `count` = every exchange in the file) is written when the archive is closed, so a
+//! file without one was cut (or is still being written). A damaged frame is reported with
+//! its offset, and reading goes on at the next frame whose header checks out.
 
 use std::io::{self, Write};
 
@@ -20,7 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::http::exchange::Exchange;
 
 pub const MAGIC: &[u8; 8] = b"RFCAP\0\r\n";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+const KIND_BLOCK: u8 = 1;
+const KIND_END: u8 = 2;
+/// Damage reports a reader keeps (the count goes on past it).
+const MAX_DAMAGE_KEPT: usize = 64;
 const FRAME_MAGIC: &[u8; 4] = b"RFB1";
 const HEADER_LEN: usize = 32;
 const FRAME_HEADER_LEN: usize = 32;
@@ -178,17 +185,13 @@ impl<W: Write> ArchiveWriter<W> {
         crc.update(&summary_bytes);
         crc.update(&payload);
         let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + summary_bytes.len() + payload.len());
-        frame.extend_from_slice(FRAME_MAGIC);
-        frame.push(1);
-        frame.push(CODEC_ZSTD);
-        frame.extend_from_slice(&0u16.to_le_bytes());
-        frame.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&(summary_bytes.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc.finalize().to_le_bytes());
-        let header_crc = crc32fast::hash(&frame[..28]);
-        frame.extend_from_slice(&header_crc.to_le_bytes());
+        frame_header(
+            &mut frame,
+            KIND_BLOCK,
+            self.pending.len() as u32,
+            [summary_bytes.len(), payload.len(), raw.len()],
+            crc.finalize(),
+        );
         frame.extend_from_slice(&summary_bytes);
         frame.extend_from_slice(&payload);
         self.out.write_all(&frame)?;
@@ -200,10 +203,32 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
+    /// Writes what is pending and the end frame.
     pub fn finish(mut self) -> Result<W, ArchiveError> {
         self.flush_block()?;
+        let mut end = Vec::with_capacity(FRAME_HEADER_LEN);
+        let count = u32::try_from(self.exchanges_written).unwrap_or(u32::MAX);
+        frame_header(&mut end, KIND_END, count, [0, 0, 0], crc32fast::hash(&[]));
+        self.out.write_all(&end)?;
+        self.out.flush()?;
+        self.bytes_written += end.len() as u64;
         Ok(self.out)
     }
+}
+
+fn frame_header(frame: &mut Vec<u8>, kind: u8, count: u32, lens: [usize; 3], data_crc: u32) {
+    let start = frame.len();
+    frame.extend_from_slice(FRAME_MAGIC);
+    frame.push(kind);
+    frame.push(CODEC_ZSTD);
+    frame.extend_from_slice(&0u16.to_le_bytes());
+    frame.extend_from_slice(&count.to_le_bytes());
+    for n in lens {
+        frame.extend_from_slice(&(n as u32).to_le_bytes());
+    }
+    frame.extend_from_slice(&data_crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&frame[start..start + 28]);
+    frame.extend_from_slice(&header_crc.to_le_bytes());
 }
 
 /// One block of an archive: its summaries, and where its exchanges are.
@@ -234,12 +259,20 @@ impl Block<'_> {
     }
 }
 
-/// Reads an archive held in memory.
+/// Reads an archive held in memory. A damaged frame is skipped and reported (its offset and
+/// why), and reading goes on at the next frame whose header checks out; a frame the file
+/// ends inside (a torn tail) ends the read.
 pub struct ArchiveReader<'a> {
     bytes: &'a [u8],
     pos: usize,
-    /// Where reading stopped at a torn or corrupt frame, if it did.
+    version: u16,
+    /// The first damage or tear met, if any (see [`Self::damage`] for all of them).
     pub stopped: Option<ArchiveError>,
+    damage: Vec<ArchiveError>,
+    damaged_frames: u64,
+    /// The end frame was read, with the number of exchanges it says the file holds.
+    end_count: Option<u64>,
+    torn: bool,
 }
 
 impl<'a> ArchiveReader<'a> {
@@ -254,7 +287,12 @@ impl<'a> ArchiveReader<'a> {
         Ok(Self {
             bytes,
             pos: HEADER_LEN,
+            version,
             stopped: None,
+            damage: Vec::new(),
+            damaged_frames: 0,
+            end_count: None,
+            torn: false,
         })
     }
 
@@ -263,17 +301,63 @@ impl<'a> ArchiveReader<'a> {
         bytes.len() >= 8 && &bytes[..8] == MAGIC
     }
 
-    /// Length of the valid prefix read so far (to append after a torn tail).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Where reading is: the end of the last frame read, or of the damage skipped.
     pub fn valid_len(&self) -> usize {
         self.pos
     }
 
-    fn fail(&mut self, why: &'static str) -> Option<Block<'a>> {
-        self.stopped = Some(ArchiveError::Corrupt {
-            offset: self.pos,
-            why,
-        });
+    /// Damaged frames met so far (the first [`MAX_DAMAGE_KEPT`] of them), each with its offset.
+    pub fn damage(&self) -> &[ArchiveError] {
+        &self.damage
+    }
+
+    /// Damaged or torn frames met so far.
+    pub fn damaged_frames(&self) -> u64 {
+        self.damaged_frames
+    }
+
+    /// A version 2 file read to its end without an end frame: the writer did not close it
+    /// (a crash, or a capture still running).
+    pub fn incomplete(&self) -> bool {
+        self.version >= 2 && self.end_count.is_none()
+    }
+
+    /// The number of exchanges the end frame says the file holds.
+    pub fn end_count(&self) -> Option<u64> {
+        self.end_count
+    }
+
+    fn report(&mut self, offset: usize, why: &'static str) {
+        let e = ArchiveError::Corrupt { offset, why };
+        self.damaged_frames += 1;
+        if self.damage.len() < MAX_DAMAGE_KEPT {
+            self.damage.push(ArchiveError::Corrupt { offset, why });
+        }
+        if self.stopped.is_none() {
+            self.stopped = Some(e);
+        }
+    }
+
+    /// The file ends inside a frame: nothing after it can be read.
+    fn tear(&mut self, why: &'static str) -> Option<Block<'a>> {
+        self.report(self.pos, why);
+        self.torn = true;
         None
+    }
+
+    /// Damage at `self.pos`: report it, and go on at the next frame magic after `from`.
+    fn resync(&mut self, from: usize, why: &'static str) {
+        self.report(self.pos, why);
+        let b = self.bytes;
+        let next = b
+            .get(from..)
+            .and_then(|rest| rest.windows(4).position(|w| w == FRAME_MAGIC))
+            .map(|i| from + i);
+        self.pos = next.unwrap_or(b.len());
     }
 }
 
@@ -281,60 +365,88 @@ impl<'a> Iterator for ArchiveReader<'a> {
     type Item = Block<'a>;
 
     fn next(&mut self) -> Option<Block<'a>> {
-        if self.stopped.is_some() || self.pos >= self.bytes.len() {
-            return None;
+        loop {
+            if self.torn || self.pos >= self.bytes.len() {
+                return None;
+            }
+            let b = self.bytes;
+            let p = self.pos;
+            if b.len() - p < FRAME_HEADER_LEN {
+                return self.tear("torn frame header");
+            }
+            let h = &b[p..p + FRAME_HEADER_LEN];
+            if &h[..4] != FRAME_MAGIC || crc32fast::hash(&h[..28]) != le32(h, 28) {
+                self.resync(p + 1, "bad frame header");
+                continue;
+            }
+            let kind = h[4];
+            let count = le32(h, 8);
+            let summary_len = le32(h, 12) as usize;
+            let payload_len = le32(h, 16) as usize;
+            let raw_len = le32(h, 20) as usize;
+            if count > MAX_RECORDS && kind == KIND_BLOCK
+                || summary_len > MAX_FRAME_PART
+                || payload_len > MAX_FRAME_PART
+                || raw_len > MAX_FRAME_PART
+            {
+                self.resync(p + 1, "frame sizes out of bounds");
+                continue;
+            }
+            let start = p + FRAME_HEADER_LEN;
+            let end = start + summary_len + payload_len;
+            if end > b.len() {
+                return self.tear("torn frame (the file ends inside it)");
+            }
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&b[start..end]);
+            if crc.finalize() != le32(h, 24) {
+                // The header is sound, so the frame's extent is known: skip it whole.
+                self.resync(end, "frame checksum mismatch");
+                continue;
+            }
+            match kind {
+                KIND_BLOCK => {}
+                KIND_END if self.version >= 2 => {
+                    self.end_count = Some(u64::from(count));
+                    self.pos = end;
+                    continue;
+                }
+                _ if self.version >= 2 => {
+                    // A kind from a later writer that old readers may skip.
+                    self.pos = end;
+                    continue;
+                }
+                _ => {
+                    self.resync(end, "unknown frame kind");
+                    continue;
+                }
+            }
+            if h[5] != CODEC_ZSTD {
+                self.resync(end, "unknown codec");
+                continue;
+            }
+            use bincode::Options;
+            let opts = bincode::DefaultOptions::new()
+                .with_fixint_encoding()
+                .allow_trailing_bytes()
+                .with_limit(summary_len as u64 + 64);
+            let Ok(summaries) = opts.deserialize::<Vec<Summary>>(&b[start..start + summary_len])
+            else {
+                self.resync(end, "summaries do not decode");
+                continue;
+            };
+            if summaries.len() != count as usize {
+                self.resync(end, "summary count mismatch");
+                continue;
+            }
+            self.pos = end;
+            return Some(Block {
+                offset: p,
+                summaries,
+                payload: &b[start + summary_len..end],
+                raw_len,
+            });
         }
-        let b = self.bytes;
-        let p = self.pos;
-        if b.len() - p < FRAME_HEADER_LEN {
-            return self.fail("torn frame header");
-        }
-        let h = &b[p..p + FRAME_HEADER_LEN];
-        if &h[..4] != FRAME_MAGIC || crc32fast::hash(&h[..28]) != le32(h, 28) {
-            return self.fail("bad frame header");
-        }
-        if h[5] != CODEC_ZSTD {
-            return self.fail("unknown codec");
-        }
-        let count = le32(h, 8);
-        let summary_len = le32(h, 12) as usize;
-        let payload_len = le32(h, 16) as usize;
-        let raw_len = le32(h, 20) as usize;
-        if count > MAX_RECORDS
-            || summary_len > MAX_FRAME_PART
-            || payload_len > MAX_FRAME_PART
-            || raw_len > MAX_FRAME_PART
-        {
-            return self.fail("frame sizes out of bounds");
-        }
-        let start = p + FRAME_HEADER_LEN;
-        let end = start + summary_len + payload_len;
-        if end > b.len() {
-            return self.fail("torn frame (the file ends inside it)");
-        }
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&b[start..end]);
-        if crc.finalize() != le32(h, 24) {
-            return self.fail("frame checksum mismatch");
-        }
-        use bincode::Options;
-        let opts = bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(summary_len as u64 + 64);
-        let Ok(summaries) = opts.deserialize::<Vec<Summary>>(&b[start..start + summary_len]) else {
-            return self.fail("summaries do not decode");
-        };
-        if summaries.len() != count as usize {
-            return self.fail("summary count mismatch");
-        }
-        self.pos = end;
-        Some(Block {
-            offset: p,
-            summaries,
-            payload: &b[start + summary_len..end],
-            raw_len,
-        })
     }
 }
 
@@ -406,7 +518,8 @@ mod tests {
     #[test]
     fn flipped_bits_are_caught_by_the_checksums() {
         let bytes = archive(&sample(), 1 << 20);
-        for i in (HEADER_LEN..bytes.len()).step_by(7) {
+        // The one block (the end frame's own flips are the next test's).
+        for i in (HEADER_LEN..bytes.len() - FRAME_HEADER_LEN).step_by(7) {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
             let mut r = ArchiveReader::new(&b).unwrap();
@@ -435,5 +548,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_damaged_middle_frame_is_reported_and_later_frames_still_read() {
+        let xs = sample();
+        let bytes = archive(&xs, 1);
+        let offsets: Vec<usize> = ArchiveReader::new(&bytes)
+            .unwrap()
+            .map(|b| b.offset)
+            .collect();
+        assert_eq!(offsets.len(), 4);
+        // A byte flipped in the second block's payload, and, apart, in its header.
+        for at in [offsets[2] - 3, offsets[1] + 13] {
+            let mut b = bytes.clone();
+            b[at] ^= 0x01;
+            let mut r = ArchiveReader::new(&b).unwrap();
+            let read: Vec<u64> = r
+                .by_ref()
+                .flat_map(|blk| blk.summaries)
+                .map(|s| s.id)
+                .collect();
+            assert_eq!(read, [xs[0].id, xs[2].id, xs[3].id], "flip at {at}");
+            assert_eq!(r.damaged_frames(), 1);
+            assert!(
+                matches!(r.damage()[0], ArchiveError::Corrupt { offset, .. } if offset == offsets[1]),
+                "{:?}",
+                r.damage()
+            );
+            assert!(!r.incomplete(), "the end frame is still there");
+            assert_eq!(r.end_count(), Some(4));
+        }
+    }
+
+    #[test]
+    fn a_file_without_its_end_frame_says_it_is_incomplete() {
+        let bytes = archive(&sample(), 1);
+        let r = ArchiveReader::new(&bytes).unwrap();
+        let mut r = r;
+        assert_eq!(r.by_ref().count(), 4);
+        assert!(!r.incomplete() && r.stopped.is_none());
+        let cut = &bytes[..bytes.len() - FRAME_HEADER_LEN];
+        let mut r = ArchiveReader::new(cut).unwrap();
+        assert_eq!(r.by_ref().count(), 4);
+        assert!(
+            r.incomplete(),
+            "every block is whole, but the writer never closed it"
+        );
+        assert!(r.stopped.is_none());
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 5;
+        flipped[last] ^= 0x40;
+        let mut r = ArchiveReader::new(&flipped).unwrap();
+        assert_eq!(r.by_ref().count(), 4);
+        assert!(r.incomplete() && r.stopped.is_some());
+    }
+
+    #[test]
+    fn version_1_files_still_read() {
+        let mut bytes = archive(&sample(), 1);
+        bytes.truncate(bytes.len() - FRAME_HEADER_LEN);
+        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let mut r = ArchiveReader::new(&bytes).unwrap();
+        assert_eq!(r.version(), 1);
+        assert_eq!(r.by_ref().count(), 4);
+        assert!(!r.incomplete() && r.stopped.is_none());
     }
 }

@@ -6,17 +6,21 @@
 //! or lost is counted in [`ExtractStats`].
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use serde::Serialize;
 
+mod table;
+
+use table::LruTable;
+
 use crate::{
+    analyzer::{self, detect::Detector, Analyzer, AppOut, ProtocolCounts},
     http::{
-        exchange::{Exchange, ExchangeFlags, HttpConnection, Paired},
-        message::Limits,
+        exchange::{Exchange, ExchangeFlags, Paired},
+        message::{Limits, Request},
     },
     pcap::reader::RawFrame,
     reassembly::{Origin, Reassembler, ReassemblyStats, StreamEvent},
@@ -68,6 +72,10 @@ pub struct ExtractStats {
     pub exchanges: u64,
     pub snaplen_truncated_segments: u64,
     pub reassembly: ReassemblyStats,
+    /// Connections and bytes per detected protocol.
+    pub protocols: ProtocolCounts,
+    /// The same for what ran inside CONNECT tunnels and upgraded connections.
+    pub tunneled: ProtocolCounts,
 }
 
 impl ExtractStats {
@@ -87,6 +95,8 @@ impl ExtractStats {
         self.held_budget_releases += o.held_budget_releases;
         self.exchanges += o.exchanges;
         self.snaplen_truncated_segments += o.snaplen_truncated_segments;
+        self.protocols.add(&o.protocols);
+        self.tunneled.add(&o.tunneled);
         let (r, x) = (&mut self.reassembly, &o.reassembly);
         r.delivered_bytes += x.delivered_bytes;
         r.gap_bytes += x.gap_bytes;
@@ -136,33 +146,188 @@ impl FlowKey {
     }
 }
 
+/// A request as soon as it is complete, before any response (for live callers such as the
+/// shadow sender). Its exchange follows later with the same `conn` and `request.start`.
+#[derive(Clone, Debug)]
+pub struct RequestEvent {
+    pub conn: u64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub request: Request,
+}
+
+/// Where the flow table's output goes.
+pub trait EventSink {
+    /// A finished exchange (request and response, or what of them there was).
+    fn exchange(&mut self, x: Exchange);
+    /// A request, as soon as it is complete. Called only when [`Self::wants_requests`].
+    fn request(&mut self, _r: RequestEvent) {}
+    /// Whether requests are wanted on their own (they cost a copy each).
+    fn wants_requests(&self) -> bool {
+        false
+    }
+}
+
+impl EventSink for Vec<Exchange> {
+    fn exchange(&mut self, x: Exchange) {
+        self.push(x);
+    }
+}
+
+/// What a connection's streams go to: protocol detection first, then an analyzer.
+enum App {
+    Detecting(Detector),
+    Active(Box<dyn Analyzer>),
+}
+
 struct Flow {
     id: u64,
     client: SocketAddr,
     server: SocketAddr,
     /// [client → server, server → client]
     dirs: [Reassembler; 2],
-    http: HttpConnection,
+    app: App,
+    /// Detection now runs on the inside of a tunnel (after CONNECT or an upgrade).
+    tunneled: bool,
+    /// Capture time of the last packet (stream events of a closing flow carry it).
     last_seen: Duration,
+    /// The table's clock when the flow was last active (its place in the LRU order).
+    touched: Duration,
     gap: [bool; 2],
     truncated: bool,
     /// A RST or both FINs were seen.
     closed: bool,
 }
 
+/// The counters and buffers stream events are delivered with.
+struct Delivery<'a> {
+    limits: Limits,
+    out: &'a mut AppOut,
+    protocols: &'a mut ProtocolCounts,
+    tunneled: &'a mut ProtocolCounts,
+}
+
+impl Delivery<'_> {
+    fn counts(&mut self, tunneled: bool) -> &mut ProtocolCounts {
+        if tunneled {
+            self.tunneled
+        } else {
+            self.protocols
+        }
+    }
+
+    fn event(
+        &mut self,
+        app: &mut App,
+        tunneled: &mut bool,
+        from_client: bool,
+        e: StreamEvent<'_>,
+        gap: &mut bool,
+    ) {
+        match e {
+            StreamEvent::Data(b, origin) => self.data(app, tunneled, from_client, b, origin),
+            StreamEvent::Gap(n, _) => {
+                *gap = true;
+                if let App::Detecting(d) = app {
+                    if d.held.is_empty() {
+                        // The start of the stream is lost: this is a mid-stream pickup.
+                        d.from_start = *tunneled;
+                        return;
+                    }
+                    self.decide(app, tunneled, true);
+                }
+                if let App::Active(a) = app {
+                    a.gap(from_client, n, self.out);
+                    self.switch(app, tunneled);
+                }
+            }
+            StreamEvent::Fin(_) | StreamEvent::Reset(_) => {
+                if matches!(app, App::Detecting(d) if !d.held.is_empty()) {
+                    self.decide(app, tunneled, true);
+                }
+                if let App::Active(a) = app {
+                    a.end(from_client, self.out);
+                    self.switch(app, tunneled);
+                }
+            }
+        }
+    }
+
+    fn data(
+        &mut self,
+        app: &mut App,
+        tunneled: &mut bool,
+        from_client: bool,
+        b: &[u8],
+        origin: Origin,
+    ) {
+        if b.is_empty() {
+            return;
+        }
+        match app {
+            App::Detecting(d) => {
+                d.held.push((from_client, b.to_vec(), origin));
+                d.held_bytes[usize::from(!from_client)] += b.len();
+                self.decide(app, tunneled, false);
+            }
+            App::Active(a) => {
+                let p = a.protocol();
+                self.counts(*tunneled).get_mut(p).bytes += b.len() as u64;
+                a.data(from_client, b, origin, self.out);
+                self.switch(app, tunneled);
+            }
+        }
+    }
+
+    /// Runs detection; once decided, the analyzer gets the held bytes in arrival order.
+    fn decide(&mut self, app: &mut App, tunneled: &mut bool, forced: bool) {
+        let App::Detecting(d) = app else { return };
+        let Some(p) = d.decide(forced) else { return };
+        let held = std::mem::take(&mut d.held);
+        self.counts(*tunneled).get_mut(p).connections += 1;
+        *app = App::Active(analyzer::for_protocol(p, self.limits, *tunneled));
+        for (from_client, bytes, origin) in held {
+            self.data(app, tunneled, from_client, &bytes, origin);
+        }
+    }
+
+    /// The analyzer gave the stream up: detection again, on the inside of the tunnel.
+    fn switch(&mut self, app: &mut App, tunneled: &mut bool) {
+        let Some(sw) = self.out.switch.take() else {
+            return;
+        };
+        if let App::Active(a) = app {
+            a.finish(self.out);
+        }
+        *tunneled = true;
+        *app = App::Detecting(Detector::new(true));
+        self.data(app, tunneled, true, &sw.client, sw.origin);
+        self.data(app, tunneled, false, &sw.server, sw.origin);
+    }
+
+    /// The connection is over.
+    fn finish(&mut self, app: &mut App, tunneled: &mut bool) {
+        if matches!(app, App::Detecting(d) if !d.held.is_empty()) {
+            self.decide(app, tunneled, true);
+        }
+        if let App::Active(a) = app {
+            a.finish(self.out);
+        }
+        self.out.switch = None;
+    }
+}
+
 pub struct Extractor {
     config: ExtractConfig,
-    /// foldhash: fast, and seeded per process so hostile flow keys cannot force collisions.
     /// Boxed: a flow is about 1.3 KB, and a table of inline flows (sized to a power of two,
     /// doubled while growing) would hold that for every empty slot too.
-    flows: HashMap<FlowKey, Box<Flow>, foldhash::fast::RandomState>,
+    flows: LruTable<FlowKey, Box<Flow>>,
     defrag: Defragmenter,
     next_flow: u64,
     next_exchange: u64,
-    last_sweep: Duration,
     held_total: usize,
     now: Duration,
-    paired: Vec<Paired>,
+    app_out: AppOut,
     pub stats: ExtractStats,
 }
 
@@ -179,14 +344,13 @@ impl Extractor {
     pub fn new(config: ExtractConfig) -> Self {
         Self {
             config,
-            flows: HashMap::default(),
+            flows: LruTable::default(),
             defrag: Defragmenter::default(),
             next_flow: 1,
             next_exchange: 1,
-            last_sweep: Duration::ZERO,
             held_total: 0,
             now: Duration::ZERO,
-            paired: Vec::new(),
+            app_out: AppOut::default(),
             stats: ExtractStats::default(),
         }
     }
@@ -195,8 +359,8 @@ impl Extractor {
         self.flows.len()
     }
 
-    /// Processes one captured frame; completed exchanges are appended to `out`.
-    pub fn frame(&mut self, f: &RawFrame<'_>, out: &mut Vec<Exchange>) {
+    /// Processes one captured frame; what completes goes to `out`.
+    pub fn frame(&mut self, f: &RawFrame<'_>, out: &mut dyn EventSink) {
         self.stats.frames += 1;
         self.stats.bytes += f.data.len() as u64;
         self.now = self.now.max(f.ts);
@@ -210,13 +374,24 @@ impl Extractor {
             Err(Skip::Malformed(_)) => self.stats.malformed += 1,
             Err(Skip::UnsupportedLink(_)) => self.stats.unsupported_link += 1,
         }
-        if self.now.saturating_sub(self.last_sweep) >= Duration::from_secs(10) {
-            self.last_sweep = self.now;
-            self.sweep(out);
-        }
+        self.expire(out);
     }
 
-    fn ip(&mut self, ip: wire::IpPacket<'_>, origin: Origin, depth: u8, out: &mut Vec<Exchange>) {
+    /// Time passes without a frame (a live capture's clock, in the same timebase as frame
+    /// timestamps): flows idle past the timeout are closed.
+    pub fn advance(&mut self, now: Duration, out: &mut dyn EventSink) {
+        self.now = self.now.max(now);
+        self.expire(out);
+    }
+
+    /// When [`Self::advance`] next has something to do, if ever.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.flows
+            .oldest()
+            .map(|(_, f)| f.touched + self.config.idle_timeout)
+    }
+
+    fn ip(&mut self, ip: wire::IpPacket<'_>, origin: Origin, depth: u8, out: &mut dyn EventSink) {
         if ip.is_fragment {
             let before = self.defrag.stats;
             let whole = self.defrag.push(&ip, origin.ts);
@@ -238,7 +413,7 @@ impl Extractor {
         ip: wire::IpPacket<'_>,
         origin: Origin,
         depth: u8,
-        out: &mut Vec<Exchange>,
+        out: &mut dyn EventSink,
     ) {
         match wire::transport(&ip, depth) {
             Ok(Transport::Tcp(seg)) => self.segment(&seg, origin, out),
@@ -248,7 +423,7 @@ impl Extractor {
         }
     }
 
-    fn segment(&mut self, seg: &TcpSegment<'_>, origin: Origin, out: &mut Vec<Exchange>) {
+    fn segment(&mut self, seg: &TcpSegment<'_>, origin: Origin, out: &mut dyn EventSink) {
         self.stats.tcp_segments += 1;
         let src = (seg.src, seg.sport);
         let dst = (seg.dst, seg.dport);
@@ -265,7 +440,7 @@ impl Extractor {
                 }
             }
         }
-        if !self.flows.contains_key(&key) {
+        if !self.flows.contains(&key) {
             // A bare ACK/FIN/RST (the tail of a closed connection, or a scan) opens nothing.
             if seg.payload.is_empty() && !seg.has(tcp_flags::SYN) {
                 return;
@@ -273,7 +448,8 @@ impl Extractor {
             if self.flows.len() >= self.config.max_flows {
                 self.evict_oldest(out);
             }
-            let src_is_client = if seg.has(tcp_flags::SYN) {
+            let syn = seg.has(tcp_flags::SYN);
+            let src_is_client = if syn {
                 !seg.has(tcp_flags::ACK)
             } else if seg.payload.starts_with(b"HTTP/") {
                 false
@@ -296,8 +472,10 @@ impl Extractor {
                     Reassembler::new(self.config.flow_buffer),
                     Reassembler::new(self.config.flow_buffer),
                 ],
-                http: HttpConnection::new(self.config.http),
+                app: App::Detecting(Detector::new(syn)),
+                tunneled: false,
                 last_seen: origin.ts,
+                touched: self.now,
                 gap: [false; 2],
                 truncated: false,
                 closed: false,
@@ -305,10 +483,12 @@ impl Extractor {
             self.next_flow += 1;
             self.flows.insert(key, flow);
         }
-        let Some(flow) = self.flows.get_mut(&key) else {
+        let now = self.now;
+        let Some(flow) = self.flows.touch(&key) else {
             return;
         };
         flow.last_seen = origin.ts;
+        flow.touched = now;
         let held_before = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
         let d = if SocketAddr::new(src.0, src.1) == flow.client {
             0
@@ -322,10 +502,20 @@ impl Extractor {
         if seg.has(tcp_flags::RST) {
             flow.closed = true;
         }
+        self.app_out.want_requests = out.wants_requests();
         let Flow {
-            dirs, http, gap, ..
+            dirs,
+            app,
+            gap,
+            tunneled,
+            ..
         } = &mut **flow;
-        let paired = &mut self.paired;
+        let mut dl = Delivery {
+            limits: self.config.http,
+            out: &mut self.app_out,
+            protocols: &mut self.stats.protocols,
+            tunneled: &mut self.stats.tunneled,
+        };
         let from_client = d == 0;
         let (this, other) = if d == 0 {
             let (a, b) = dirs.split_at_mut(1);
@@ -335,7 +525,8 @@ impl Extractor {
             (&mut b[0], &mut a[0])
         };
         {
-            let mut emit = |e: StreamEvent<'_>| deliver(http, from_client, e, &mut gap[d], paired);
+            let mut emit =
+                |e: StreamEvent<'_>| dl.event(app, tunneled, from_client, e, &mut gap[d]);
             this.segment(
                 seg.seq,
                 seg.has(tcp_flags::SYN),
@@ -346,22 +537,21 @@ impl Extractor {
                 &mut emit,
             );
         }
+        let od = 1 - d;
         if seg.has(tcp_flags::ACK) {
-            let od = 1 - d;
             let mut emit =
-                |e: StreamEvent<'_>| deliver(http, !from_client, e, &mut gap[od], paired);
+                |e: StreamEvent<'_>| dl.event(app, tunneled, !from_client, e, &mut gap[od]);
             other.acknowledged(seg.ack, &mut emit);
         }
         if seg.has(tcp_flags::RST) {
-            let od = 1 - d;
             let mut emit =
-                |e: StreamEvent<'_>| deliver(http, !from_client, e, &mut gap[od], paired);
+                |e: StreamEvent<'_>| dl.event(app, tunneled, !from_client, e, &mut gap[od]);
             other.close(origin, &mut emit, true);
         }
         let finished = flow.dirs[0].finished() && flow.dirs[1].finished();
         let held_after = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
         self.held_total = (self.held_total + held_after).saturating_sub(held_before);
-        self.emit_paired(&key, out);
+        self.emit(&key, out);
         if self.held_total > self.config.held_budget {
             self.relieve_memory(out);
         }
@@ -372,21 +562,42 @@ impl Extractor {
         }
     }
 
-    /// Turns paired messages of a flow into numbered exchanges.
-    fn emit_paired(&mut self, key: &FlowKey, out: &mut Vec<Exchange>) {
-        if self.paired.is_empty() {
+    /// Hands what a flow's analyzer produced to the sink: requests, then exchanges.
+    fn emit(&mut self, key: &FlowKey, out: &mut dyn EventSink) {
+        if self.app_out.paired.is_empty() && self.app_out.requests.is_empty() {
             return;
         }
         let Some(flow) = self.flows.get(key) else {
-            self.paired.clear();
+            self.app_out.paired.clear();
+            self.app_out.requests.clear();
             return;
         };
         let (id, client, server, gap, truncated) =
             (flow.id, flow.client, flow.server, flow.gap, flow.truncated);
-        for p in self.paired.drain(..) {
-            out.push(make_exchange(
+        self.emit_for(id, client, server, gap, truncated, out);
+    }
+
+    fn emit_for(
+        &mut self,
+        conn: u64,
+        client: SocketAddr,
+        server: SocketAddr,
+        gap: [bool; 2],
+        truncated: bool,
+        out: &mut dyn EventSink,
+    ) {
+        for request in self.app_out.requests.drain(..) {
+            out.request(RequestEvent {
+                conn,
+                client,
+                server,
+                request,
+            });
+        }
+        for p in self.app_out.paired.drain(..) {
+            out.exchange(make_exchange(
                 &mut self.next_exchange,
-                id,
+                conn,
                 client,
                 server,
                 gap,
@@ -398,8 +609,8 @@ impl Extractor {
     }
 
     /// Over the global budget: the flow holding the most out-of-order bytes gives up on
-    /// its holes.
-    fn relieve_memory(&mut self, out: &mut Vec<Exchange>) {
+    /// its holes. (A scan of the flows, but only while over budget.)
+    fn relieve_memory(&mut self, out: &mut dyn EventSink) {
         let Some(key) = self
             .flows
             .iter()
@@ -412,20 +623,30 @@ impl Extractor {
             return;
         };
         let before = flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes();
+        self.app_out.want_requests = out.wants_requests();
         let Flow {
-            dirs, http, gap, ..
+            dirs,
+            app,
+            gap,
+            tunneled,
+            ..
         } = &mut **flow;
+        let mut dl = Delivery {
+            limits: self.config.http,
+            out: &mut self.app_out,
+            protocols: &mut self.stats.protocols,
+            tunneled: &mut self.stats.tunneled,
+        };
         for (d, r) in dirs.iter_mut().enumerate() {
-            let mut emit =
-                |e: StreamEvent<'_>| deliver(http, d == 0, e, &mut gap[d], &mut self.paired);
+            let mut emit = |e: StreamEvent<'_>| dl.event(app, tunneled, d == 0, e, &mut gap[d]);
             r.release_held(&mut emit);
         }
         self.held_total = self.held_total.saturating_sub(before);
         self.stats.held_budget_releases += 1;
-        self.emit_paired(&key, out);
+        self.emit(&key, out);
     }
 
-    fn close_flow(&mut self, mut flow: Box<Flow>, out: &mut Vec<Exchange>) {
+    fn close_flow(&mut self, mut flow: Box<Flow>, out: &mut dyn EventSink) {
         self.held_total = self
             .held_total
             .saturating_sub(flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes());
@@ -433,58 +654,54 @@ impl Extractor {
             ts: flow.last_seen,
             frame: 0,
         };
+        self.app_out.want_requests = out.wants_requests();
         let Flow {
-            dirs, http, gap, ..
+            dirs,
+            app,
+            gap,
+            tunneled,
+            ..
         } = &mut *flow;
+        let mut dl = Delivery {
+            limits: self.config.http,
+            out: &mut self.app_out,
+            protocols: &mut self.stats.protocols,
+            tunneled: &mut self.stats.tunneled,
+        };
         for (d, r) in dirs.iter_mut().enumerate() {
-            let mut emit =
-                |e: StreamEvent<'_>| deliver(http, d == 0, e, &mut gap[d], &mut self.paired);
+            let mut emit = |e: StreamEvent<'_>| dl.event(app, tunneled, d == 0, e, &mut gap[d]);
             r.close(origin, &mut emit, false);
         }
-        http.finish(&mut self.paired);
+        dl.finish(app, tunneled);
         for r in &flow.dirs {
             add_stats(&mut self.stats.reassembly, &r.stats);
         }
-        for p in self.paired.drain(..) {
-            out.push(make_exchange(
-                &mut self.next_exchange,
-                flow.id,
-                flow.client,
-                flow.server,
-                flow.gap,
-                flow.truncated,
-                p,
-            ));
-            self.stats.exchanges += 1;
-        }
+        self.emit_for(
+            flow.id,
+            flow.client,
+            flow.server,
+            flow.gap,
+            flow.truncated,
+            out,
+        );
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<Exchange>) {
-        let Some(key) = self
-            .flows
-            .iter()
-            .min_by_key(|(_, f)| f.last_seen)
-            .map(|(k, _)| *k)
-        else {
-            return;
-        };
-        if let Some(f) = self.flows.remove(&key) {
+    fn evict_oldest(&mut self, out: &mut dyn EventSink) {
+        if let Some((_, f)) = self.flows.pop_oldest() {
             self.stats.flows_evicted += 1;
             self.close_flow(f, out);
         }
     }
 
-    fn sweep(&mut self, out: &mut Vec<Exchange>) {
-        let now = self.now;
+    /// Closes the flows idle past the timeout: the oldest first, stopping at the first that
+    /// is not.
+    fn expire(&mut self, out: &mut dyn EventSink) {
         let timeout = self.config.idle_timeout;
-        let idle: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter(|(_, f)| now.saturating_sub(f.last_seen) > timeout)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in idle {
-            if let Some(f) = self.flows.remove(&k) {
+        while let Some((_, f)) = self.flows.oldest() {
+            if self.now.saturating_sub(f.touched) <= timeout {
+                break;
+            }
+            if let Some((_, f)) = self.flows.pop_oldest() {
                 self.stats.flows_timed_out += 1;
                 self.close_flow(f, out);
             }
@@ -492,8 +709,8 @@ impl Extractor {
     }
 
     /// End of input: every flow is closed, in order of first activity.
-    pub fn finish(&mut self, out: &mut Vec<Exchange>) {
-        let mut flows: Vec<Box<Flow>> = self.flows.drain().map(|(_, f)| f).collect();
+    pub fn finish(&mut self, out: &mut dyn EventSink) {
+        let mut flows: Vec<Box<Flow>> = self.flows.drain();
         flows.sort_by_key(|f| f.id);
         for f in flows {
             self.close_flow(f, out);
@@ -509,23 +726,6 @@ fn add_stats(total: &mut ReassemblyStats, s: &ReassemblyStats) {
     total.retransmitted_bytes += s.retransmitted_bytes;
     total.conflicting_overlaps += s.conflicting_overlaps;
     total.out_of_order_segments += s.out_of_order_segments;
-}
-
-fn deliver(
-    http: &mut HttpConnection,
-    from_client: bool,
-    e: StreamEvent<'_>,
-    gap: &mut bool,
-    out: &mut Vec<Paired>,
-) {
-    match e {
-        StreamEvent::Data(b, origin) => http.data(from_client, b, origin, out),
-        StreamEvent::Gap(n, _) => {
-            *gap = true;
-            http.gap(from_client, n, out);
-        }
-        StreamEvent::Fin(_) | StreamEvent::Reset(_) => http.end(from_client, out),
-    }
 }
 
 fn make_exchange(
@@ -628,5 +828,247 @@ mod tests {
             assert!(x.held_total <= 4096 + 1024, "{}", x.held_total);
         }
         assert!(x.stats.held_budget_releases > 0);
+    }
+
+    use crate::pcap::{reader::CaptureReader, synth::SynthWriter};
+    use std::net::SocketAddrV4;
+
+    fn addr(host: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, host), port)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Records what the sink gets, in order.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        exchanges: Vec<Exchange>,
+    }
+
+    impl EventSink for Recorder {
+        fn exchange(&mut self, x: Exchange) {
+            self.log.push(format!(
+                "exchange {} {}",
+                x.request.as_ref().map_or("-", |q| q.target.as_str()),
+                x.response.as_ref().map_or(0, |r| r.status)
+            ));
+            self.exchanges.push(x);
+        }
+        fn request(&mut self, r: RequestEvent) {
+            self.log.push(format!("request {}", r.request.target));
+        }
+        fn wants_requests(&self) -> bool {
+            true
+        }
+    }
+
+    fn run(capture: &[u8], config: ExtractConfig) -> (Recorder, ExtractStats) {
+        let mut x = Extractor::new(config);
+        let mut r = Recorder::default();
+        for f in CaptureReader::new(capture).unwrap() {
+            x.frame(&f.unwrap(), &mut r);
+        }
+        x.finish(&mut r);
+        (r, x.stats)
+    }
+
+    #[test]
+    fn protocols_are_detected_and_only_http_becomes_exchanges() {
+        let mut w = SynthWriter::new(Vec::new()).unwrap();
+        let (c, s) = (addr(1, 40_000), addr(2, 80));
+        let mut http = w.open(ms(0), c, s).unwrap();
+        w.exchange(
+            &mut http,
+            ms(1),
+            b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n",
+            ms(1),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .unwrap();
+        w.close(&mut http, ms(5)).unwrap();
+        // HTTP/2 with prior knowledge: the preface and a SETTINGS frame.
+        let mut h2 = w.open(ms(10), addr(1, 40_001), s).unwrap();
+        let mut preface = crate::analyzer::detect::H2_PREFACE.to_vec();
+        preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        w.send(&mut h2, ms(11), true, &preface).unwrap();
+        w.send(&mut h2, ms(12), false, &[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .unwrap();
+        w.close(&mut h2, ms(13)).unwrap();
+        // TLS: a ClientHello record header and some of its body.
+        let mut tls = w.open(ms(20), addr(1, 40_002), addr(2, 443)).unwrap();
+        w.send(
+            &mut tls,
+            ms(21),
+            true,
+            &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0],
+        )
+        .unwrap();
+        w.close(&mut tls, ms(22)).unwrap();
+        // SMTP through an HTTP proxy's CONNECT tunnel.
+        let mut tunnel = w.open(ms(30), addr(1, 40_003), addr(2, 3128)).unwrap();
+        w.exchange(
+            &mut tunnel,
+            ms(31),
+            b"CONNECT mail.example:25 HTTP/1.1\r\nHost: mail.example:25\r\n\r\n",
+            ms(1),
+            b"HTTP/1.1 200 Connection established\r\n\r\n220 mail.example ESMTP\r\n",
+        )
+        .unwrap();
+        let smtp_client: &[&[u8]] = &[
+            b"HELO me\r\n",
+            b"MAIL FROM:<a@example>\r\n",
+            b"RCPT TO:<b@example>\r\n",
+        ];
+        for (i, line) in smtp_client.iter().enumerate() {
+            w.exchange(
+                &mut tunnel,
+                ms(40 + 2 * i as u64),
+                line,
+                ms(1),
+                b"250 ok\r\n",
+            )
+            .unwrap();
+        }
+        w.close(&mut tunnel, ms(50)).unwrap();
+        // Binary junk from a connection seen from its SYN.
+        let mut junk = w.open(ms(60), addr(1, 40_004), addr(2, 9000)).unwrap();
+        w.exchange(
+            &mut junk,
+            ms(61),
+            &[0, 0xff, 0x13, 0x37, 7, 7],
+            ms(1),
+            &[1, 2, 3],
+        )
+        .unwrap();
+        w.close(&mut junk, ms(65)).unwrap();
+        let capture = w.finish().unwrap();
+
+        let (r, stats) = run(&capture, ExtractConfig::default());
+        let methods: Vec<&str> = r
+            .exchanges
+            .iter()
+            .filter_map(|x| x.request.as_ref().map(|q| q.method.as_str()))
+            .collect();
+        assert_eq!(methods, ["GET", "CONNECT"], "{:?}", r.log);
+        assert!(r.exchanges[1].flags.tunnel);
+        let p = stats.protocols;
+        assert_eq!(p.http1.connections, 2);
+        assert_eq!(p.http2.connections, 1);
+        assert_eq!(p.http2.bytes, 24 + 9 + 9);
+        assert_eq!(p.tls.connections, 1);
+        assert_eq!(p.tls.bytes, 10);
+        assert_eq!(p.opaque.connections, 1);
+        assert_eq!(p.opaque.bytes, 9);
+        let t = stats.tunneled;
+        assert_eq!(t.opaque.connections, 1, "SMTP inside the tunnel");
+        let smtp: usize = smtp_client.iter().map(|l| l.len()).sum::<usize>()
+            + b"220 mail.example ESMTP\r\n".len()
+            + 3 * b"250 ok\r\n".len();
+        assert_eq!(t.opaque.bytes, smtp as u64);
+        assert_eq!(t.http1.connections + p.http2.connections, 1);
+    }
+
+    #[test]
+    fn a_request_comes_out_before_its_response() {
+        let mut w = SynthWriter::new(Vec::new()).unwrap();
+        let mut c = w.open(ms(0), addr(1, 40_000), addr(2, 80)).unwrap();
+        w.send(
+            &mut c,
+            ms(1),
+            true,
+            b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+        w.send(
+            &mut c,
+            ms(2_001),
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let capture = w.finish().unwrap();
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut r = Recorder::default();
+        let mut request_seen_at = None;
+        for f in CaptureReader::new(&capture).unwrap() {
+            let f = f.unwrap();
+            x.frame(&f, &mut r);
+            if request_seen_at.is_none() && r.log.iter().any(|l| l == "request /slow") {
+                request_seen_at = Some(f.ts);
+            }
+        }
+        assert_eq!(request_seen_at, Some(ms(1)), "{:?}", r.log);
+        assert_eq!(r.log, ["request /slow", "exchange /slow 200"]);
+    }
+
+    #[test]
+    fn idle_flows_time_out_without_new_frames() {
+        let mut w = SynthWriter::new(Vec::new()).unwrap();
+        let mut c = w.open(ms(1_000), addr(1, 40_000), addr(2, 80)).unwrap();
+        w.send(
+            &mut c,
+            ms(1_001),
+            true,
+            b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+        let capture = w.finish().unwrap();
+        let config = ExtractConfig {
+            idle_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let mut x = Extractor::new(config);
+        let mut r = Recorder::default();
+        for f in CaptureReader::new(&capture).unwrap() {
+            x.frame(&f.unwrap(), &mut r);
+        }
+        assert_eq!(r.log, ["request /never"]);
+        let deadline = x.next_deadline().unwrap();
+        assert!(
+            deadline > ms(31_000) && deadline < ms(31_100),
+            "{deadline:?}"
+        );
+        x.advance(deadline - ms(1), &mut r);
+        assert_eq!(x.active_flows(), 1, "not yet");
+        x.advance(deadline + ms(1), &mut r);
+        assert_eq!(x.active_flows(), 0);
+        assert_eq!(x.stats.flows_timed_out, 1);
+        assert_eq!(r.log, ["request /never", "exchange /never 0"]);
+        assert!(r.exchanges[0].flags.no_response);
+        assert_eq!(x.next_deadline(), None);
+    }
+
+    #[test]
+    fn eviction_of_many_one_syn_flows_is_linear() {
+        // 200,000 flows through a table of 100,000: each eviction takes the oldest at once.
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut out = Vec::new();
+        let mut v = Vec::new();
+        for i in 0..200_000u32 {
+            v.clear();
+            etherparse::PacketBuilder::ipv4(
+                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                [10, 9, 9, 9],
+                64,
+            )
+            .tcp(40_000, 80, i, 1000)
+            .syn()
+            .write(&mut v, &[])
+            .unwrap();
+            let mut f = frame(&v, u64::from(i) + 1);
+            f.ts = Duration::from_micros(u64::from(i));
+            x.frame(&f, &mut out);
+        }
+        assert_eq!(x.active_flows(), 100_000);
+        assert_eq!(x.stats.flows_evicted, 100_000);
+        assert_eq!(
+            x.stats.protocols,
+            ProtocolCounts::default(),
+            "no data, no protocol"
+        );
+        assert!(out.is_empty());
     }
 }

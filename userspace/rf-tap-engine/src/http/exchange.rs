@@ -5,7 +5,10 @@ use std::{borrow::Cow, collections::VecDeque, net::SocketAddr};
 use serde::Serialize;
 
 use super::message::{Limits, MessageParser, Parsed, Request, Response, Side};
-use crate::reassembly::Origin;
+use crate::{
+    analyzer::{AppOut, Switch},
+    reassembly::Origin,
+};
 
 /// Flags of an exchange (JSONL `flags`, as a list of names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -200,46 +203,46 @@ impl HttpConnection {
         }
     }
 
-    pub fn data(&mut self, from_client: bool, bytes: &[u8], origin: Origin, out: &mut Vec<Paired>) {
+    pub fn data(&mut self, from_client: bool, bytes: &[u8], origin: Origin, out: &mut AppOut) {
         let mut parsed = std::mem::take(&mut self.parsed);
         if from_client {
             self.client.data(bytes, origin, &self.methods, &mut parsed);
         } else {
             self.server.data(bytes, origin, &self.methods, &mut parsed);
         }
-        self.absorb(&mut parsed, out);
+        self.absorb(&mut parsed, out, origin);
         self.parsed = parsed;
     }
 
-    pub fn gap(&mut self, from_client: bool, len: u64, out: &mut Vec<Paired>) {
+    pub fn gap(&mut self, from_client: bool, len: u64, out: &mut AppOut) {
         let mut parsed = std::mem::take(&mut self.parsed);
         if from_client {
             self.client.gap(len, &mut parsed);
         } else {
             self.server.gap(len, &mut parsed);
         }
-        self.absorb(&mut parsed, out);
+        self.absorb(&mut parsed, out, Origin::default());
         self.parsed = parsed;
     }
 
     /// One direction ended.
-    pub fn end(&mut self, from_client: bool, out: &mut Vec<Paired>) {
+    pub fn end(&mut self, from_client: bool, out: &mut AppOut) {
         let mut parsed = std::mem::take(&mut self.parsed);
         if from_client {
             self.client.close(&mut parsed);
         } else {
             self.server.close(&mut parsed);
         }
-        self.absorb(&mut parsed, out);
+        self.absorb(&mut parsed, out, Origin::default());
         self.parsed = parsed;
     }
 
     /// The connection is over: requests still waiting get no response.
-    pub fn finish(&mut self, out: &mut Vec<Paired>) {
+    pub fn finish(&mut self, out: &mut AppOut) {
         self.end(true, out);
         self.end(false, out);
         while let Some(q) = self.pending.pop_front() {
-            out.push(Paired {
+            out.paired.push(Paired {
                 request: Some(q),
                 response: None,
                 tunnel: self.tunnel,
@@ -248,12 +251,15 @@ impl HttpConnection {
         }
     }
 
-    fn absorb(&mut self, parsed: &mut Vec<Parsed>, out: &mut Vec<Paired>) {
+    fn absorb(&mut self, parsed: &mut Vec<Parsed>, out: &mut AppOut, origin: Origin) {
         for p in parsed.drain(..) {
             match p {
                 Parsed::Request(q) => {
                     if q.version == "0.9" {
                         self.server.expect_http09();
+                    }
+                    if out.want_requests {
+                        out.requests.push((*q).clone());
                     }
                     self.methods.push_back(q.method.clone());
                     self.pending.push_back(*q);
@@ -262,17 +268,22 @@ impl HttpConnection {
                 Parsed::Anomaly(a) => self.loose_anomalies.push(a),
                 Parsed::Tunnel => {
                     self.tunnel = true;
-                    self.client.tunnel();
-                    self.server.tunnel();
-                    if let Some(last) = out.last_mut() {
+                    if let Some(last) = out.paired.last_mut() {
                         last.tunnel = true;
                     }
+                    // The stream is handed over: what each side sent past this point
+                    // goes to protocol detection.
+                    out.switch = Some(Switch {
+                        client: self.client.tunnel(),
+                        server: self.server.tunnel(),
+                        origin,
+                    });
                 }
                 Parsed::Response(mut r) => {
                     r.interim = std::mem::take(&mut self.interim);
                     self.methods.pop_front();
                     let request = self.pending.pop_front();
-                    out.push(Paired {
+                    out.paired.push(Paired {
                         request,
                         response: Some(*r),
                         tunnel: false,

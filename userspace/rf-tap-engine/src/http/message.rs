@@ -122,6 +122,8 @@ pub struct MessageParser {
     current: Option<InProgress>,
     /// The server side of an HTTP/0.9 exchange: the whole stream is the body.
     http09: bool,
+    /// Bytes that came past the point where this stream became a tunnel.
+    after_tunnel: Vec<u8>,
 }
 
 const MAX_HEADERS: usize = 256;
@@ -168,12 +170,21 @@ impl MessageParser {
             state: State::Head,
             current: None,
             http09: false,
+            after_tunnel: Vec::new(),
         }
     }
 
-    pub fn tunnel(&mut self) {
+    /// The stream turns into a tunnel here; returns the bytes received past that point
+    /// (held, or left over from the data that carried the switch).
+    pub fn tunnel(&mut self) -> Vec<u8> {
         self.state = State::Tunnel;
-        self.buf.clear();
+        let mut rest = std::mem::take(&mut self.after_tunnel);
+        if rest.is_empty() {
+            rest = std::mem::take(&mut self.buf);
+        } else {
+            self.buf.clear();
+        }
+        rest
     }
 
     /// The server answers an HTTP/0.9 request: no status line, the stream is the body.
@@ -225,6 +236,9 @@ impl MessageParser {
             let rest = &input[pos..];
             match &mut self.state {
                 State::Tunnel => {
+                    if self.after_tunnel.is_empty() {
+                        self.after_tunnel = rest.to_vec();
+                    }
                     pos = input.len();
                     break;
                 }

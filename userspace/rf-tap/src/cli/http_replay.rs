@@ -570,10 +570,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &cfg,
         shared,
         &mut |visit| {
-            source.each(&|_| true, &mut |_, x| match x {
-                Some(x) => visit(x),
-                None => true,
-            })
+            source
+                .each(&|_| true, &mut |_, x| match x {
+                    Some(x) => visit(x),
+                    None => true,
+                })
+                .map(|_damaged| ())
         },
         saver,
         Arc::clone(&stop),

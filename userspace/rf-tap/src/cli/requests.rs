@@ -137,18 +137,27 @@ impl Source {
     }
 
     /// Visits every exchange's summary; `want(summary)` returning true asks for the full
-    /// exchange too (decoded only then). Stops early when `visit` returns false.
+    /// exchange too (decoded only then). Stops early when `visit` returns false. Damaged
+    /// input is reported on stderr (each damaged frame with its offset) and read past where
+    /// the format allows; returns whether there was any.
     pub(crate) fn each(
         &self,
         want: &dyn Fn(&Summary) -> bool,
         visit: &mut dyn FnMut(&Summary, Option<Exchange>) -> bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         if self.archive {
             let mut r = ArchiveReader::new(&self.map)?;
+            let mut undecodable = Vec::new();
             for block in r.by_ref() {
                 let needed = block.summaries.iter().any(want);
                 let full = if needed {
-                    Some(block.exchanges()?)
+                    match block.exchanges() {
+                        Ok(x) => Some(x),
+                        Err(e) => {
+                            undecodable.push(e);
+                            None
+                        }
+                    }
                 } else {
                     None
                 };
@@ -159,17 +168,29 @@ impl Source {
                         None
                     };
                     if !visit(s, x) {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
-            if let Some(e) = r.stopped {
+            let shown = r.damage().len() as u64;
+            for e in r.damage().iter().chain(&undecodable) {
+                eprintln!("rf-tap: {}: {e}; read on past it", self.path.display());
+            }
+            if r.damaged_frames() > shown {
                 eprintln!(
-                    "rf-tap: {}: {e}; showing what came before",
+                    "rf-tap: {}: {} more damaged frames",
+                    self.path.display(),
+                    r.damaged_frames() - shown
+                );
+            }
+            if r.incomplete() {
+                eprintln!(
+                    "rf-tap: {}: no end frame: the archive is still being written, or its \
+                     writer was stopped before closing it",
                     self.path.display()
                 );
             }
-            return Ok(());
+            return Ok(r.damaged_frames() > 0 || !undecodable.is_empty());
         }
         let mut x = Extractor::new(ExtractConfig::default());
         let mut batch = Vec::new();
@@ -186,6 +207,7 @@ impl Source {
         };
         let mut releaser = crate::cli::mapped::Releaser::new(&self.map);
         let mut frames = CaptureReader::new(&self.map)?;
+        let mut damaged = false;
         while let Some(f) = frames.next() {
             releaser.parsed_up_to(&self.map, frames.offset());
             match f {
@@ -195,17 +217,18 @@ impl Source {
                         "rf-tap: {}: {e}; showing what came before",
                         self.path.display()
                     );
+                    damaged = true;
                     break;
                 }
             }
             flush(&mut batch, &mut go);
             if !go {
-                return Ok(());
+                return Ok(false);
             }
         }
         x.finish(&mut batch);
         flush(&mut batch, &mut go);
-        Ok(())
+        Ok(damaged)
     }
 }
 
@@ -249,7 +272,7 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
             "ID", "TIME", "METHOD", "PATH", "STATUS", "DURATION", "SIZE"
         )?;
     }
-    src.each(&|_| false, &mut |s, _| {
+    let damaged = src.each(&|_| false, &mut |s, _| {
         if !filter.matches(s) {
             return true;
         }
@@ -301,6 +324,10 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
     let _ = out.flush();
     if !args.json {
         eprintln!("{rows} exchange{}", if rows == 1 { "" } else { "s" });
+    }
+    if damaged {
+        // Everything readable was shown; the status says the input was damaged.
+        return Ok(std::process::ExitCode::FAILURE);
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
