@@ -388,3 +388,178 @@ fn threads_give_the_same_exchanges() {
         assert_eq!(distinct.len(), 120, "connection ids are unique");
     }
 }
+
+/// A capture of `n` keep-alive connections of `per` exchanges each (the engine's synthetic
+/// writer: handshake, data with ACKs, FINs).
+fn synthetic(path: &Path, connections: u32, per: u32) {
+    use rf_tap_engine::pcap::synth::SynthWriter;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = SynthWriter::new(file).unwrap();
+    let body = "x".repeat(900);
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut t = Duration::from_secs(1_763_700_000);
+    for c in 0..connections {
+        let client = std::net::SocketAddrV4::new([10, 2, (c >> 8) as u8, c as u8].into(), 40_000);
+        let server = std::net::SocketAddrV4::new([10, 3, 0, 1].into(), 80);
+        let mut conv = w.open(t, client, server).unwrap();
+        for i in 0..per {
+            t += Duration::from_millis(1);
+            let request = format!("GET /items/{c}/{i} HTTP/1.1\r\nHost: api\r\n\r\n");
+            w.exchange(
+                &mut conv,
+                t,
+                request.as_bytes(),
+                Duration::from_micros(300),
+                response.as_bytes(),
+            )
+            .unwrap();
+        }
+        w.close(&mut conv, t + Duration::from_millis(1)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn a_killed_extract_leaves_the_old_archive_intact() {
+    let dir = TempDir::new("off-kill");
+    let pcap = sample(&dir);
+    let archive = dir.path("out.rfcap");
+    let a = archive.to_str().unwrap();
+    let first = rf_tap_run(None, &["extract", pcap.to_str().unwrap(), "-o", a]);
+    assert!(first.status.success(), "{}", first.stderr);
+    let old = std::fs::read(&archive).unwrap();
+    // A capture large enough that extracting it takes a while.
+    let big = dir.path("big.pcap");
+    synthetic(&big, 200, 400);
+    let mut child = std::process::Command::new(rf_tap_tests::rf_tap_bin())
+        .args(["extract", big.to_str().unwrap(), "-o", a, "-q"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = dir.path(&format!(".out.rfcap.rf-tap-{}.tmp", child.id()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !tmp.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(tmp.exists(), "extract writes beside the destination first");
+    // Let it write a block or two, then kill it.
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "killed before it finished: make the capture larger"
+    );
+    assert_eq!(
+        std::fs::read(&archive).unwrap(),
+        old,
+        "the old archive is untouched"
+    );
+    let fin = rf_tap_run(None, &["requests", a, "--json"]);
+    assert!(fin.status.success(), "{}", fin.stderr);
+    assert_eq!(lines(&fin.stdout).len(), 3);
+    // Run to completion, the new archive replaces the old one whole.
+    let done = rf_tap_run(None, &["extract", big.to_str().unwrap(), "-o", a, "-q"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let fin = rf_tap_run(None, &["requests", a, "--json"]);
+    assert!(fin.status.success(), "{}", fin.stderr);
+    assert_eq!(lines(&fin.stdout).len(), 200 * 400);
+    assert!(!fin.stderr.contains("no end frame"), "{}", fin.stderr);
+}
+
+#[test]
+fn a_flipped_byte_in_a_middle_frame_loses_that_frame_only() {
+    let dir = TempDir::new("off-flip");
+    let big = dir.path("big.pcap");
+    // About 4 MB of exchanges: several 1 MiB blocks.
+    synthetic(&big, 8, 500);
+    let archive = dir.path("a.rfcap");
+    let a = archive.to_str().unwrap();
+    let done = rf_tap_run(None, &["extract", big.to_str().unwrap(), "-o", a, "-q"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let all = lines(&rf_tap_run(None, &["requests", a, "--json"]).stdout);
+    assert_eq!(all.len(), 4000);
+    // Frame offsets, from the file itself.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let offsets: Vec<usize> = rf_tap_engine::archive::ArchiveReader::new(&bytes)
+        .unwrap()
+        .map(|b| b.offset)
+        .collect();
+    assert!(offsets.len() >= 3, "{offsets:?}");
+    let flip = offsets[1] + 100;
+    bytes[flip] ^= 0x20;
+    std::fs::write(&archive, &bytes).unwrap();
+    let fin = rf_tap_run(None, &["requests", a, "--json"]);
+    assert_eq!(fin.status.code(), Some(1), "damage is in the exit status");
+    assert!(
+        fin.stderr
+            .contains(&format!("corrupt frame at byte {}", offsets[1])),
+        "{}",
+        fin.stderr
+    );
+    let got = lines(&fin.stdout);
+    let lost = all.len() - got.len();
+    assert!(lost > 0 && got.len() > all.len() / 2, "lost {lost}");
+    // The frames after the damaged one still read: the last exchange is there.
+    assert_eq!(got.last().unwrap()["id"], all.last().unwrap()["id"]);
+}
+
+#[test]
+fn protocols_that_are_not_http_are_counted_not_parsed() {
+    use rf_tap_engine::pcap::synth::SynthWriter;
+    let dir = TempDir::new("off-proto");
+    let path = dir.path("mixed.pcap");
+    let mut w = SynthWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
+    let t = Duration::from_secs(1_763_700_000);
+    let (c, s) = (
+        std::net::SocketAddrV4::new([10, 9, 0, 1].into(), 40_000),
+        std::net::SocketAddrV4::new([10, 9, 0, 2].into(), 8080),
+    );
+    let mut h2 = w.open(t, c, s).unwrap();
+    w.send(
+        &mut h2,
+        t + Duration::from_millis(1),
+        true,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    )
+    .unwrap();
+    w.close(&mut h2, t + Duration::from_millis(2)).unwrap();
+    let mut smtp = w
+        .open(
+            t + Duration::from_millis(3),
+            std::net::SocketAddrV4::new([10, 9, 0, 1].into(), 40_001),
+            std::net::SocketAddrV4::new([10, 9, 0, 3].into(), 25),
+        )
+        .unwrap();
+    let at = |ms| t + Duration::from_millis(ms);
+    w.send(&mut smtp, at(4), false, b"220 mx ESMTP\r\n")
+        .unwrap();
+    w.exchange(
+        &mut smtp,
+        at(5),
+        b"HELO me\r\n",
+        Duration::from_millis(1),
+        b"250 ok\r\n",
+    )
+    .unwrap();
+    w.close(&mut smtp, at(7)).unwrap();
+    w.finish().unwrap();
+    let fin = rf_tap_run(None, &["extract", path.to_str().unwrap(), "--stats"]);
+    assert!(fin.status.success(), "{}", fin.stderr);
+    assert!(
+        lines(&fin.stdout).is_empty(),
+        "no `PRI *` or `HELO` exchange"
+    );
+    let stats: serde_json::Value = fin
+        .stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap();
+    assert_eq!(stats["protocols"]["http2"]["connections"], 1, "{stats}");
+    assert_eq!(stats["protocols"]["opaque"]["connections"], 1, "{stats}");
+    assert_eq!(stats["protocols"]["http1"]["connections"], 0, "{stats}");
+    assert!(fin.stderr.contains("1 http2"), "{}", fin.stderr);
+}

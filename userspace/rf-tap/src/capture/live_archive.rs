@@ -128,11 +128,81 @@ impl Sharder {
 pub fn create_archive(path: &Path) -> anyhow::Result<ArchiveWriter<std::fs::File>> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    archive_on(file, path)
+}
+
+fn archive_on(file: std::fs::File, path: &Path) -> anyhow::Result<ArchiveWriter<std::fs::File>> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     ArchiveWriter::new(file, now).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// An archive written to a temporary file beside its destination and renamed over it only
+/// once complete ([`PendingArchive::commit`]), so that a killed writer never leaves a cut
+/// file under the destination's name. Dropped without a commit, the temporary file goes.
+pub struct PendingArchive {
+    /// Some until committed.
+    writer: Option<ArchiveWriter<std::fs::File>>,
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    committed: bool,
+}
+
+impl PendingArchive {
+    pub fn create(dest: &Path) -> anyhow::Result<Self> {
+        let name = dest
+            .file_name()
+            .with_context(|| format!("{} is not a file name", dest.display()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".rf-tap-{}.tmp", std::process::id()));
+        let tmp = dest.with_file_name(tmp_name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(Self {
+            writer: Some(archive_on(file, dest)?),
+            tmp,
+            dest: dest.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    pub fn writer(&mut self) -> anyhow::Result<&mut ArchiveWriter<std::fs::File>> {
+        self.writer
+            .as_mut()
+            .context("the archive is already closed")
+    }
+
+    /// Closes the archive (end frame), syncs it, and renames it over the destination.
+    /// Returns its size.
+    pub fn commit(mut self) -> anyhow::Result<u64> {
+        let file = self
+            .writer
+            .take()
+            .context("the archive is already closed")?
+            .finish()
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        let total = file.metadata()?.len();
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("cannot rename onto {}", self.dest.display()))?;
+        self.committed = true;
+        Ok(total)
+    }
+}
+
+impl Drop for PendingArchive {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl LiveArchive {

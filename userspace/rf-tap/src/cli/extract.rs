@@ -10,14 +10,13 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use crossbeam::channel::bounded;
 use rf_tap_engine::{
-    archive::ArchiveWriter,
     flow::{ExtractConfig, ExtractStats, Extractor},
     har::{self, HAR_PREFIX, HAR_SUFFIX},
     http::exchange::Exchange,
     pcap::reader::{CaptureReader, RawFrame, ReadError},
 };
 
-use crate::capture::live_archive::{conn_id, Sharder};
+use crate::capture::live_archive::{conn_id, PendingArchive, Sharder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExtractFormat {
@@ -100,9 +99,9 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     .min(64);
     let stdout = std::io::stdout();
     let mut out = match &args.output {
-        Some(path) => Sink::Archive(Box::new(crate::capture::live_archive::create_archive(
-            path,
-        )?)),
+        Some(path) => Sink::Archive(Box::new(
+            crate::capture::live_archive::PendingArchive::create(path)?,
+        )),
         None => Sink::Text {
             out: std::io::BufWriter::with_capacity(1 << 16, stdout.lock()),
             format: args.format,
@@ -145,6 +144,9 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
             s.reassembly.gap_bytes,
             started.elapsed().as_secs_f64()
         );
+        if let Some(line) = not_http_line(s) {
+            eprintln!("rf-tap: {line}");
+        }
     }
     if let (Some(bytes), Some(path)) = (archive_bytes, &args.output) {
         if !args.quiet {
@@ -171,6 +173,32 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 type Extracted = (ExtractStats, Option<ReadError>);
+
+/// The connections that were not turned into exchanges, by detected protocol:
+/// `not HTTP/1: 2 tls, 1 http2 (not decoded yet), 1 opaque; inside tunnels: 1 tls`.
+pub fn not_http_line(s: &ExtractStats) -> Option<String> {
+    use rf_tap_engine::analyzer::Protocol;
+    let list = |c: &rf_tap_engine::analyzer::ProtocolCounts, with_http1: bool| {
+        Protocol::ALL
+            .into_iter()
+            .filter(|p| with_http1 || *p != Protocol::Http1)
+            .filter(|p| c.get(*p).connections > 0)
+            .map(|p| format!("{} {}", c.get(p).connections, p.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (outer, inner) = (list(&s.protocols, false), list(&s.tunneled, true));
+    match (outer.is_empty(), inner.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(format!(
+            "connections not HTTP/1 (counted, not decoded): {outer}"
+        )),
+        (true, false) => Some(format!("inside tunnels (counted, not decoded): {inner}")),
+        (false, false) => Some(format!(
+            "connections not HTTP/1 (counted, not decoded): {outer}; inside tunnels: {inner}"
+        )),
+    }
+}
 
 /// One thread: frames → extractor → output, in order.
 fn single(
@@ -415,7 +443,8 @@ enum Sink<'a> {
         format: ExtractFormat,
         first: bool,
     },
-    Archive(Box<ArchiveWriter<std::fs::File>>),
+    /// Written beside the destination and renamed over it at the end.
+    Archive(Box<PendingArchive>),
 }
 
 impl Sink<'_> {
@@ -445,14 +474,7 @@ impl Sink<'_> {
                 out.flush().or_else(ignore_broken_pipe)?;
                 Ok(None)
             }
-            Sink::Archive(w) => {
-                let mut w = *w;
-                w.flush_block()?;
-                let total = w.bytes_written;
-                let file = w.finish()?;
-                file.sync_all()?;
-                Ok(Some(total))
-            }
+            Sink::Archive(w) => Ok(Some(w.commit()?)),
         }
     }
 }
@@ -482,7 +504,7 @@ fn write_batch(
                 *first = false;
                 serde_json::to_writer(&mut *out, &har::entry(&x))?;
             }
-            Sink::Archive(w) => w.append(x)?,
+            Sink::Archive(w) => w.writer()?.append(x)?,
         }
     }
     Ok(())
