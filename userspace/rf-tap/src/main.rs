@@ -2,6 +2,7 @@
 mod capture;
 mod cli;
 mod mirror;
+mod pipeline;
 mod replay;
 mod report;
 mod sink;

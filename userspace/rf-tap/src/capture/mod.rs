@@ -3,7 +3,7 @@
 
 pub mod af_xdp;
 pub mod kernel;
-pub mod live_archive;
+
 pub mod ring;
 
 use std::{ffi::CString, fs, time::Duration};

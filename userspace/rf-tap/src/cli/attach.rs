@@ -27,12 +27,15 @@ use crate::{
         af_xdp::{self, XskReceiver},
         decode_record,
         kernel::{HookMode, KernelCapture, KernelCounters, KernelSetup},
-        live_archive::LiveArchive,
         BadRecord, ClockMap,
     },
     cli::{
         rules::FilterArgs,
         units::{parse_duration, parse_size},
+    },
+    pipeline::{
+        live::{LiveConfig, LivePipeline},
+        sinks::{self, Sink},
     },
     report::{
         packet_line::packet_line,
@@ -89,7 +92,27 @@ pub struct AttachArgs {
     #[arg(long, value_name = "FILE")]
     pub rfcap: Option<PathBuf>,
 
-    /// Threads reassembling for --rfcap (connections are sharded across them)
+    /// Also write the live exchanges as JSON lines (`-` for standard output), in the
+    /// contract of `rf-tap extract`; each line is written as soon as its exchange completes
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<String>,
+
+    /// With --jsonl: also a line for each request as soon as it is complete, before its
+    /// response (`"event": "request"`; exchanges then carry `"event": "exchange"`)
+    #[arg(long, requires = "jsonl")]
+    pub events: bool,
+
+    /// Also write the live exchanges as a HAR 1.2 file (a whole document once the capture
+    /// stops)
+    #[arg(long, value_name = "FILE")]
+    pub har: Option<PathBuf>,
+
+    /// With --rfcap/--jsonl/--har: a connection with no packet for this long is closed, and
+    /// its unanswered requests come out without a response (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "300s")]
+    pub flow_timeout: Duration,
+
+    /// Threads reassembling for --rfcap/--jsonl/--har (connections are sharded across them)
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
 
@@ -159,6 +182,11 @@ pub struct AttachArgs {
 }
 
 impl AttachArgs {
+    /// Whether the live exchange pipeline runs.
+    fn exchanges(&self) -> bool {
+        self.rfcap.is_some() || self.jsonl.is_some() || self.har.is_some()
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.packet_length == 0 || self.packet_length > MAX_CAPTURE {
             bail!("--packet-length must be 1..={MAX_CAPTURE}");
@@ -167,10 +195,18 @@ impl AttachArgs {
             bail!("--sample-rate must be a percentage above 0 and at most 100");
         }
         let to_stdout = self.write.as_deref() == Some("-");
-        if self.json && (to_stdout || (self.write.is_none() && self.rfcap.is_none())) {
+        let jsonl_stdout = self.jsonl.as_deref() == Some("-");
+        if self.json && (to_stdout || jsonl_stdout || (self.write.is_none() && !self.exchanges())) {
             bail!(
-                "--json prints the summary on standard output, so it needs -w FILE or --rfcap FILE"
+                "--json prints the summary on standard output, so it needs -w FILE, --rfcap \
+                 FILE, --jsonl FILE or --har FILE"
             );
+        }
+        if to_stdout && jsonl_stdout {
+            bail!("-w - and --jsonl - cannot both write to standard output");
+        }
+        if self.flow_timeout.is_zero() {
+            bail!("--flow-timeout must be above 0");
         }
         if to_stdout && (self.rotate_size.is_some() || self.rotate_seconds.is_some()) {
             bail!("--rotate-size/--rotate-seconds need -w FILE, not standard output");
@@ -208,7 +244,7 @@ enum Output {
     Lines {
         stdout: std::io::Stdout,
     },
-    /// Only the live archive (--rfcap without -w).
+    /// Only the live exchanges (--rfcap/--jsonl/--har without -w).
     Nothing,
 }
 
@@ -271,7 +307,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let output = match &args.write {
-        None if args.rfcap.is_some() => Output::Nothing,
+        None if args.exchanges() => Output::Nothing,
         None => Output::Lines {
             stdout: std::io::stdout(),
         },
@@ -307,23 +343,41 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     };
 
-    let live = match &args.rfcap {
-        Some(path) => {
-            let linktype = if args.vxlan && !args.keep_outer {
-                rf_tap_engine::wire::LINKTYPE_ETHERNET
-            } else if facts.link_kind == rf_tap_common::LINK_RAW_IP {
-                rf_tap_engine::wire::LINKTYPE_RAW
-            } else {
-                rf_tap_engine::wire::LINKTYPE_ETHERNET
-            };
-            let workers = args.workers.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
-            Some(LiveArchive::start(path, workers, linktype)?)
+    let live = if args.exchanges() {
+        let linktype = if args.vxlan && !args.keep_outer {
+            rf_tap_engine::wire::LINKTYPE_ETHERNET
+        } else if facts.link_kind == rf_tap_common::LINK_RAW_IP {
+            rf_tap_engine::wire::LINKTYPE_RAW
+        } else {
+            rf_tap_engine::wire::LINKTYPE_ETHERNET
+        };
+        let workers = args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let mut out: Vec<Box<dyn Sink>> = Vec::new();
+        if let Some(p) = &args.rfcap {
+            out.push(Box::new(sinks::Rfcap::live(p)?));
         }
-        None => None,
+        if let Some(p) = &args.jsonl {
+            out.push(Box::new(sinks::Jsonl::new(
+                sinks::Text::open(p)?,
+                args.events,
+            )));
+        }
+        if let Some(p) = &args.har {
+            let text = sinks::Text::open(&p.to_string_lossy())?;
+            out.push(Box::new(sinks::Har::new(text)?));
+        }
+        let config = LiveConfig {
+            workers,
+            linktype,
+            idle_timeout: args.flow_timeout,
+        };
+        Some(LivePipeline::start(config, out))
+    } else {
+        None
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -393,11 +447,25 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         Output::Lines { .. } => "standard output (text)".into(),
         Output::Nothing => String::new(),
     };
-    if let Some(p) = &args.rfcap {
+    let exchange_outputs: Vec<String> = [
+        args.rfcap.as_ref().map(|p| p.display().to_string()),
+        args.jsonl.as_ref().map(|p| {
+            if p == "-" {
+                "standard output (JSON lines)".to_string()
+            } else {
+                p.clone()
+            }
+        }),
+        args.har.as_ref().map(|p| p.display().to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !exchange_outputs.is_empty() {
         if !target_name.is_empty() {
             target_name.push_str(" and ");
         }
-        target_name.push_str(&format!("exchanges to {}", p.display()));
+        target_name.push_str(&format!("exchanges to {}", exchange_outputs.join(", ")));
     }
     eprintln!(
         "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}; Ctrl-C to stop",
@@ -417,7 +485,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     let show_status = !args.quiet && std::io::stderr().is_terminal();
     let mut status = StatusLine::new(show_status);
     let mut summary = CaptureSummary::new(&facts.name, args.mode, &kernel.attach_detail);
-    let stop_reason;
+    let mut stop_reason;
     let mut write_error: Option<anyhow::Error> = None;
     let fds = source.fds();
     let mut rx = Receiver {
@@ -492,6 +560,11 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
                 break;
             }
         }
+        if rx.live.as_ref().is_some_and(LivePipeline::failed) {
+            // A sink failed (a full disk, a closed pipe): its error comes with finish().
+            stop_reason = StopReason::WriteError;
+            break;
+        }
         if status.due() {
             let k = source.counters(&kernel)?;
             status.show(started.elapsed(), &k, &summary);
@@ -528,8 +601,17 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     status.clear();
     if let Some(l) = rx.live.take() {
-        let report = l.finish()?;
+        let (report, failed) = l.finish();
         summary.exchanges = Some(report.exchanges);
+        match failed {
+            Some(sinks::SinkError::Closed) if stop_reason == StopReason::WriteError => {
+                stop_reason = StopReason::OutputClosed;
+            }
+            Some(e @ sinks::SinkError::Write { .. }) if write_error.is_none() => {
+                write_error = Some(e.into());
+            }
+            _ => {}
+        }
     }
     if let Some(d) = &rx.decap {
         summary.vxlan = Some(d.counts);
@@ -681,7 +763,7 @@ impl Source {
 /// Everything a captured packet goes through on its way out.
 struct Receiver {
     output: Output,
-    live: Option<LiveArchive>,
+    live: Option<LivePipeline>,
     decap: Option<Decap>,
 }
 

@@ -1,7 +1,7 @@
 //! `rf-tap extract IN.pcap`: HTTP exchanges out of a capture, as JSON lines.
 
 use std::{
-    io::{IsTerminal, Write},
+    io::IsTerminal,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -11,12 +11,14 @@ use clap::{Args, ValueEnum};
 use crossbeam::channel::bounded;
 use rf_tap_engine::{
     flow::{ExtractConfig, ExtractStats, Extractor},
-    har::{self, HAR_PREFIX, HAR_SUFFIX},
     http::exchange::Exchange,
     pcap::reader::{CaptureReader, RawFrame, ReadError},
 };
 
-use crate::capture::live_archive::{conn_id, PendingArchive, Sharder};
+use crate::pipeline::{
+    live::{conn_id, Sharder},
+    sinks::{self, Sink, SinkError},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExtractFormat {
@@ -93,22 +95,20 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         config.http.keep_body = 0;
     }
     let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => auto_threads(),
         n => n,
     }
     .min(64);
-    let stdout = std::io::stdout();
-    let mut out = match &args.output {
-        Some(path) => Sink::Archive(Box::new(
-            crate::capture::live_archive::PendingArchive::create(path)?,
-        )),
-        None => Sink::Text {
-            out: std::io::BufWriter::with_capacity(1 << 16, stdout.lock()),
-            format: args.format,
-            first: true,
-        },
+    let mut out: Box<dyn Sink> = match &args.output {
+        Some(path) => Box::new(sinks::Rfcap::whole(path)?),
+        None => {
+            let text = sinks::Text::open("-")?;
+            match args.format {
+                ExtractFormat::Jsonl => Box::new(sinks::Jsonl::new(text, false)),
+                ExtractFormat::Har => Box::new(sinks::Har::new(text)?),
+            }
+        }
     };
-    out.begin()?;
     let progress = !args.quiet && std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_progress = Instant::now();
@@ -124,12 +124,22 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
             );
         }
     };
-    let (stats, stopped_at) = if threads > 1 {
-        sharded(&map, reader, threads, config, &mut out, &mut show)?
+    let run = if threads > 1 {
+        sharded(&map, reader, threads, config, &mut *out, &mut show)
     } else {
-        single(&map, reader, config, &mut out, &mut show)?
+        single(&map, reader, config, &mut *out, &mut show)
     };
-    let archive_bytes = out.end()?;
+    let (stats, stopped_at) = match run {
+        Ok(r) => r,
+        // `| head`: the reader has what it wanted; stop as quietly as a filter does.
+        Err(SinkError::Closed) => return Ok(std::process::ExitCode::SUCCESS),
+        Err(e) => return Err(e.into()),
+    };
+    let archive_bytes = match out.finish() {
+        Ok(n) => args.output.as_ref().map(|_| n),
+        Err(SinkError::Closed) => return Ok(std::process::ExitCode::SUCCESS),
+        Err(e) => return Err(e.into()),
+    };
     if progress {
         eprint!("\r\x1b[K");
     }
@@ -174,6 +184,17 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
 
 type Extracted = (ExtractStats, Option<ReadError>);
 
+/// Workers for `--threads 0`. The reader and the writer are serial and each takes most of a
+/// core at full speed, so on two cores or fewer extra workers only compete with them (2
+/// workers ran at 0.55x one thread on 2 cores): one then, one per core beyond the first
+/// otherwise.
+fn auto_threads() -> usize {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        0..=2 => 1,
+        n => n - 1,
+    }
+}
+
 /// The connections that were not turned into exchanges, by detected protocol:
 /// `not HTTP/1: 2 tls, 1 http2 (not decoded yet), 1 opaque; inside tunnels: 1 tls`.
 pub fn not_http_line(s: &ExtractStats) -> Option<String> {
@@ -205,9 +226,9 @@ fn single(
     map: &memmap2::Mmap,
     mut reader: CaptureReader<'_>,
     config: ExtractConfig,
-    out: &mut Sink<'_>,
+    out: &mut dyn Sink,
     show: &mut dyn FnMut(usize, u64),
-) -> anyhow::Result<Extracted> {
+) -> Result<Extracted, SinkError> {
     let mut extractor = Extractor::new(config);
     let mut batch = Vec::new();
     let mut stopped_at = None;
@@ -260,9 +281,9 @@ fn sharded<'m>(
     reader: CaptureReader<'m>,
     threads: usize,
     config: ExtractConfig,
-    out: &mut Sink<'_>,
+    out: &mut dyn Sink,
     show: &mut dyn FnMut(usize, u64),
-) -> anyhow::Result<Extracted> {
+) -> Result<Extracted, SinkError> {
     let per_shard = ExtractConfig {
         max_flows: (config.max_flows / threads).max(1),
         held_budget: (config.held_budget / threads).max(config.flow_buffer),
@@ -273,7 +294,7 @@ fn sharded<'m>(
     // the pages before its offset can go (the reader runs ahead of the workers, and a page
     // given back too early would only be faulted in again and stay).
     let ticks = std::sync::Mutex::new(std::collections::VecDeque::<(u64, usize)>::new());
-    std::thread::scope(|scope| -> anyhow::Result<Extracted> {
+    std::thread::scope(|scope| -> Result<Extracted, SinkError> {
         let (result_tx, result_rx) = bounded::<FromShard>(threads * 16);
         let mut to_shards = Vec::new();
         for shard in 0..threads {
@@ -420,92 +441,18 @@ fn sharded<'m>(
                 next_id - 1,
             );
         }
-        let stopped = reading
-            .join()
-            .map_err(|_| anyhow::anyhow!("the capture reader thread panicked"))?;
+        let stopped = reading.join().map_err(|_| SinkError::Write {
+            file: "the exchange pipeline".into(),
+            error: std::io::Error::other("the capture reader thread panicked"),
+        })?;
         stats.exchanges = next_id - 1;
         Ok((stats, stopped))
     })
 }
 
-fn ignore_broken_pipe(e: std::io::Error) -> std::io::Result<()> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(e)
-    }
-}
-
-/// Where extracted exchanges go.
-enum Sink<'a> {
-    Text {
-        out: std::io::BufWriter<std::io::StdoutLock<'a>>,
-        format: ExtractFormat,
-        first: bool,
-    },
-    /// Written beside the destination and renamed over it at the end.
-    Archive(Box<PendingArchive>),
-}
-
-impl Sink<'_> {
-    fn begin(&mut self) -> anyhow::Result<()> {
-        if let Sink::Text {
-            out,
-            format: ExtractFormat::Har,
-            ..
-        } = self
-        {
-            out.write_all(HAR_PREFIX.as_bytes())
-                .or_else(ignore_broken_pipe)?;
-        }
-        Ok(())
-    }
-
-    /// Finishes the output; returns the archive size when writing one.
-    fn end(self) -> anyhow::Result<Option<u64>> {
-        match self {
-            Sink::Text {
-                mut out, format, ..
-            } => {
-                if format == ExtractFormat::Har {
-                    out.write_all(HAR_SUFFIX.as_bytes())
-                        .or_else(ignore_broken_pipe)?;
-                }
-                out.flush().or_else(ignore_broken_pipe)?;
-                Ok(None)
-            }
-            Sink::Archive(w) => Ok(Some(w.commit()?)),
-        }
-    }
-}
-
-fn write_batch(
-    out: &mut Sink<'_>,
-    batch: &mut Vec<rf_tap_engine::http::exchange::Exchange>,
-) -> anyhow::Result<()> {
+fn write_batch(out: &mut dyn Sink, batch: &mut Vec<Exchange>) -> Result<(), SinkError> {
     for x in batch.drain(..) {
-        match out {
-            Sink::Text {
-                out,
-                format: ExtractFormat::Jsonl,
-                ..
-            } => {
-                serde_json::to_writer(&mut *out, &x.to_json())?;
-                out.write_all(b"\n").or_else(ignore_broken_pipe)?;
-            }
-            Sink::Text {
-                out,
-                format: ExtractFormat::Har,
-                first,
-            } => {
-                if !*first {
-                    out.write_all(b",").or_else(ignore_broken_pipe)?;
-                }
-                *first = false;
-                serde_json::to_writer(&mut *out, &har::entry(&x))?;
-            }
-            Sink::Archive(w) => w.writer()?.append(x)?,
-        }
+        out.exchange(&x)?;
     }
     Ok(())
 }

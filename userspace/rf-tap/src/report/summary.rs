@@ -67,7 +67,7 @@ pub struct CaptureSummary {
     pub written: u64,
     pub bytes_written: u64,
     pub files: Vec<String>,
-    /// HTTP exchanges appended to the --rfcap archive.
+    /// HTTP exchanges handed to the live sinks (--rfcap, --jsonl, --har).
     pub exchanges: Option<u64>,
     /// --vxlan: what the decapsulation found.
     pub vxlan: Option<DecapCounts>,
@@ -225,7 +225,7 @@ impl CaptureSummary {
         if let Some(x) = self.exchanges {
             let _ = writeln!(
                 s,
-                "  {:<18}{x:>14}  HTTP exchanges archived (--rfcap)",
+                "  {:<18}{x:>14}  HTTP exchanges written (--rfcap, --jsonl, --har)",
                 "exchanges"
             );
         }

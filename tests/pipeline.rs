@@ -1,0 +1,439 @@
+//! The live exchange pipeline in network namespaces: request events before their responses,
+//! idle flows timed out without new packets, a full disk under `--rfcap`, and the same
+//! records through the live sinks (`--jsonl`, `--har`, `--rfcap`) as through `extract` of the
+//! pcap captured alongside.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rf_tap_tests::*;
+
+/// The JSON lines of a file that is still being written (only whole lines).
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Polls `path` until a line satisfies `pred`, or `limit` passes.
+fn wait_line(
+    path: &Path,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Option<(Instant, serde_json::Value)> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = json_lines(path).into_iter().find(&pred) {
+            return Some((Instant::now(), v));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// A server in `ns` on `addr`: `/slow` is answered after 2 s, `/never` is never answered;
+/// records when each request had arrived and when its response went out.
+type Times = Arc<Mutex<Vec<(String, Instant, Option<Instant>)>>>;
+
+fn slow_server(ns: &str, addr: String) -> (Times, std::thread::JoinHandle<()>) {
+    let times: Times = Arc::default();
+    let t = Arc::clone(&times);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = spawn_in_netns(ns, move || {
+        let l = TcpListener::bind(&addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut served = 0;
+        while served < 2 && Instant::now() < deadline {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            served += 1;
+            let t = Arc::clone(&t);
+            std::thread::spawn(move || {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let arrived = Instant::now();
+                let path = String::from_utf8_lossy(&buf)
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let i = {
+                    let mut g = t.lock().unwrap();
+                    g.push((path.clone(), arrived, None));
+                    g.len() - 1
+                };
+                if path == "/slow" {
+                    std::thread::sleep(Duration::from_secs(2));
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+                    t.lock().unwrap()[i].2 = Some(Instant::now());
+                    std::thread::sleep(Duration::from_millis(200));
+                } else {
+                    // Never answers; holds the connection until the client closes it.
+                    let _ = s.read(&mut chunk);
+                }
+            });
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    (times, h)
+}
+
+#[test]
+fn a_request_comes_out_before_its_response_and_idle_flows_time_out() {
+    if !privileged("a_request_comes_out_before_its_response_and_idle_flows_time_out") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("pipe-events");
+    let events = dir.path("events.jsonl");
+    let addr = format!("{}:8080", pair.server_ip);
+    let (times, server) = slow_server(&pair.server_ns, addr.clone());
+    let mut tap = RfTap::spawn(
+        &pair.server_ns,
+        &[
+            "attach",
+            &pair.server_if,
+            "--port",
+            "8080",
+            "--jsonl",
+            events.to_str().unwrap(),
+            "--events",
+            "--flow-timeout",
+            "3s",
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+
+    // A request the server answers after 2 s.
+    let client_addr = addr.clone();
+    let slow = spawn_in_netns(&pair.client_ns, move || {
+        let mut s = TcpStream::connect(&client_addr).unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: api\r\n\r\n")
+            .unwrap();
+        let mut v = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 256];
+        while !v.ends_with(b"slow") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => v.extend_from_slice(&b[..n]),
+            }
+        }
+        v
+    });
+    let (seen, req) = wait_line(&events, Duration::from_secs(5), |v| {
+        v["event"] == "request" && v["uri"] == "/slow"
+    })
+    .expect("a request event for /slow");
+    let arrived = times.lock().unwrap()[0].1;
+    let lag = seen.saturating_duration_since(arrived);
+    assert!(
+        lag < Duration::from_millis(100),
+        "the request event came {lag:?} after the server had the request"
+    );
+    assert!(
+        times.lock().unwrap()[0].2.is_none(),
+        "the request event came before the response was sent"
+    );
+    assert_eq!(req["method"], "GET");
+    assert_eq!(req["host"], "api");
+    let (_, x) = wait_line(&events, Duration::from_secs(5), |v| {
+        v["event"] == "exchange" && v["uri"] == "/slow"
+    })
+    .expect("the exchange once answered");
+    assert_eq!(x["status"], 200);
+    assert!(x["latency_ms"].as_f64().unwrap() >= 1900.0, "{x}");
+    assert!(slow.join().unwrap().ends_with(b"slow"));
+
+    // A request never answered, on a connection that then stays silent: the flow times
+    // out and the request comes out unanswered while the client still holds it open.
+    let client_addr = addr.clone();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let idle = spawn_in_netns(&pair.client_ns, move || {
+        let mut s = TcpStream::connect(&client_addr).unwrap();
+        s.write_all(b"GET /never HTTP/1.1\r\nHost: api\r\n\r\n")
+            .unwrap();
+        sent_tx.send(Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_secs(7));
+        drop(s);
+    });
+    let sent = sent_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (seen, x) = wait_line(&events, Duration::from_secs(6), |v| {
+        v["event"] == "exchange" && v["uri"] == "/never"
+    })
+    .expect("the unanswered request once its flow timed out");
+    let after = seen.duration_since(sent);
+    assert!(
+        after >= Duration::from_millis(2900) && after < Duration::from_millis(5500),
+        "timed out {after:?} after its last packet (--flow-timeout 3s)"
+    );
+    assert!(
+        x["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "no_response"),
+        "{x}"
+    );
+    idle.join().unwrap();
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    server.join().unwrap();
+}
+
+/// Mounts a small tmpfs at `dir` for the life of the guard.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(dir: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]);
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_live_archive_at_once_with_one_line() {
+    if !privileged("a_full_disk_stops_the_live_archive_at_once_with_one_line") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("pipe-full");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // Bodies that do not compress: 64 KiB of each is kept in the archive.
+    let mut noise = Vec::with_capacity(200_000);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    while noise.len() < 200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(www.join("noise"), &noise).unwrap();
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let small = Tmpfs::new(dir.path("small"), "256k");
+    let archive = small.0.join("live.rfcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "80",
+            "--rfcap",
+            archive.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    let started = Instant::now();
+    let url = format!("http://{}/noise", pair.server_ip);
+    // Bounded: at most 60 requests (about 4 MiB of archive), or until rf-tap stops.
+    let mut exited = None;
+    for _ in 0..60 {
+        assert_eq!(pair.curl(&url), 200);
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > Duration::from_secs(2) {
+            // Give the pipeline a moment, then see whether it stopped by itself.
+            let fin_check = std::fs::read_to_string(format!("/proc/{}/status", tap.pid()));
+            if fin_check.is_err() || fin_check.unwrap().contains("State:\tZ") {
+                exited = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let fin = tap.wait(Duration::from_secs(10));
+    let took = exited.unwrap_or(started.elapsed());
+    assert!(
+        took < Duration::from_secs(8),
+        "rf-tap kept capturing for {took:?} onto a full disk"
+    );
+    assert!(
+        !fin.status.success(),
+        "a full disk is an error: {}",
+        fin.stderr
+    );
+    let errors: Vec<&str> = fin
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("rf-tap:") && l.contains("No space left"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line naming the file: {}", fin.stderr);
+    assert!(errors[0].contains("live.rfcap"), "{}", errors[0]);
+    assert_eq!(
+        tcx_program_count(&pair.client_ns, &pair.client_if),
+        0,
+        "nothing left attached"
+    );
+    drop(small);
+}
+
+#[test]
+fn live_sinks_give_the_records_extract_gives_for_the_same_packets() {
+    if !privileged("live_sinks_give_the_records_extract_gives_for_the_same_packets") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("pipe-same");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            www.join(format!("p{i}")),
+            format!("page {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+    }
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let (pcap, jsonl, har, rfcap) = (
+        dir.path("l.pcap"),
+        dir.path("l.jsonl"),
+        dir.path("l.har"),
+        dir.path("l.rfcap"),
+    );
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "80",
+            "-w",
+            pcap.to_str().unwrap(),
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+            "--har",
+            har.to_str().unwrap(),
+            "--rfcap",
+            rfcap.to_str().unwrap(),
+            "--workers",
+            "2",
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    for i in 0..8 {
+        assert_eq!(pair.curl(&format!("http://{}/p{i}", pair.server_ip)), 200);
+    }
+    assert_eq!(pair.curl(&format!("http://{}/none", pair.server_ip)), 404);
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+
+    // Ids and connection numbers depend on the sharding; everything else must agree.
+    let norm = |mut v: serde_json::Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("id");
+        o.remove("conn");
+        v.to_string()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let file_jsonl = rf_tap_run(None, &["extract", "-q", pcap.to_str().unwrap()]);
+    let file_jsonl: Vec<String> = sorted(
+        String::from_utf8_lossy(&file_jsonl.stdout)
+            .lines()
+            .map(|l| norm(serde_json::from_str(l).unwrap()))
+            .collect(),
+    );
+    assert_eq!(file_jsonl.len(), 9);
+    let live_jsonl = sorted(json_lines(&jsonl).into_iter().map(norm).collect());
+    assert!(
+        live_jsonl == file_jsonl,
+        "JSONL: live and file pipelines agree:\n{live_jsonl:?}\n{file_jsonl:?}"
+    );
+
+    let entries = |doc: &[u8]| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(doc).unwrap();
+        let mut e: Vec<String> = v["log"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                // The connection number depends on the sharding, as in JSONL.
+                let mut e = e.clone();
+                e.as_object_mut().unwrap().remove("connection");
+                e.to_string()
+            })
+            .collect();
+        e.sort();
+        e
+    };
+    let file_har = rf_tap_run(
+        None,
+        &["extract", "-q", "--format", "har", pcap.to_str().unwrap()],
+    );
+    let file_har = entries(&file_har.stdout);
+    assert_eq!(file_har.len(), 9);
+    let live_har = entries(&std::fs::read(&har).unwrap());
+    assert!(live_har == file_har, "HAR: live and file pipelines agree");
+
+    let summaries = |path: &Path| -> Vec<String> {
+        let out = rf_tap_run(None, &["requests", path.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", out.stderr);
+        sorted(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| norm(serde_json::from_str(l).unwrap()))
+                .collect(),
+        )
+    };
+    let offline = dir.path("o.rfcap");
+    let done = rf_tap_run(
+        None,
+        &[
+            "extract",
+            "-q",
+            pcap.to_str().unwrap(),
+            "-o",
+            offline.to_str().unwrap(),
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(
+        summaries(&rfcap),
+        summaries(&offline),
+        "rfcap: live and file pipelines agree"
+    );
+}
