@@ -150,6 +150,11 @@ fn a_request_comes_out_before_its_response_and_idle_flows_time_out() {
         v["event"] == "request" && v["uri"] == "/slow"
     })
     .expect("a request event for /slow");
+    // rf-tap sees the request on the wire, possibly before the server has read it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while times.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let arrived = times.lock().unwrap()[0].1;
     let lag = seen.saturating_duration_since(arrived);
     assert!(
