@@ -34,7 +34,9 @@ pub enum ExtractFormat {
 Reads pcap or pcapng (any byte order, micro- or nanosecond timestamps; Ethernet, raw IP,
 Linux SLL/SLL2, BSD loopback, NFLOG; VLAN, MPLS, PPPoE, VXLAN and Teredo decapsulated; IP
 fragments reassembled), reassembles TCP in both directions and pairs HTTP/1.x requests with
-their responses. Bad checksums are accepted. Body lengths are those of the decoded body
+their responses. Each connection's protocol is detected from its first bytes; HTTP/2, TLS and
+other protocols are counted (--stats), not decoded. With -o, the archive is written beside
+OUT and renamed over it once complete. Bad checksums are accepted. Body lengths are those of the decoded body
 (after chunked and gzip/deflate/br), as Zeek's http.log counts them.
 
 Example:
@@ -62,7 +64,8 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 100_000)]
     pub max_flows: usize,
 
-    /// Worker threads reassembling flows (0: one per core). With more than one, a reader
+    /// Worker threads reassembling flows (0: chosen from the cores, one on two cores or
+    /// fewer, one per core beyond the first otherwise). With more than one, a reader
     /// thread sends each connection to one worker; exchanges still come out in the order
     /// they complete, ids count in that order, and connection ids are unique but numbered per
     /// worker. More threads take more memory (each worker has its own flows)
