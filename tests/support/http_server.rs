@@ -78,7 +78,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", handler)
+    }
+
+    /// The same on a given address (in the network namespace of the calling thread).
+    pub fn start_on(addr: &str, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let max_open = Arc::new(AtomicUsize::new(0));
@@ -92,11 +97,20 @@ impl TestServer {
             let open = Arc::new(AtomicUsize::new(0));
             let next = AtomicU64::new(0);
             let mut workers = Vec::new();
-            for stream in listener.incoming() {
+            // Polled, so that stopping needs no connection from the listener's namespace.
+            let _ = listener.set_nonblocking(true);
+            loop {
                 if st2.load(Ordering::Relaxed) {
                     break;
                 }
-                let Ok(stream) = stream else { continue };
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let _ = stream.set_nonblocking(false);
                 let n = open.fetch_add(1, Ordering::SeqCst) + 1;
                 m2.fetch_max(n, Ordering::SeqCst);
                 let conn = next.fetch_add(1, Ordering::SeqCst);
@@ -139,7 +153,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
+
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }

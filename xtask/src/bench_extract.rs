@@ -343,7 +343,9 @@ pub fn extract(
         make_one_syn(&p, n)?;
         let mut best = Vec::new();
         for _ in 0..rounds {
-            best.push(measure(Command::new(rf_tap).args(["extract", "-q"]).arg(&p))?);
+            best.push(measure(
+                Command::new(rf_tap).args(["extract", "-q"]).arg(&p),
+            )?);
         }
         best.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (secs, rss, _) = best[best.len() / 2];

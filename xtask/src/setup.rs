@@ -27,6 +27,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("httpry", "httpry"),
     ("tcpreplay", "tcpreplay"),
     ("bpftool", "bpftool"),
+    // promtool checks the live mirror's /metrics (Debian ships it with prometheus).
+    ("promtool", "prometheus"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -5,6 +5,7 @@ mod mirror;
 mod pipeline;
 mod replay;
 mod report;
+mod shadow;
 mod sink;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         cli::Command::Requests(args) => cli::requests::run(args),
         cli::Command::Replay(args) => cli::replay::run(*args),
         cli::Command::Session(args) => cli::session::run(args),
+        cli::Command::Mirror(args) => cli::mirror::run(args),
     };
     match result {
         Ok(code) => code,

@@ -15,11 +15,13 @@
 
 pub mod endpoint;
 pub mod json;
+pub mod noise;
 
 use std::fmt;
 
 pub use endpoint::endpoint_key;
 pub use json::{noise_paths, JsonPath};
+pub use noise::{judge, NoiseModel, Verdict};
 
 /// One side of a comparison: a response, its body already decoded (Content-Encoding).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

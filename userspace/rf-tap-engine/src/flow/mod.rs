@@ -265,6 +265,22 @@ impl Delivery<'_> {
             return;
         }
         match app {
+            App::Detecting(d) if d.held.is_empty() => {
+                // The common case: the first bytes decide at once, and nothing is copied.
+                let verdict = if from_client {
+                    analyzer::detect::client(b)
+                } else {
+                    analyzer::detect::server(b)
+                };
+                if let analyzer::detect::Verdict::Is(p) = verdict {
+                    self.counts(*tunneled).get_mut(p).connections += 1;
+                    *app = App::Active(analyzer::for_protocol(p, self.limits, *tunneled));
+                    return self.data(app, tunneled, from_client, b, origin);
+                }
+                d.held.push((from_client, b.to_vec(), origin));
+                d.held_bytes[usize::from(!from_client)] += b.len();
+                self.decide(app, tunneled, false);
+            }
             App::Detecting(d) => {
                 d.held.push((from_client, b.to_vec(), origin));
                 d.held_bytes[usize::from(!from_client)] += b.len();

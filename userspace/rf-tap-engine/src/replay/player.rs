@@ -178,6 +178,72 @@ impl Histogram {
         }
         self.max
     }
+
+    /// Adds another histogram's samples (the same bucket layout).
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            *a += b;
+        }
+        self.count += o.count;
+        self.max = self.max.max(o.max);
+        self.sum += o.sum;
+    }
+
+    /// The samples at or below `micros` (for cumulative histogram exports such as
+    /// Prometheus's `le` buckets; exact at bucket bounds).
+    pub fn count_at_most(&self, micros: u64) -> u64 {
+        let last = Self::index(micros.saturating_add(1)).min(self.buckets.len());
+        self.buckets[..last].iter().sum()
+    }
+
+    /// The sum of every sample, in µs.
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+}
+
+/// Saved sparsely: `{"n": count, "max": µs, "sum": µs, "b": [[bucket, count], ...]}`.
+impl serde::Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let sparse: Vec<(usize, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i, *n))
+            .collect();
+        let mut st = s.serialize_struct("Histogram", 4)?;
+        st.serialize_field("n", &self.count)?;
+        st.serialize_field("max", &self.max)?;
+        st.serialize_field("sum", &(self.sum.min(u128::from(u64::MAX)) as u64))?;
+        st.serialize_field("b", &sparse)?;
+        st.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Histogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Sparse {
+            n: u64,
+            max: u64,
+            sum: u64,
+            b: Vec<(usize, u64)>,
+        }
+        let sp = Sparse::deserialize(d)?;
+        let mut h = Histogram::default();
+        for (i, n) in sp.b {
+            let Some(slot) = h.buckets.get_mut(i) else {
+                return Err(serde::de::Error::custom("histogram bucket out of range"));
+            };
+            *slot += n;
+        }
+        h.count = sp.n;
+        h.max = sp.max;
+        h.sum = u128::from(sp.sum);
+        Ok(h)
+    }
 }
 
 /// Figures of a replay.

@@ -267,8 +267,26 @@ fn poll_readable(fds: &[RawFd], timeout: Duration) {
     };
 }
 
+/// Called once the programs are attached, with the interface's name.
+pub type OnAttached = Box<dyn FnOnce(&str)>;
+
+/// What a command built on `attach` adds to it (the live mirror).
+#[derive(Default)]
+pub struct Extra {
+    /// More sinks for the live exchange pipeline (which then runs).
+    pub sinks: Vec<Box<dyn Sink>>,
+    /// Most of each body the live engine keeps (default: the engine's 64 KiB).
+    pub keep_body: Option<usize>,
+    pub on_attached: Option<OnAttached>,
+}
+
 pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
+    run_with(args, Extra::default())
+}
+
+pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::process::ExitCode> {
     args.validate()?;
+    let pipeline = args.exchanges() || !extra.sinks.is_empty();
     let user_rules = args.filter.rule_set()?;
     let facts = capture::interface_facts(&args.iface)?;
     // With --vxlan the kernel takes the VXLAN packets and the user's rules judge the inner
@@ -307,7 +325,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let output = match &args.write {
-        None if args.exchanges() => Output::Nothing,
+        None if pipeline => Output::Nothing,
         None => Output::Lines {
             stdout: std::io::stdout(),
         },
@@ -343,7 +361,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     };
 
-    let live = if args.exchanges() {
+    let live = if pipeline {
         let linktype = if args.vxlan && !args.keep_outer {
             rf_tap_engine::wire::LINKTYPE_ETHERNET
         } else if facts.link_kind == rf_tap_common::LINK_RAW_IP {
@@ -370,10 +388,12 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
             let text = sinks::Text::open(&p.to_string_lossy())?;
             out.push(Box::new(sinks::Har::new(text)?));
         }
+        out.append(&mut extra.sinks);
         let config = LiveConfig {
             workers,
             linktype,
             idle_timeout: args.flow_timeout,
+            keep_body: extra.keep_body,
         };
         Some(LivePipeline::start(config, out))
     } else {
@@ -467,6 +487,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         }
         target_name.push_str(&format!("exchanges to {}", exchange_outputs.join(", ")));
     }
+    if target_name.is_empty() {
+        target_name = "requests to the live mirror".into();
+    }
     eprintln!(
         "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}; Ctrl-C to stop",
         facts.name,
@@ -481,6 +504,9 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
         },
         target_name,
     );
+    if let Some(f) = extra.on_attached.take() {
+        f(&facts.name);
+    }
 
     let show_status = !args.quiet && std::io::stderr().is_terminal();
     let mut status = StatusLine::new(show_status);

@@ -3,6 +3,7 @@ pub mod attach;
 pub mod extract;
 pub mod http_replay;
 pub mod mapped;
+pub mod mirror;
 pub mod replay;
 pub mod replay_diff;
 pub mod requests;
@@ -37,4 +38,7 @@ pub enum Command {
     /// Mirror sessions: copy an interface's packets in the kernel to a VXLAN target, like a
     /// VPC Traffic Mirroring session (`session create|list|delete`)
     Session(session::SessionArgs),
+    /// Live shadow mirroring: send production's requests to shadow services as they happen
+    /// and compare their answers with production's (`mirror start|list|stop|stats|diff`)
+    Mirror(mirror::MirrorArgs),
 }

@@ -108,6 +108,8 @@ pub struct LiveConfig {
     pub linktype: u32,
     /// A flow with no packet for this long is closed (its unanswered requests come out).
     pub idle_timeout: Duration,
+    /// Most of each body kept (None: the engine's default).
+    pub keep_body: Option<usize>,
 }
 
 /// A connection id unique across shards, from a shard's own (with one shard, the same).
@@ -275,10 +277,13 @@ impl LivePipeline {
         let (done_tx, done_rx): (Sender<Vec<Event>>, Receiver<Vec<Event>>) = bounded(64);
         let mut senders = Vec::new();
         let mut workers = Vec::new();
-        let engine = ExtractConfig {
+        let mut engine = ExtractConfig {
             idle_timeout: config.idle_timeout,
             ..ExtractConfig::default()
         };
+        if let Some(n) = config.keep_body {
+            engine.http.keep_body = n;
+        }
         for shard in 0..shards {
             let (tx, rx) = bounded::<OwnedFrame>(4096);
             senders.push(tx);

@@ -163,7 +163,7 @@ fn parse_json(v: &ResponseView) -> Option<Value> {
     serde_json::from_slice(&v.body).ok()
 }
 
-fn vars(needed: bool) -> Vars {
+pub fn vars(needed: bool) -> Vars {
     if !needed {
         return Vars {
             now: Duration::ZERO,

@@ -1,0 +1,642 @@
+//! `rf-tap mirror` end to end: a production server and shadow servers in network namespaces,
+//! curl as the client, the mirror started in the background as a user would, and what each
+//! shadow received counted by the shadow itself.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use rf_tap_tests::{http_server::*, *};
+
+/// `rf-tap ARGS` inside `ns`, with the mirror state kept under `state`.
+fn mirror_cmd(ns: &str, state: &Path, args: &[&str]) -> Finished {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(rf_tap_bin())
+        .args(args)
+        .env("RF_TAP_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Finished {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn stats(ns: &str, state: &Path, name: &str) -> serde_json::Value {
+    let f = mirror_cmd(ns, state, &["mirror", "stats", name, "--json"]);
+    assert!(f.status.success(), "{}", f.stderr);
+    f.json()
+}
+
+/// Polls until `pred` holds (bounded).
+fn eventually(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pred()
+}
+
+fn uuid(n: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        n,
+        n & 0xffff,
+        n & 0xfff,
+        (n >> 3) & 0xfff,
+        n * 7919
+    )
+}
+
+/// A JSON API: `/api/users/ID` answers the user, with a request id and a timestamp that
+/// differ on every answer. `bob_for_u2`: the v2 behaviour, a changed name for u2.
+fn api(bob_for_u2: bool, counter: Arc<AtomicU64>) -> impl Fn(&Seen) -> Reply + Send + Sync {
+    move |s: &Seen| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + if bob_for_u2 { 1_000_000 } else { 0 };
+        let path = s.target.split('?').next().unwrap_or("");
+        let id = path.rsplit('/').next().unwrap_or("").to_string();
+        if s.method != "GET" {
+            return Reply::json(201, "{\"created\":true}");
+        }
+        let name = if bob_for_u2 && id == "u2" {
+            "bob"
+        } else {
+            "alice"
+        };
+        Reply::json(
+            200,
+            &format!(
+                "{{\"id\":\"{id}\",\"name\":\"{name}\",\"request_id\":\"{}\",\"served_at\":\"2026-12-01T10:{:02}:{:02}Z\"}}",
+                uuid(n),
+                (n / 60) % 60,
+                n % 60
+            ),
+        )
+    }
+}
+
+struct Setup {
+    pair: NetPair,
+    state: TempDir,
+    _prod: TestServer,
+    prod_port: u16,
+}
+
+fn setup(tag: &str) -> Setup {
+    let pair = NetPair::new();
+    let state = TempDir::new(tag);
+    let addr = format!("{}:8080", pair.server_ip);
+    let prod = in_netns(&pair.server_ns, move || {
+        TestServer::start_on(&addr, api(false, Arc::default()))
+    });
+    Setup {
+        pair,
+        state,
+        _prod: prod,
+        prod_port: 8080,
+    }
+}
+
+/// curl from the client namespace: several URLs on one keep-alive connection.
+fn curl_keepalive(pair: &NetPair, urls: &[String], extra: &[&str]) -> Vec<u32> {
+    let mut args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        pair.client_ns.clone(),
+        "curl".into(),
+        "-s".into(),
+        "--max-time".into(),
+        "10".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    for u in urls {
+        args.push("-o".into());
+        args.push("/dev/null".into());
+        args.push("-w".into());
+        args.push("%{http_code}\\n".into());
+        args.push(u.clone());
+    }
+    let out = Command::new("ip").args(&args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn every_request_reaches_the_shadow_once_in_order_and_v2s_differences_are_found() {
+    if !privileged("every_request_reaches_the_shadow_once_in_order_and_v2s_differences_are_found") {
+        return;
+    }
+    let s = setup("shadow-main");
+    let shadow = in_netns(&s.pair.server_ns, || {
+        TestServer::start(api(true, Arc::default()))
+    });
+    let st = s.state.0.clone();
+    let start = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "api",
+            "--iface",
+            &s.pair.server_if,
+            "--port",
+            &s.prod_port.to_string(),
+            "--to",
+            &shadow.url(),
+            "-H",
+            "X-Mirrored-From: production",
+        ],
+    );
+    assert!(start.status.success(), "{}", start.stderr);
+    let banner = String::from_utf8_lossy(&start.stdout);
+    assert!(banner.contains("✓ Traffic mirroring active"), "{banner}");
+    assert!(
+        banner.contains("Stop with: rf-tap mirror stop api"),
+        "{banner}"
+    );
+    let again = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "api",
+            "--iface",
+            &s.pair.server_if,
+            "--to",
+            &shadow.url(),
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stderr.contains("already running"), "{}", again.stderr);
+
+    // Three keep-alive connections of six GETs each, then writes (not mirrored).
+    let base = format!("http://{}:{}", s.pair.server_ip, s.prod_port);
+    let mut sent: Vec<Vec<String>> = Vec::new();
+    for c in 0..3 {
+        let paths: Vec<String> = (0..6)
+            .map(|i| format!("/api/users/u{}?c={c}&i={i}", 1 + i % 2))
+            .collect();
+        let urls: Vec<String> = paths.iter().map(|p| format!("{base}{p}")).collect();
+        assert_eq!(curl_keepalive(&s.pair, &urls, &[]), vec![200; 6]);
+        sent.push(paths);
+    }
+    for _ in 0..3 {
+        let codes = curl_keepalive(
+            &s.pair,
+            &[format!("{base}/api/orders")],
+            &["-d", "{\"qty\":1}"],
+        );
+        assert_eq!(codes, [201]);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || shadow.requests().len() >= 18),
+        "the shadow got {} of 18 requests",
+        shadow.requests().len()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || stats(
+            &s.pair.server_ns,
+            &st,
+            "api"
+        )["production"]["requests"]
+            == 21),
+        "{}",
+        stats(&s.pair.server_ns, &st, "api")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let got = shadow.requests();
+    assert_eq!(got.len(), 18, "each GET exactly once, no write");
+    assert!(got.iter().all(|r| r.method == "GET"));
+    assert!(got
+        .iter()
+        .all(|r| r.header("x-mirrored-from") == Some("production")));
+    // Order within a connection: each shadow connection carries one captured connection's
+    // requests, in the order the client sent them.
+    let mut by_conn: HashMap<u64, Vec<String>> = HashMap::new();
+    for r in &got {
+        by_conn.entry(r.conn).or_default().push(r.target.clone());
+    }
+    let mut seqs: Vec<Vec<String>> = by_conn.into_values().collect();
+    seqs.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(
+        seqs, want,
+        "one shadow connection per captured connection, in order"
+    );
+
+    let v = stats(&s.pair.server_ns, &st, "api");
+    assert_eq!(v["name"], "api");
+    assert_eq!(v["production"]["requests"], 21, "{v}");
+    assert_eq!(v["production"]["succeeded"], 21, "{v}");
+    assert_eq!(v["shadow"]["requests"], 18, "{v}");
+    assert_eq!(v["mirrored"], 18, "{v}");
+    assert_eq!(v["skipped"]["write_method"], 3, "{v}");
+    assert_eq!(v["dropped"]["queue_full"], 0, "{v}");
+    // v2 answers "bob" for u2 (9 requests); request ids and timestamps differ on every
+    // answer and are noise, not differences.
+    assert_eq!(v["diffs"], 9, "{v}");
+    assert!(v["noise_diffs"].as_u64().unwrap() >= 18, "{v}");
+    assert!(
+        v["production"]["latency_ms"]["p50"].as_f64().is_some(),
+        "{v}"
+    );
+    assert!(v["window_s"].as_u64().unwrap() >= 60, "{v}");
+
+    let text = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &["mirror", "stats", "api", "--last", "1h"],
+    );
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.starts_with("TRAFFIC MIRROR STATS api (last 1h)"), "{t}");
+    assert!(t.contains("Response diffs: 9"), "{t}");
+    assert!(t.contains("Not mirrored:   3 writes"), "{t}");
+    let diff = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &["mirror", "diff", "api", "--show", "1"],
+    );
+    let d = String::from_utf8_lossy(&diff.stdout);
+    assert!(d.contains("DIFF 1/9 — GET /api/users/u2"), "{d}");
+    assert!(d.contains("$.name changed: \"alice\" → \"bob\""), "{d}");
+
+    let list = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "list", "--json"]);
+    let l: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(l[0]["name"], "api");
+    assert_eq!(l[0]["status"], "running");
+    assert_eq!(l[0]["production_requests"], 21);
+    let stop = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "stop", "api"]);
+    assert!(stop.status.success(), "{}", stop.stderr);
+    assert_eq!(tcx_program_count(&s.pair.server_ns, &s.pair.server_if), 0);
+    let list = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+}
+
+#[test]
+fn writes_are_mirrored_whole_with_allow_writes_even_50_mb() {
+    if !privileged("writes_are_mirrored_whole_with_allow_writes_even_50_mb") {
+        return;
+    }
+    let s = setup("shadow-writes");
+    let shadow = in_netns(&s.pair.server_ns, || {
+        TestServer::start(api(false, Arc::default()))
+    });
+    let st = s.state.0.clone();
+    let start = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "w",
+            "--iface",
+            &s.pair.server_if,
+            "--port",
+            "8080",
+            "--to",
+            &shadow.url(),
+            "--allow-writes",
+        ],
+    );
+    assert!(start.status.success(), "{}", start.stderr);
+    let body = s.state.path("upload.bin");
+    let big: Vec<u8> = (0..50u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&body, &big).unwrap();
+    let base = format!("http://{}:8080", s.pair.server_ip);
+    let codes = curl_keepalive(
+        &s.pair,
+        &[format!("{base}/api/upload")],
+        &[
+            "--data-binary",
+            &format!("@{}", body.display()),
+            "-H",
+            "Expect:",
+        ],
+    );
+    assert_eq!(codes, [201]);
+    assert!(
+        eventually(Duration::from_secs(20), || !shadow.requests().is_empty()),
+        "the upload reached the shadow"
+    );
+    let got = shadow.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method, "POST");
+    assert!(
+        got[0].body == big,
+        "the shadow got {} of {} bytes",
+        got[0].body.len(),
+        big.len()
+    );
+    let stop = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "stop", "w"]);
+    assert!(stop.status.success(), "{}", stop.stderr);
+}
+
+#[test]
+fn a_hanging_or_dead_shadow_costs_production_nothing_and_is_counted() {
+    if !privileged("a_hanging_or_dead_shadow_costs_production_nothing_and_is_counted") {
+        return;
+    }
+    let s = setup("shadow-slow");
+    let hang = in_netns(&s.pair.server_ns, || {
+        TestServer::start(|_: &Seen| Reply::Hang)
+    });
+    // A port nothing listens on.
+    let dead = "http://127.0.0.1:9";
+    let st = s.state.0.clone();
+    let start = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "slow",
+            "--iface",
+            &s.pair.server_if,
+            "--port",
+            "8080",
+            "--to",
+            &hang.url(),
+            "--to",
+            dead,
+            "--timeout",
+            "1s",
+            "--queue",
+            "5",
+        ],
+    );
+    assert!(start.status.success(), "{}", start.stderr);
+    let base = format!("http://{}:8080", s.pair.server_ip);
+    let started = Instant::now();
+    for c in 0..4 {
+        let urls: Vec<String> = (0..10)
+            .map(|i| format!("{base}/api/users/u{c}?i={i}"))
+            .collect();
+        assert_eq!(curl_keepalive(&s.pair, &urls, &[]), vec![200; 10]);
+    }
+    let took = started.elapsed();
+    // Production answers at once: 40 requests take nowhere near the shadow's 1 s timeout.
+    assert!(took < Duration::from_secs(3), "production took {took:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let v = stats(&s.pair.server_ns, &st, "slow");
+            v["production"]["requests"] == 40
+                && v["shadows"][dead]["errors"].as_u64().unwrap_or(0) >= 1
+        }),
+        "{}",
+        stats(&s.pair.server_ns, &st, "slow")
+    );
+    let v = stats(&s.pair.server_ns, &st, "slow");
+    assert_eq!(v["production"]["succeeded"], 40, "{v}");
+    assert!(
+        v["dropped"]["queue_full"].as_u64().unwrap() > 0,
+        "the hanging shadow's queue filled: {v}"
+    );
+    assert!(
+        v["shadow_failures"]["connection_refused"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    let stop = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "stop", "slow"]);
+    assert!(stop.status.success(), "{}", stop.stderr);
+    assert_eq!(tcx_program_count(&s.pair.server_ns, &s.pair.server_if), 0);
+    let v = stats(&s.pair.server_ns, &st, "slow");
+    assert!(
+        v["shadow_failures"]["timeout"].as_u64().unwrap() >= 1,
+        "timeouts are shadow errors: {v}"
+    );
+}
+
+#[test]
+fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
+    if !privileged("a_killed_mirror_leaves_nothing_attached_and_its_stats_survive") {
+        return;
+    }
+    let s = setup("shadow-kill");
+    let shadow = in_netns(&s.pair.server_ns, || {
+        TestServer::start(api(false, Arc::default()))
+    });
+    let st = s.state.0.clone();
+    let metrics = "127.0.0.1:9464";
+    let start = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "k",
+            "--iface",
+            &s.pair.server_if,
+            "--port",
+            "8080",
+            "--to",
+            &shadow.url(),
+            "--metrics",
+            metrics,
+            "--sample-rate",
+            "50",
+        ],
+    );
+    assert!(start.status.success(), "{}", start.stderr);
+    let base = format!("http://{}:8080", s.pair.server_ip);
+    // 40 connections of 3 requests: about half the connections are mirrored, whole.
+    for c in 0..40 {
+        let urls: Vec<String> = (0..3)
+            .map(|i| format!("{base}/api/users/u1?c={c}&i={i}"))
+            .collect();
+        assert_eq!(curl_keepalive(&s.pair, &urls, &[]), vec![200; 3]);
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        let v = stats(&s.pair.server_ns, &st, "k");
+        v["production"]["requests"] == 120
+            && v["mirrored"].as_u64() == Some(shadow.requests().len() as u64)
+    }));
+    let got = shadow.requests();
+    let mut per_conn: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        let c = r
+            .target
+            .split("c=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_string();
+        *per_conn.entry(c).or_default() += 1;
+    }
+    assert!(
+        per_conn.values().all(|n| *n == 3),
+        "whole connections: {per_conn:?}"
+    );
+    let kept = per_conn.len();
+    assert!(
+        (8..=32).contains(&kept),
+        "about half of 40 connections: {kept}"
+    );
+    let v = stats(&s.pair.server_ns, &st, "k");
+    assert_eq!(
+        v["skipped"]["sampled_out"].as_u64().unwrap() as usize,
+        (40 - kept) * 3,
+        "{v}"
+    );
+
+    // The metrics pass promtool.
+    let body = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.pair.server_ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://{metrics}/metrics"))
+        .output()
+        .unwrap()
+        .stdout;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        text.contains("rf_tap_mirror_requests_total{mirror=\"k\""),
+        "{text}"
+    );
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs prometheus)");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), &body).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGKILL: nothing stays attached, `list` says it died, the stats are kept.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(st.join("run/k.json")).unwrap()).unwrap();
+    let pid = state["pid"].as_u64().unwrap() as i32;
+    // SAFETY: the PID the mirror recorded for itself, a child of this test's command.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(5), || {
+        tcx_program_count(&s.pair.server_ns, &s.pair.server_if) == 0
+    }));
+    let list = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "list", "--json"]);
+    let l: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(l[0]["status"], "died", "{l}");
+    let v = stats(&s.pair.server_ns, &st, "k");
+    assert_eq!(
+        v["production"]["requests"], 120,
+        "kept across the kill: {v}"
+    );
+    // A restart appends to the same stats.
+    let start = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "k",
+            "--iface",
+            &s.pair.server_if,
+            "--port",
+            "8080",
+            "--to",
+            &shadow.url(),
+        ],
+    );
+    assert!(start.status.success(), "{}", start.stderr);
+    assert_eq!(
+        curl_keepalive(&s.pair, &[format!("{base}/api/users/u9")], &[]),
+        [200]
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        stats(&s.pair.server_ns, &st, "k")["production"]["requests"] == 121
+    }));
+    let stop = mirror_cmd(&s.pair.server_ns, &st, &["mirror", "stop", "k"]);
+    assert!(stop.status.success(), "{}", stop.stderr);
+}
+
+#[test]
+fn mistakes_are_one_line_and_nothing_starts() {
+    if !privileged("mistakes_are_one_line_and_nothing_starts") {
+        return;
+    }
+    let pair = NetPair::new();
+    let state = TempDir::new("shadow-err");
+    let st = state.0.clone();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "mirror",
+                "start",
+                "a",
+                "--iface",
+                "nope0",
+                "--to",
+                "http://127.0.0.1:1",
+            ],
+            "no such interface",
+        ),
+        (
+            &["mirror", "start", "a", "--iface", "rfs0", "--to", "htp://x"],
+            "--to htp://x",
+        ),
+        (
+            &[
+                "mirror",
+                "start",
+                "a",
+                "--iface",
+                "rfs0",
+                "--to",
+                "http://no-such-host.invalid",
+            ],
+            "cannot resolve",
+        ),
+        (
+            &[
+                "mirror",
+                "start",
+                "a b",
+                "--iface",
+                "rfs0",
+                "--to",
+                "http://127.0.0.1:1",
+            ],
+            "mirror name",
+        ),
+        (&["mirror", "stats", "never"], "never ran"),
+        (&["mirror", "stop", "never"], "no mirror never is running"),
+    ];
+    for (args, want) in cases {
+        let f = mirror_cmd(&pair.server_ns, &st, args);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {}", f.stderr);
+        let lines: Vec<&str> = f.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {}", f.stderr);
+        assert!(lines[0].contains(want), "{args:?}: {}", f.stderr);
+    }
+    assert_eq!(tcx_program_count(&pair.server_ns, &pair.server_if), 0);
+}
