@@ -232,5 +232,103 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
     if !diff.status.success() {
         bail!("rf-tap replay diff failed: {}", diff.stderr);
     }
-    Ok(())
+    live_mirror(&pair, &paths, &out_dir, rf_tap)
+}
+
+/// A live mirror: production's requests copied in real time to a shadow (a second nginx
+/// with one document changed), and the shadow's answers compared with production's.
+fn live_mirror(
+    pair: &NetPair,
+    paths: &[String],
+    out_dir: &Path,
+    rf_tap: &Path,
+) -> anyhow::Result<()> {
+    let shadow_dir = TempDir::new("demo-shadow");
+    write_api(&shadow_dir)?;
+    // The shadow runs what production runs now (u_3 as changed above), but for u_5.
+    std::fs::write(
+        shadow_dir.path("www/api/users/u_3"),
+        r#"{"id":"u_3","name":"user 3","avatar":"/img/u_3.png"}"#,
+    )?;
+    std::fs::write(
+        shadow_dir.path("www/api/users/u_5"),
+        r#"{"id":"u_5","name":"user 5","plan":"team","active":true}"#,
+    )?;
+    let _shadow = nginx(
+        &pair.server_ns,
+        &shadow_dir,
+        &["127.0.0.1:8081".to_string()],
+    );
+    let state = out_dir.join("mirror-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let mirror = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new("ip")
+            .args(["netns", "exec", &pair.server_ns])
+            .arg(rf_tap)
+            .args(args)
+            .env("RF_TAP_STATE_DIR", &state)
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    };
+    println!(
+        "\ndemo: a shadow (v2: u_5's plan changed) on 127.0.0.1:8081; \
+         rf-tap mirror start demo --iface {} --port 80 --to http://127.0.0.1:8081",
+        pair.server_if
+    );
+    let start = mirror(&[
+        "mirror",
+        "start",
+        "demo",
+        "--iface",
+        &pair.server_if,
+        "--port",
+        "80",
+        "--to",
+        "http://127.0.0.1:8081",
+    ])?;
+    print!("{}", String::from_utf8_lossy(&start.stdout));
+    if !start.status.success() {
+        bail!(
+            "rf-tap mirror start failed: {}",
+            String::from_utf8_lossy(&start.stderr)
+        );
+    }
+    let result = (|| -> anyhow::Result<()> {
+        println!(
+            "demo: curl sends {} requests to production",
+            paths.len() * 2
+        );
+        for _ in 0..2 {
+            for p in paths {
+                pair.curl(&format!("http://{}{p}", pair.server_ip));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        for args in [
+            &["mirror", "list"][..],
+            &["mirror", "stats", "demo"][..],
+            &["mirror", "diff", "demo", "--show", "1"][..],
+        ] {
+            println!("\ndemo: rf-tap {}", args.join(" "));
+            let out = mirror(args)?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                bail!(
+                    "rf-tap {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(())
+    })();
+    println!("\ndemo: rf-tap mirror stop demo");
+    let stop = mirror(&["mirror", "stop", "demo"])?;
+    if !stop.status.success() {
+        bail!(
+            "rf-tap mirror stop failed: {}",
+            String::from_utf8_lossy(&stop.stderr)
+        );
+    }
+    result
 }

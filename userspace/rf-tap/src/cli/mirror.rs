@@ -850,7 +850,13 @@ fn stats(name: &str, last: Option<Duration>, json: bool) -> anyhow::Result<std::
         pct(s.succeeded, s.requests),
     ));
     let lat = |h: &rf_tap_engine::replay::player::Histogram, q| {
-        ms(h, q).map_or("-".into(), |v| format!("{v:.0}ms"))
+        ms(h, q).map_or("-".into(), |v| {
+            if v < 10.0 {
+                format!("{v:.1}ms")
+            } else {
+                format!("{v:.0}ms")
+            }
+        })
     };
     o.push_str(&row(
         "P50 latency:",

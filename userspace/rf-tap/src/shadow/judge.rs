@@ -304,7 +304,7 @@ fn settle(
             let words: Vec<String> = comparison
                 .differences
                 .iter()
-                .map(ToString::to_string)
+                .map(|d| d.to_string().replace("target response", "shadow response"))
                 .collect();
             diffs.write(&serde_json::json!({
                 "ts": unix_now().as_secs_f64(),
