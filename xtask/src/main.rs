@@ -3,6 +3,7 @@ mod bench;
 mod bench_extract;
 mod bench_http_replay;
 mod bench_mirror;
+mod bench_mirror_live;
 mod bench_replay;
 mod bench_sink;
 mod demo;
@@ -94,6 +95,16 @@ enum Bench {
     /// Mirror sessions: production cost and mirrored/offered packets, rf-tap session vs
     /// tc mirred to a vxlan device
     Mirror {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+    },
+    /// Live shadow mirroring at wrk's maximum: completeness, production cost and p99 with a
+    /// fast and a slow shadow, rf-tap mirror vs nginx's mirror directive, shadow lag
+    MirrorLive {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         #[arg(long, default_value_t = 10)]
@@ -219,6 +230,16 @@ fn main() -> anyhow::Result<()> {
                     seconds,
                     connections,
                 } => bench_mirror::mirror(&bin, rounds.max(1), seconds.max(1), connections.max(1)),
+                Bench::MirrorLive {
+                    rounds,
+                    seconds,
+                    connections,
+                } => bench_mirror_live::mirror_live(
+                    &bin,
+                    rounds.max(1),
+                    seconds.max(1),
+                    connections.max(1),
+                ),
                 Bench::Sink { rounds, packets } => {
                     bench_sink::sink(&bin, rounds.max(1), packets.max(1000))
                 }

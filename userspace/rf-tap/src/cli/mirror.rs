@@ -823,6 +823,11 @@ fn stats(name: &str, last: Option<Duration>, json: bool) -> anyhow::Result<std::
                 "unpaired": b.dropped.get("unpaired").copied().unwrap_or(0),
             },
             "shadow_failures": b.failures,
+            "lag_ms": {
+                "p50": ms(&b.lag, 0.50),
+                "p99": ms(&b.lag, 0.99),
+                "max": (b.lag.count() > 0).then(|| b.lag.max() as f64 / 1000.0),
+            },
         });
         outln!(o, "{}", serde_json::to_string(&v)?);
         return {

@@ -58,6 +58,8 @@ pub enum Msg {
         key: ReqKey,
         dest: usize,
         result: ShadowResult,
+        /// From the request's last captured packet to its send.
+        lag: Duration,
     },
 }
 
@@ -233,7 +235,13 @@ fn handle(
                 }
             }
         }
-        Msg::Answer { key, dest, result } => {
+        Msg::Answer {
+            key,
+            dest,
+            result,
+            lag,
+        } => {
+            b.lag.record(lag.as_micros() as u64);
             let side = b.shadows.entry(dest_name(dest)).or_default();
             side.requests += 1;
             let view = match result {

@@ -223,6 +223,7 @@ impl Sink for ShadowSink {
                 conn: r.conn,
                 method: q.method.clone(),
                 bytes: Arc::clone(&bytes),
+                captured: q.end.ts,
             };
             match d.try_send(job) {
                 Ok(()) => sent.push(i),

@@ -28,6 +28,8 @@ pub struct Job {
     pub conn: u64,
     pub method: String,
     pub bytes: Arc<Vec<u8>>,
+    /// Wall-clock capture time of the request's last packet.
+    pub captured: Duration,
 }
 
 /// The capture side's handle on one destination.
@@ -197,6 +199,8 @@ async fn per_connection(
                 }
             }
         };
+        // Shadow lag: from the request's last captured packet to its send.
+        let lag = super::store::unix_now().saturating_sub(job.captured);
         let result = match c
             .exchange(&connector, &job.bytes, &job.method, timeout)
             .await
@@ -213,6 +217,7 @@ async fn per_connection(
             key: job.key,
             dest,
             result,
+            lag,
         });
     }
 }

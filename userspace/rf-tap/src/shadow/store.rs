@@ -162,6 +162,9 @@ pub struct Bucket {
     /// Shadow answers that were not HTTP responses, by kind (timeout, refused, ...).
     #[serde(default)]
     pub failures: BTreeMap<String, u64>,
+    /// Shadow lag, µs: from a request's last captured packet to its send.
+    #[serde(default)]
+    pub lag: Histogram,
 }
 
 fn add_map(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
@@ -184,6 +187,7 @@ impl Bucket {
         add_map(&mut self.skipped, &o.skipped);
         add_map(&mut self.dropped, &o.dropped);
         add_map(&mut self.failures, &o.failures);
+        self.lag.merge(&o.lag);
     }
 }
 
