@@ -115,7 +115,8 @@ fn wrk(ns: &str, url: &str, seconds: u64, connections: u32) -> anyhow::Result<(f
         .find_map(|l| l.trim().strip_prefix("99%"))
         .map(|v| v.trim().to_string())
         .and_then(|v| {
-            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+            let (num, unit) =
+                v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
             let n: f64 = num.parse().ok()?;
             Some(match unit {
                 "us" => n / 1000.0,
@@ -140,7 +141,12 @@ fn lines_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn mirror_live(rf_tap: &Path, rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
+pub fn mirror_live(
+    rf_tap: &Path,
+    rounds: usize,
+    seconds: u64,
+    connections: u32,
+) -> anyhow::Result<()> {
     let pair = NetPair::new();
     let dir = TempDir::new("bench-mirror-live");
     std::fs::create_dir_all(dir.path("www"))?;
@@ -217,7 +223,9 @@ pub fn mirror_live(rf_tap: &Path, rounds: usize, seconds: u64, connections: u32)
         order.rotate_left(round % Config::ALL.len());
         for c in order {
             let url = match c {
-                Config::NoMirror | Config::RfTapFast | Config::RfTapSlow => format!("http://{sip}/api"),
+                Config::NoMirror | Config::RfTapFast | Config::RfTapSlow => {
+                    format!("http://{sip}/api")
+                }
                 Config::NginxProxy => format!("http://{sip}:8088/api"),
                 Config::NginxMirrorFast => format!("http://{sip}:8089/api"),
                 Config::NginxMirrorSlow => format!("http://{sip}:8090/api"),
@@ -230,11 +238,21 @@ pub fn mirror_live(rf_tap: &Path, rounds: usize, seconds: u64, connections: u32)
             let _ = std::fs::remove_dir_all(&state);
             if rf {
                 let st = mirror(&[
-                    "mirror", "start", "bench", "--iface", &pair.server_if, "--port", "80",
-                    "--to", shadow_url,
+                    "mirror",
+                    "start",
+                    "bench",
+                    "--iface",
+                    &pair.server_if,
+                    "--port",
+                    "80",
+                    "--to",
+                    shadow_url,
                 ])?;
                 if !st.status.success() {
-                    bail!("rf-tap mirror start: {}", String::from_utf8_lossy(&st.stderr));
+                    bail!(
+                        "rf-tap mirror start: {}",
+                        String::from_utf8_lossy(&st.stderr)
+                    );
                 }
             }
             let log_before = lines_of(&shadow_log);
@@ -254,22 +272,31 @@ pub fn mirror_live(rf_tap: &Path, rounds: usize, seconds: u64, connections: u32)
                 // Let the last answers come in, then read the mirror's own figures.
                 std::thread::sleep(Duration::from_millis(1500));
                 let out = mirror(&["mirror", "stats", "bench", "--json"])?;
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .with_context(|| format!("mirror stats: {}", String::from_utf8_lossy(&out.stderr)))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).with_context(|| {
+                        format!("mirror stats: {}", String::from_utf8_lossy(&out.stderr))
+                    })?;
                 run.production = v["production"]["requests"].as_f64().unwrap_or(f64::NAN);
                 run.mirrored = v["mirrored"].as_f64().unwrap_or(f64::NAN);
                 run.dropped = v["dropped"]["queue_full"].as_f64().unwrap_or(f64::NAN);
                 run.lag_p99_ms = v["lag_ms"]["p99"].as_f64().unwrap_or(f64::NAN);
                 let stop = mirror(&["mirror", "stop", "bench"])?;
                 if !stop.status.success() {
-                    bail!("rf-tap mirror stop: {}", String::from_utf8_lossy(&stop.stderr));
+                    bail!(
+                        "rf-tap mirror stop: {}",
+                        String::from_utf8_lossy(&stop.stderr)
+                    );
                 }
             } else {
                 std::thread::sleep(Duration::from_millis(500));
             }
             run.shadow_got = match c {
-                Config::RfTapFast | Config::NginxMirrorFast => (lines_of(&shadow_log) - log_before) as f64,
-                Config::RfTapSlow | Config::NginxMirrorSlow => slow.requests().len() as f64 - slow_before,
+                Config::RfTapFast | Config::NginxMirrorFast => {
+                    (lines_of(&shadow_log) - log_before) as f64
+                }
+                Config::RfTapSlow | Config::NginxMirrorSlow => {
+                    slow.requests().len() as f64 - slow_before
+                }
                 _ => f64::NAN,
             };
             eprintln!(" {:>9.0} req/s  p99 {:>7.2} ms", run.rps, run.p99_ms);
@@ -277,7 +304,12 @@ pub fn mirror_live(rf_tap: &Path, rounds: usize, seconds: u64, connections: u32)
         }
     }
     let med = |c: Config, f: &dyn Fn(&Run) -> f64| {
-        median(runs.iter().filter(|(k, _)| *k == c).map(|(_, r)| f(r)).collect())
+        median(
+            runs.iter()
+                .filter(|(k, _)| *k == c)
+                .map(|(_, r)| f(r))
+                .collect(),
+        )
     };
     println!(
         "\nlive mirror benchmark: medians of {rounds} rounds, {seconds}s each, wrk -t1 -c{connections} \
@@ -285,17 +317,46 @@ pub fn mirror_live(rf_tap: &Path, rounds: usize, seconds: u64, connections: u32)
     );
     println!(
         "{:<30} {:>9} {:>7} {:>9} {:>9} {:>11} {:>9} {:>11} {:>9} {:>10}",
-        "configuration", "req/s", "cost", "p99 ms", "p99 +", "production", "mirrored", "shadow got", "dropped", "lag p99 ms"
+        "configuration",
+        "req/s",
+        "cost",
+        "p99 ms",
+        "p99 +",
+        "production",
+        "mirrored",
+        "shadow got",
+        "dropped",
+        "lag p99 ms"
     );
     for c in Config::ALL {
         let rps = med(c, &|r| r.rps);
         let base = med(c.baseline(), &|r| r.rps);
         let p99 = med(c, &|r| r.p99_ms);
         let base_p99 = med(c.baseline(), &|r| r.p99_ms);
-        let cost = if c.baseline() == c { 0.0 } else { (1.0 - rps / base) * 100.0 };
-        let dp99 = if c.baseline() == c { 0.0 } else { p99 - base_p99 };
-        let show = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.0}") };
-        let show2 = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.2}") };
+        let cost = if c.baseline() == c {
+            0.0
+        } else {
+            (1.0 - rps / base) * 100.0
+        };
+        let dp99 = if c.baseline() == c {
+            0.0
+        } else {
+            p99 - base_p99
+        };
+        let show = |v: f64| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.0}")
+            }
+        };
+        let show2 = |v: f64| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.2}")
+            }
+        };
         println!(
             "{:<30} {:>9.0} {:>6.1}% {:>9.2} {:>+9.2} {:>11} {:>9} {:>11} {:>9} {:>10}",
             c.name(),

@@ -114,57 +114,69 @@ pub fn run(cfg: JudgeConfig, rx: Receiver<Msg>, totals: Arc<Mutex<Totals>>, file
         minute: unix_now().as_secs() / 60,
         ..Bucket::default()
     };
+    // The minutes closed since the start; the metrics' totals are these plus the current
+    // minute, refreshed every second (merging histograms per message would cost more than
+    // the judging).
+    let mut closed = Bucket::default();
     let mut last_write = Instant::now();
     let mut last_sweep = Instant::now();
     let dest_name = |d: usize| cfg.destinations.get(d).cloned().unwrap_or_default();
-    loop {
-        let msg = match rx.recv_timeout(Duration::from_millis(250)) {
+    let mut done = false;
+    while !done {
+        let first = match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                done = true;
+                None
+            }
         };
         let minute = unix_now().as_secs() / 60;
         if minute != bucket.minute {
             let _ = file.append(&bucket);
+            closed.add(&bucket);
             bucket = Bucket {
                 minute,
                 noise_fields: noise.field_count() as u64,
                 ..Bucket::default()
             };
         }
-        let mut delta = Bucket::default();
-        if let Some(m) = msg {
+        // What is queued now, in one go.
+        let queued = std::iter::from_fn(|| rx.try_recv().ok()).take(4096);
+        for m in first.into_iter().chain(queued) {
             handle(
                 m,
                 &cfg,
                 &mut pending,
                 &mut noise,
-                &mut delta,
+                &mut bucket,
                 &mut diffs,
                 &dest_name,
             );
         }
+        bucket.noise_fields = noise.field_count() as u64;
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             // A request whose other half never came (the capture lost the response, or the
             // shadow's answer outlived the pairing window) is given up.
             let limit = cfg.pair_timeout;
+            let mut given_up = 0;
             pending.retain(|_, p| {
                 let keep = p.created.elapsed() < limit;
-                if !keep {
-                    *delta.dropped.entry("unpaired".into()).or_default() += 1;
-                }
+                given_up += u64::from(!keep);
                 keep
             });
+            if given_up > 0 {
+                *bucket.dropped.entry("unpaired".into()).or_default() += given_up;
+            }
         }
-        delta.noise_fields = noise.field_count() as u64;
-        bucket.add(&delta);
-        if let Ok(mut t) = totals.lock() {
-            t.total.add(&delta);
-        }
-        if last_write.elapsed() >= Duration::from_secs(1) {
+        if last_write.elapsed() >= Duration::from_secs(1) || done {
             last_write = Instant::now();
             let _ = file.write_current(&bucket);
+            if let Ok(mut t) = totals.lock() {
+                t.total = closed.clone();
+                t.total.add(&bucket);
+            }
         }
     }
     let _ = file.append(&bucket);
