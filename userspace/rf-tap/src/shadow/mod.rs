@@ -34,7 +34,7 @@ use rf_tap_engine::{
         message::header,
     },
     replay::http::{
-        plan::{Selection, SkipReason},
+        plan::{body_incomplete, Selection, SkipReason},
         transform::Transform,
     },
 };
@@ -261,11 +261,7 @@ impl Sink for ShadowSink {
         let view = if self.compare {
             r.map(|r| ResponseView {
                 status: r.status,
-                body_incomplete: r.incomplete
-                    || r.body.gap
-                    || r.body.decode_error
-                    || (r.body.data.len() as u64) < r.body.len
-                    || cut,
+                body_incomplete: body_incomplete(r, cut),
                 headers: r.headers.clone(),
                 body: r.body.data.clone(),
             })

@@ -154,6 +154,16 @@ pub struct Selection {
     pub allow_writes: bool,
 }
 
+/// Whether a captured response's body is not whole: cut, with a gap, undecodable, longer
+/// than what was kept, or on an exchange whose capture was cut or had a gap (`cut`).
+pub fn body_incomplete(r: &crate::http::message::Response, cut: bool) -> bool {
+    r.incomplete
+        || r.body.gap
+        || r.body.decode_error
+        || (r.body.data.len() as u64) < r.body.len
+        || cut
+}
+
 /// Methods that change state on the server.
 pub fn is_write(method: &str) -> bool {
     ["POST", "PUT", "PATCH", "DELETE"]
@@ -195,11 +205,7 @@ impl Selection {
         let cut = x.flags.gap_response || x.flags.truncated;
         let prod = x.response.map(|r| ResponseView {
             status: r.status,
-            body_incomplete: r.incomplete
-                || r.body.gap
-                || r.body.decode_error
-                || (r.body.data.len() as u64) < r.body.len
-                || cut,
+            body_incomplete: body_incomplete(&r, cut),
             headers: r.headers,
             body: r.body.data,
         });
