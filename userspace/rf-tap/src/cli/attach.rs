@@ -278,6 +278,9 @@ pub struct Extra {
     /// Most of each body the live engine keeps (default: the engine's 64 KiB).
     pub keep_body: Option<usize>,
     pub on_attached: Option<OnAttached>,
+    /// The longest the ring reader lets records build up after a busy drain (default 10 ms;
+    /// the live mirror wants its requests sooner).
+    pub max_pause: Option<Duration>,
 }
 
 pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -577,7 +580,11 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
             // Traffic is flowing: let a batch build up instead of waking per packet, for
             // no longer than a quarter of the ring (at the rate just seen) or of the AF_XDP
             // RX ring (at 1 Mpps, 1 ms is 1,000 frames) takes to fill.
-            std::thread::sleep(source.pause());
+            std::thread::sleep(
+                extra
+                    .max_pause
+                    .map_or(source.pause(), |m| source.pause().min(m)),
+            );
         }
         if let Output::File(s) = &mut rx.output {
             if let Err(e) = s.tick() {

@@ -577,6 +577,8 @@ fn foreground(a: StartArgs, name: &str) -> anyhow::Result<std::process::ExitCode
             sinks: vec![Box::new(sink)],
             keep_body: Some(a.max_body.min(usize::MAX as u64) as usize),
             on_attached: Some(on_attached),
+            // A request waits in the ring at most this long before it goes to the shadows.
+            max_pause: Some(Duration::from_millis(1)),
         },
     );
     // The pipeline is finished and the sink dropped: the sender drains what is in flight,
