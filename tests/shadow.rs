@@ -33,6 +33,28 @@ fn mirror_cmd(ns: &str, state: &Path, args: &[&str]) -> Finished {
     }
 }
 
+/// Stops a mirror when the test ends, even when it fails (a mirror left running would
+/// outlive its namespace).
+struct StopOnDrop {
+    ns: String,
+    state: std::path::PathBuf,
+    name: &'static str,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = mirror_cmd(&self.ns, &self.state, &["mirror", "stop", self.name]);
+    }
+}
+
+fn guard(ns: &str, state: &Path, name: &'static str) -> StopOnDrop {
+    StopOnDrop {
+        ns: ns.to_string(),
+        state: state.to_path_buf(),
+        name,
+    }
+}
+
 fn stats(ns: &str, state: &Path, name: &str) -> serde_json::Value {
     let f = mirror_cmd(ns, state, &["mirror", "stats", name, "--json"]);
     assert!(f.status.success(), "{}", f.stderr);
@@ -165,6 +187,7 @@ fn every_request_reaches_the_shadow_once_in_order_and_v2s_differences_are_found(
         ],
     );
     assert!(start.status.success(), "{}", start.stderr);
+    let _stop = guard(&s.pair.server_ns, &st, "api");
     let banner = String::from_utf8_lossy(&start.stdout);
     assert!(banner.contains("✓ Traffic mirroring active"), "{banner}");
     assert!(
@@ -318,6 +341,7 @@ fn writes_are_mirrored_whole_with_allow_writes_even_50_mb() {
         ],
     );
     assert!(start.status.success(), "{}", start.stderr);
+    let _stop = guard(&s.pair.server_ns, &st, "w");
     let body = s.state.path("upload.bin");
     let big: Vec<u8> = (0..50u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(&body, &big).unwrap();
@@ -384,6 +408,7 @@ fn a_hanging_or_dead_shadow_costs_production_nothing_and_is_counted() {
         ],
     );
     assert!(start.status.success(), "{}", start.stderr);
+    let _stop = guard(&s.pair.server_ns, &st, "slow");
     let base = format!("http://{}:8080", s.pair.server_ip);
     let started = Instant::now();
     for c in 0..4 {
@@ -455,6 +480,7 @@ fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
         ],
     );
     assert!(start.status.success(), "{}", start.stderr);
+    let _stop = guard(&s.pair.server_ns, &st, "k");
     let base = format!("http://{}:8080", s.pair.server_ip);
     // 40 connections of 3 requests: about half the connections are mirrored, whole.
     for c in 0..40 {
@@ -639,4 +665,66 @@ fn mistakes_are_one_line_and_nothing_starts() {
         assert!(lines[0].contains(want), "{args:?}: {}", f.stderr);
     }
     assert_eq!(tcx_program_count(&pair.server_ns, &pair.server_if), 0);
+}
+
+#[test]
+fn sample_by_header_keeps_each_user_always_in_or_always_out() {
+    if !privileged("sample_by_header_keeps_each_user_always_in_or_always_out") {
+        return;
+    }
+    let s = setup("shadow-sampleby");
+    let shadow = in_netns(&s.pair.server_ns, || {
+        TestServer::start(api(false, Arc::default()))
+    });
+    let st = s.state.0.clone();
+    let start = mirror_cmd(
+        &s.pair.server_ns,
+        &st,
+        &[
+            "mirror",
+            "start",
+            "u",
+            "--iface",
+            &s.pair.server_if,
+            "--port",
+            "8080",
+            "--to",
+            &shadow.url(),
+            "--sample-rate",
+            "50",
+            "--sample-by",
+            "header:X-User-Id",
+        ],
+    );
+    assert!(start.status.success(), "{}", start.stderr);
+    let _stop = guard(&s.pair.server_ns, &st, "u");
+    let base = format!("http://{}:8080", s.pair.server_ip);
+    // 30 users, each on 3 connections of their own: a user is in or out on all of them.
+    for round in 0..3 {
+        for user in 0..30 {
+            let h = format!("X-User-Id: user-{user}");
+            let url = format!("{base}/api/users/u1?user={user}&round={round}");
+            assert_eq!(curl_keepalive(&s.pair, &[url], &["-H", &h]), [200]);
+        }
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        let v = stats(&s.pair.server_ns, &st, "u");
+        v["production"]["requests"] == 90
+            && v["mirrored"].as_u64() == Some(shadow.requests().len() as u64)
+    }));
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for r in shadow.requests() {
+        *per_user
+            .entry(r.header("x-user-id").unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(
+        per_user.values().all(|n| *n == 3),
+        "each sampled user on every connection: {per_user:?}"
+    );
+    assert!(
+        (5..=25).contains(&per_user.len()),
+        "about half of 30 users: {}",
+        per_user.len()
+    );
 }
