@@ -265,23 +265,19 @@ impl Delivery<'_> {
             return;
         }
         match app {
-            App::Detecting(d) if d.held.is_empty() => {
-                // The common case: the first bytes decide at once, and nothing is copied.
-                let verdict = if from_client {
-                    analyzer::detect::client(b)
-                } else {
-                    analyzer::detect::server(b)
-                };
-                if let analyzer::detect::Verdict::Is(p) = verdict {
-                    self.counts(*tunneled).get_mut(p).connections += 1;
-                    *app = App::Active(analyzer::for_protocol(p, self.limits, *tunneled));
-                    return self.data(app, tunneled, from_client, b, origin);
-                }
-                d.held.push((from_client, b.to_vec(), origin));
-                d.held_bytes[usize::from(!from_client)] += b.len();
-                self.decide(app, tunneled, false);
-            }
             App::Detecting(d) => {
+                if d.held.is_empty() {
+                    // The common case: the first bytes decide at once, and nothing is copied.
+                    let verdict = if from_client {
+                        analyzer::detect::client(b)
+                    } else {
+                        analyzer::detect::server(b)
+                    };
+                    if let analyzer::detect::Verdict::Is(p) = verdict {
+                        self.activate(app, p, *tunneled);
+                        return self.data(app, tunneled, from_client, b, origin);
+                    }
+                }
                 d.held.push((from_client, b.to_vec(), origin));
                 d.held_bytes[usize::from(!from_client)] += b.len();
                 self.decide(app, tunneled, false);
@@ -300,11 +296,16 @@ impl Delivery<'_> {
         let App::Detecting(d) = app else { return };
         let Some(p) = d.decide(forced) else { return };
         let held = std::mem::take(&mut d.held);
-        self.counts(*tunneled).get_mut(p).connections += 1;
-        *app = App::Active(analyzer::for_protocol(p, self.limits, *tunneled));
+        self.activate(app, p, *tunneled);
         for (from_client, bytes, origin) in held {
             self.data(app, tunneled, from_client, &bytes, origin);
         }
+    }
+
+    /// The connection's protocol is known: counted, and its analyzer takes over.
+    fn activate(&mut self, app: &mut App, p: analyzer::Protocol, tunneled: bool) {
+        self.counts(tunneled).get_mut(p).connections += 1;
+        *app = App::Active(analyzer::for_protocol(p, self.limits, tunneled));
     }
 
     /// The analyzer gave the stream up: detection again, on the inside of the tunnel.
