@@ -68,11 +68,27 @@ pub trait Sink: Send {
     fn finish(self: Box<Self>) -> Result<u64, SinkError>;
 }
 
+/// Counts what reaches the writer under the buffer.
+struct Counted {
+    inner: Box<dyn Write + Send>,
+    bytes: u64,
+}
+
+impl Write for Counted {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A byte stream a text sink writes to: a file or standard output.
 pub struct Text {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: BufWriter<Counted>,
     name: String,
-    bytes: u64,
 }
 
 impl Text {
@@ -86,27 +102,28 @@ impl Text {
             (Box::new(f), path.to_string())
         };
         Ok(Self {
-            out: BufWriter::with_capacity(1 << 16, w),
+            out: BufWriter::with_capacity(1 << 16, Counted { inner: w, bytes: 0 }),
             name,
-            bytes: 0,
         })
     }
 
     fn put(&mut self, b: &[u8]) -> Result<(), SinkError> {
-        self.bytes += b.len() as u64;
         self.out
             .write_all(b)
             .map_err(|e| SinkError::io(&self.name, e))
     }
 
     fn json<T: serde::Serialize>(&mut self, v: &T) -> Result<(), SinkError> {
-        let before = self.out.buffer().len();
         serde_json::to_writer(&mut self.out, v).map_err(|e| {
             let e: std::io::Error = e.into();
             SinkError::io(&self.name, e)
-        })?;
-        self.bytes += self.out.buffer().len().saturating_sub(before) as u64;
-        Ok(())
+        })
+    }
+
+    /// Flushes and returns every byte written.
+    fn finish(&mut self) -> Result<u64, SinkError> {
+        self.flush()?;
+        Ok(self.out.get_ref().bytes)
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -195,8 +212,7 @@ impl Sink for Jsonl {
     }
 
     fn finish(mut self: Box<Self>) -> Result<u64, SinkError> {
-        self.text.flush()?;
-        Ok(self.text.bytes)
+        self.text.finish()
     }
 }
 
@@ -229,8 +245,7 @@ impl Sink for Har {
 
     fn finish(mut self: Box<Self>) -> Result<u64, SinkError> {
         self.text.put(HAR_SUFFIX.as_bytes())?;
-        self.text.flush()?;
-        Ok(self.text.bytes)
+        self.text.finish()
     }
 }
 
