@@ -372,16 +372,16 @@ fn start(a: StartArgs) -> anyhow::Result<std::process::ExitCode> {
     let name = a.name.clone().unwrap_or_default();
     check_not_running(&name)?;
     // Every check that can fail is made here, before anything runs in the background.
-    for t in &a.to {
-        Target::parse(t)
-            .map_err(|e| anyhow::anyhow!("{}", format!("{e:#}").replacen("--target", "--to", 1)))?;
-    }
+    let targets =
+        a.to.iter()
+            .map(|t| Target::parse_flag("--to", t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
     let iface = a.iface.clone().unwrap_or_default();
     crate::capture::interface_facts(&iface)?;
     crate::capture::check_privileges()?;
     a.filter.rule_set()?;
     if a.foreground {
-        return foreground(a, &name);
+        return foreground(a, &name, targets);
     }
     use std::os::unix::process::CommandExt;
     let log = store::log_path(&name);
@@ -446,12 +446,16 @@ struct AttachOnly {
     attach: AttachArgs,
 }
 
-fn foreground(a: StartArgs, name: &str) -> anyhow::Result<std::process::ExitCode> {
+fn foreground(
+    a: StartArgs,
+    name: &str,
+    targets: Vec<Target>,
+) -> anyhow::Result<std::process::ExitCode> {
     let timeout = a.timeout.unwrap_or(Duration::from_secs(5));
     let mut connectors = Vec::new();
     let mut transforms = Vec::new();
-    for t in &a.to {
-        let target = Arc::new(Target::parse(t)?);
+    for target in targets {
+        let target = Arc::new(target);
         let mut tr = Transform::new(match (&a.host, a.keep_host) {
             (Some(v), _) => HostHeader::Fixed(v.clone()),
             (None, true) => HostHeader::Original,
@@ -463,8 +467,6 @@ fn foreground(a: StartArgs, name: &str) -> anyhow::Result<std::process::ExitCode
         transforms.push(tr);
         connectors.push(Arc::new(Connector::new(target, None, false)?));
     }
-    // One transform for every shadow: the Host header follows the first one unless set.
-    let transform = transforms.swap_remove(0);
     let (judge_tx, judge_rx) = crossbeam::channel::unbounded();
     let totals = Arc::new(Mutex::new(Totals::default()));
     let file = BucketFile::open(name)?;
@@ -518,7 +520,7 @@ fn foreground(a: StartArgs, name: &str) -> anyhow::Result<std::process::ExitCode
                 exclude: a.exclude.clone(),
                 allow_writes: a.allow_writes,
             },
-            transform,
+            transforms,
             sample_rate: a.sample_rate.unwrap_or(100.0),
             sample_by: a.sample_by.clone().unwrap_or(SampleBy::Connection),
             max_rate: a.max_rate,

@@ -40,10 +40,8 @@ pub enum Msg {
         dests: Vec<usize>,
     },
     Skipped(&'static str),
-    Dropped {
-        dest: usize,
-        reason: &'static str,
-    },
+    /// A request not sent to a destination, and why.
+    Dropped(&'static str),
     /// Production's exchange. `key` is None for an exchange without request.
     Production {
         key: Option<ReqKey>,
@@ -187,7 +185,6 @@ fn success(status: u16) -> bool {
     status < 500
 }
 
-#[allow(clippy::too_many_arguments)]
 fn handle(
     m: Msg,
     cfg: &JudgeConfig,
@@ -199,10 +196,7 @@ fn handle(
 ) {
     match m {
         Msg::Skipped(reason) => *b.skipped.entry(reason.into()).or_default() += 1,
-        Msg::Dropped { dest, reason } => {
-            let _ = dest;
-            *b.dropped.entry(reason.into()).or_default() += 1;
-        }
+        Msg::Dropped(reason) => *b.dropped.entry(reason.into()).or_default() += 1,
         Msg::Sent {
             key,
             endpoint,

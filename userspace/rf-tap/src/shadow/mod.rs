@@ -92,7 +92,8 @@ pub struct ShadowSink {
     destinations: Vec<Destination>,
     judge: JudgeTx<Msg>,
     selection: Selection,
-    transform: Transform,
+    /// One per destination (each its own Host header and path prefix).
+    transforms: Vec<Transform>,
     /// Kept share, in 1/10000.
     sample: u64,
     sample_by: SampleBy,
@@ -104,7 +105,8 @@ pub struct ShadowSink {
 
 pub struct ShadowSinkConfig {
     pub selection: Selection,
-    pub transform: Transform,
+    /// One per destination, in the destinations' order.
+    pub transforms: Vec<Transform>,
     pub sample_rate: f64,
     pub sample_by: SampleBy,
     pub max_rate: Option<f64>,
@@ -117,7 +119,7 @@ impl ShadowSink {
             destinations,
             judge,
             selection: cfg.selection,
-            transform: cfg.transform,
+            transforms: cfg.transforms,
             sample: (cfg.sample_rate * 100.0).round().clamp(0.0, 10_000.0) as u64,
             sample_by: cfg.sample_by,
             // Fixed: the same user or connection is in or out whatever the process.
@@ -205,39 +207,30 @@ impl Sink for ShadowSink {
         };
         if let Some(rate) = self.rate.as_mut() {
             if !rate.take() {
-                let _ = self.judge.send(Msg::Dropped {
-                    dest: 0,
-                    reason: "rate_limited",
-                });
+                let _ = self.judge.send(Msg::Dropped("rate_limited"));
                 return Ok(());
             }
         }
-        let vars = crate::replay::http::runner::vars(self.transform.uses_variables());
-        self.transform.build(&plan, &vars, &mut self.buf);
-        let bytes = Arc::new(std::mem::take(&mut self.buf));
         let key = key_of(r.conn, q.start.frame);
         let mut sent = Vec::new();
-        for (i, d) in self.destinations.iter().enumerate() {
+        for (i, (d, transform)) in self.destinations.iter().zip(&self.transforms).enumerate() {
+            let vars = crate::replay::http::runner::vars(transform.uses_variables());
+            transform.build(&plan, &vars, &mut self.buf);
             let job = Job {
                 key,
                 conn: r.conn,
                 method: q.method.clone(),
-                bytes: Arc::clone(&bytes),
+                bytes: Arc::new(std::mem::take(&mut self.buf)),
                 captured: q.end.ts,
             };
             match d.try_send(job) {
                 Ok(()) => sent.push(i),
-                Err(NotQueued::QueueFull) => {
-                    let _ = self.judge.send(Msg::Dropped {
-                        dest: i,
-                        reason: "queue_full",
-                    });
-                }
-                Err(NotQueued::Closed) => {
-                    let _ = self.judge.send(Msg::Dropped {
-                        dest: i,
-                        reason: "sender_stopped",
-                    });
+                Err(why) => {
+                    let reason = match why {
+                        NotQueued::QueueFull => "queue_full",
+                        NotQueued::Closed => "sender_stopped",
+                    };
+                    let _ = self.judge.send(Msg::Dropped(reason));
                 }
             }
         }

@@ -41,7 +41,12 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let bad = || format!("--target {url}: use http://HOST[:PORT][/PATH] or https://...");
+        Self::parse_flag("--target", url)
+    }
+
+    /// The same, naming `flag` (the option the URL came with) in its errors.
+    pub fn parse_flag(flag: &str, url: &str) -> anyhow::Result<Self> {
+        let bad = || format!("{flag} {url}: use http://HOST[:PORT][/PATH] or https://...");
         let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("https://") {
@@ -70,10 +75,10 @@ impl Target {
         };
         let addrs: Vec<SocketAddr> = (host.as_str(), port)
             .to_socket_addrs()
-            .with_context(|| format!("--target {url}: cannot resolve {host}"))?
+            .with_context(|| format!("{flag} {url}: cannot resolve {host}"))?
             .collect();
         if addrs.is_empty() {
-            bail!("--target {url}: {host} has no address");
+            bail!("{flag} {url}: {host} has no address");
         }
         Ok(Self {
             tls,
