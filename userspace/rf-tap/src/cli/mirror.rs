@@ -769,20 +769,9 @@ fn stats(name: &str, last: Option<Duration>, json: bool) -> anyhow::Result<std::
     let Some(b) = BucketFile::read_window(name, from)? else {
         bail!("no stats for mirror {name}: it never ran on this host (see `rf-tap mirror list`)");
     };
-    let window_s = last.map_or_else(
-        || {
-            let first = std::fs::read_to_string(store::data_dir(name).join("stats.jsonl"))
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .find_map(|l| serde_json::from_str::<store::Bucket>(l).ok())
-                        .map(|b| b.minute)
-                })
-                .unwrap_or(now_min);
-            (now_min + 1 - first.min(now_min)) * 60
-        },
-        |d| d.as_secs(),
-    );
+    // Without --last, the window runs from the first minute kept.
+    let first = if b.minute == 0 { now_min } else { b.minute };
+    let window_s = last.map_or((now_min + 1 - first.min(now_min)) * 60, |d| d.as_secs());
     let shadow_total = b
         .shadows
         .values()

@@ -8,7 +8,7 @@
 //! unanswered requests come out without new traffic. The writer numbers exchanges in the
 //! order they complete, flushes the sinks whenever it is idle (so an archive can be read while
 //! the capture runs), and stops at the first sink error, which the capture loop sees at once
-//! ([`LivePipeline::failure`]).
+//! ([`LivePipeline::failed`]).
 
 use std::{
     hash::BuildHasher,
@@ -65,12 +65,6 @@ impl EventSink for Forward {
     }
 }
 
-/// Set at the first sink failure, seen by the capture loop without locking.
-#[derive(Default)]
-struct Failure {
-    set: AtomicBool,
-}
-
 pub struct LivePipeline {
     shards: Vec<Sender<OwnedFrame>>,
     workers: Vec<JoinHandle<ExtractStats>>,
@@ -78,7 +72,8 @@ pub struct LivePipeline {
     linktype: u32,
     frames: u64,
     sharder: Sharder,
-    failure: Arc<Failure>,
+    /// Set at the first sink failure, seen by the capture loop without locking.
+    failure: Arc<AtomicBool>,
     /// Frames no worker took (it had stopped after a sink failure).
     dropped: u64,
 }
@@ -273,7 +268,7 @@ impl LivePipeline {
         let shards = config.workers.max(1);
         let linktype = config.linktype;
         let wants_requests = sinks.iter().any(|s| s.wants_requests());
-        let failure = Arc::new(Failure::default());
+        let failure = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx): (Sender<Vec<Event>>, Receiver<Vec<Event>>) = bounded(64);
         let mut senders = Vec::new();
         let mut workers = Vec::new();
@@ -350,7 +345,7 @@ impl LivePipeline {
 
     /// Whether a sink has failed (the capture should stop).
     pub fn failed(&self) -> bool {
-        self.failure.set.load(Ordering::Relaxed)
+        self.failure.load(Ordering::Relaxed)
     }
 
     /// Closes every flow and every sink. An error names the sink that failed first;
@@ -404,12 +399,12 @@ fn forward(batch: &mut Vec<Event>, shard: usize, shards: usize, done: &Sender<Ve
 fn write_events(
     mut sinks: Vec<Box<dyn Sink>>,
     events: Receiver<Vec<Event>>,
-    failure: &Failure,
+    failure: &AtomicBool,
 ) -> WriterReport {
     let mut report = WriterReport::default();
     let mut next_id = 1u64;
     let fail = |e: SinkError, report: &mut WriterReport| {
-        failure.set.store(true, Ordering::Relaxed);
+        failure.store(true, Ordering::Relaxed);
         report.error = Some(e);
     };
     let result = (|| -> Result<(), SinkError> {

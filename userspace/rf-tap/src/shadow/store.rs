@@ -234,15 +234,18 @@ impl BucketFile {
         std::fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))
     }
 
-    /// The stats of `[from_minute, ∞)` summed; None when the mirror never ran here.
+    /// The stats of `[from_minute, ∞)` summed, `minute` being the first minute found (0 when
+    /// none is); None when the mirror never ran here.
     pub fn read_window(name: &str, from_minute: u64) -> anyhow::Result<Option<Bucket>> {
         let dir = data_dir(name);
         if !dir.exists() {
             return Ok(None);
         }
         let mut total = Bucket::default();
+        let mut first: Option<u64> = None;
         let mut take = |b: Bucket| {
             if b.minute >= from_minute {
+                first = Some(first.map_or(b.minute, |f| f.min(b.minute)));
                 total.add(&b);
             }
         };
@@ -259,6 +262,7 @@ impl BucketFile {
                 take(b);
             }
         }
+        total.minute = first.unwrap_or(0);
         Ok(Some(total))
     }
 }
