@@ -133,6 +133,27 @@ fn setup(tag: &str) -> Setup {
     }
 }
 
+impl Setup {
+    /// `mirror start NAME --iface <server veth> --port 8080 ARGS...`, which must succeed;
+    /// the guard stops the mirror when the test ends.
+    fn start(&self, name: &'static str, args: &[&str]) -> (Finished, StopOnDrop) {
+        let port = self.prod_port.to_string();
+        let mut all = vec![
+            "mirror",
+            "start",
+            name,
+            "--iface",
+            &self.pair.server_if,
+            "--port",
+            &port,
+        ];
+        all.extend_from_slice(args);
+        let f = mirror_cmd(&self.pair.server_ns, &self.state.0, &all);
+        assert!(f.status.success(), "{}", f.stderr);
+        (f, guard(&self.pair.server_ns, &self.state.0, name))
+    }
+}
+
 /// curl from the client namespace: several URLs on one keep-alive connection.
 fn curl_keepalive(pair: &NetPair, urls: &[String], extra: &[&str]) -> Vec<u32> {
     let mut args: Vec<String> = vec![
@@ -169,25 +190,10 @@ fn every_request_reaches_the_shadow_once_in_order_and_v2s_differences_are_found(
         TestServer::start(api(true, Arc::default()))
     });
     let st = s.state.0.clone();
-    let start = mirror_cmd(
-        &s.pair.server_ns,
-        &st,
-        &[
-            "mirror",
-            "start",
-            "api",
-            "--iface",
-            &s.pair.server_if,
-            "--port",
-            &s.prod_port.to_string(),
-            "--to",
-            &shadow.url(),
-            "-H",
-            "X-Mirrored-From: production",
-        ],
+    let (start, _stop) = s.start(
+        "api",
+        &["--to", &shadow.url(), "-H", "X-Mirrored-From: production"],
     );
-    assert!(start.status.success(), "{}", start.stderr);
-    let _stop = guard(&s.pair.server_ns, &st, "api");
     let banner = String::from_utf8_lossy(&start.stdout);
     assert!(banner.contains("✓ Traffic mirroring active"), "{banner}");
     assert!(
@@ -324,24 +330,7 @@ fn writes_are_mirrored_whole_with_allow_writes_even_50_mb() {
         TestServer::start(api(false, Arc::default()))
     });
     let st = s.state.0.clone();
-    let start = mirror_cmd(
-        &s.pair.server_ns,
-        &st,
-        &[
-            "mirror",
-            "start",
-            "w",
-            "--iface",
-            &s.pair.server_if,
-            "--port",
-            "8080",
-            "--to",
-            &shadow.url(),
-            "--allow-writes",
-        ],
-    );
-    assert!(start.status.success(), "{}", start.stderr);
-    let _stop = guard(&s.pair.server_ns, &st, "w");
+    let (_, _stop) = s.start("w", &["--to", &shadow.url(), "--allow-writes"]);
     let body = s.state.path("upload.bin");
     let big: Vec<u8> = (0..50u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(&body, &big).unwrap();
@@ -386,17 +375,9 @@ fn a_hanging_or_dead_shadow_costs_production_nothing_and_is_counted() {
     // A port nothing listens on.
     let dead = "http://127.0.0.1:9";
     let st = s.state.0.clone();
-    let start = mirror_cmd(
-        &s.pair.server_ns,
-        &st,
+    let (_, _stop) = s.start(
+        "slow",
         &[
-            "mirror",
-            "start",
-            "slow",
-            "--iface",
-            &s.pair.server_if,
-            "--port",
-            "8080",
             "--to",
             &hang.url(),
             "--to",
@@ -407,8 +388,6 @@ fn a_hanging_or_dead_shadow_costs_production_nothing_and_is_counted() {
             "5",
         ],
     );
-    assert!(start.status.success(), "{}", start.stderr);
-    let _stop = guard(&s.pair.server_ns, &st, "slow");
     let base = format!("http://{}:8080", s.pair.server_ip);
     let started = Instant::now();
     for c in 0..4 {
@@ -460,17 +439,9 @@ fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
     });
     let st = s.state.0.clone();
     let metrics = "127.0.0.1:9464";
-    let start = mirror_cmd(
-        &s.pair.server_ns,
-        &st,
+    let (_, _stop) = s.start(
+        "k",
         &[
-            "mirror",
-            "start",
-            "k",
-            "--iface",
-            &s.pair.server_if,
-            "--port",
-            "8080",
             "--to",
             &shadow.url(),
             "--metrics",
@@ -479,8 +450,6 @@ fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
             "50",
         ],
     );
-    assert!(start.status.success(), "{}", start.stderr);
-    let _stop = guard(&s.pair.server_ns, &st, "k");
     let base = format!("http://{}:8080", s.pair.server_ip);
     // 40 connections of 3 requests: about half the connections are mirrored, whole.
     for c in 0..40 {
@@ -578,22 +547,7 @@ fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
         "kept across the kill: {v}"
     );
     // A restart appends to the same stats.
-    let start = mirror_cmd(
-        &s.pair.server_ns,
-        &st,
-        &[
-            "mirror",
-            "start",
-            "k",
-            "--iface",
-            &s.pair.server_if,
-            "--port",
-            "8080",
-            "--to",
-            &shadow.url(),
-        ],
-    );
-    assert!(start.status.success(), "{}", start.stderr);
+    let (_, _again) = s.start("k", &["--to", &shadow.url()]);
     assert_eq!(
         curl_keepalive(&s.pair, &[format!("{base}/api/users/u9")], &[]),
         [200]
@@ -677,17 +631,9 @@ fn sample_by_header_keeps_each_user_always_in_or_always_out() {
         TestServer::start(api(false, Arc::default()))
     });
     let st = s.state.0.clone();
-    let start = mirror_cmd(
-        &s.pair.server_ns,
-        &st,
+    let (_, _stop) = s.start(
+        "u",
         &[
-            "mirror",
-            "start",
-            "u",
-            "--iface",
-            &s.pair.server_if,
-            "--port",
-            "8080",
             "--to",
             &shadow.url(),
             "--sample-rate",
@@ -696,8 +642,6 @@ fn sample_by_header_keeps_each_user_always_in_or_always_out() {
             "header:X-User-Id",
         ],
     );
-    assert!(start.status.success(), "{}", start.stderr);
-    let _stop = guard(&s.pair.server_ns, &st, "u");
     let base = format!("http://{}:8080", s.pair.server_ip);
     // 30 users, each on 3 connections of their own: a user is in or out on all of them.
     for round in 0..3 {
