@@ -130,23 +130,59 @@ fn make_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A synthetic Ethernet pcap built in memory, one frame every `step`.
+struct Synthetic {
+    enc: rf_tap_engine::pcap::FrameEncoder,
+    buf: Vec<u8>,
+    t: Duration,
+    step: Duration,
+}
+
+impl Synthetic {
+    fn new(capacity: usize, step: Duration) -> anyhow::Result<Self> {
+        use rf_tap_engine::pcap::{CaptureFormat, FrameEncoder, InterfaceInfo};
+        let enc = FrameEncoder::new(
+            CaptureFormat::Pcap,
+            InterfaceInfo {
+                name: "synthetic".into(),
+                linktype: pcap_file::DataLink::ETHERNET,
+                snaplen: 65535,
+            },
+        );
+        let mut buf = Vec::with_capacity(capacity);
+        enc.file_header(&mut buf)?;
+        Ok(Self {
+            enc,
+            buf,
+            t: Duration::from_secs(1_763_700_000),
+            step,
+        })
+    }
+
+    fn push(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        self.t += self.step;
+        self.enc.encode(
+            &rf_tap_engine::packet::CapturedPacket {
+                ts: self.t,
+                ifindex: 1,
+                direction: None,
+                orig_len: frame.len() as u32,
+                data: frame,
+            },
+            &mut self.buf,
+        )?;
+        Ok(())
+    }
+
+    fn write(self, out: &Path) -> anyhow::Result<()> {
+        std::fs::write(out, self.buf)?;
+        Ok(())
+    }
+}
+
 /// 100k connections that open (handshake) and send half a request, never answered.
 fn make_half_open(out: &Path, n: u32) -> anyhow::Result<()> {
-    use rf_tap_engine::{
-        packet::CapturedPacket,
-        pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
-    };
-    let enc = FrameEncoder::new(
-        CaptureFormat::Pcap,
-        InterfaceInfo {
-            name: "synthetic".into(),
-            linktype: pcap_file::DataLink::ETHERNET,
-            snaplen: 65535,
-        },
-    );
-    let mut buf = Vec::with_capacity(n as usize * 300);
-    enc.file_header(&mut buf)?;
-    let mut t = Duration::from_secs(1_763_700_000);
+    let mut pcap = Synthetic::new(n as usize * 300, Duration::from_micros(3))?;
     let server = [10, 200, 0, 1];
     for i in 0..n {
         let client = [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
@@ -180,41 +216,16 @@ fn make_half_open(out: &Path, n: u32) -> anyhow::Result<()> {
             b"GET /slow/upload HTTP/1.1\r\nHost: example\r\nUser-Agent: bench\r\nX-Pad: ",
         );
         for f in frames {
-            t += Duration::from_micros(3);
-            enc.encode(
-                &CapturedPacket {
-                    ts: t,
-                    ifindex: 1,
-                    direction: None,
-                    orig_len: f.len() as u32,
-                    data: &f,
-                },
-                &mut buf,
-            )?;
+            pcap.push(&f)?;
         }
     }
-    std::fs::write(out, buf)?;
-    Ok(())
+    pcap.write(out)
 }
 
 /// `n` flows of one SYN each (a scan, or a capture of connection attempts): the flow table
 /// fills, and past `--max-flows` (100,000) each new flow evicts the least recently active.
 fn make_one_syn(out: &Path, n: u32) -> anyhow::Result<()> {
-    use rf_tap_engine::{
-        packet::CapturedPacket,
-        pcap::{CaptureFormat, FrameEncoder, InterfaceInfo},
-    };
-    let enc = FrameEncoder::new(
-        CaptureFormat::Pcap,
-        InterfaceInfo {
-            name: "synthetic".into(),
-            linktype: pcap_file::DataLink::ETHERNET,
-            snaplen: 65535,
-        },
-    );
-    let mut buf = Vec::with_capacity(n as usize * 80);
-    enc.file_header(&mut buf)?;
-    let mut t = Duration::from_secs(1_763_700_000);
+    let mut pcap = Synthetic::new(n as usize * 80, Duration::from_micros(2))?;
     let mut f = Vec::new();
     for i in 0..n {
         let client = [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
@@ -224,20 +235,9 @@ fn make_one_syn(out: &Path, n: u32) -> anyhow::Result<()> {
             .tcp(10_000 + (i % 50_000) as u16, 80, i, 64000)
             .syn()
             .write(&mut f, b"");
-        t += Duration::from_micros(2);
-        enc.encode(
-            &CapturedPacket {
-                ts: t,
-                ifindex: 1,
-                direction: None,
-                orig_len: f.len() as u32,
-                data: &f,
-            },
-            &mut buf,
-        )?;
+        pcap.push(&f)?;
     }
-    std::fs::write(out, buf)?;
-    Ok(())
+    pcap.write(out)
 }
 
 pub fn extract(

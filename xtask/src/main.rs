@@ -58,6 +58,17 @@ enum Task {
     },
 }
 
+/// wrk-driven rounds of the mirror benchmarks.
+#[derive(clap::Args)]
+struct Load {
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// Capture at wrk's maximum rate: rf-tap vs tcpdump and netsniff-ng
@@ -94,24 +105,10 @@ enum Bench {
     },
     /// Mirror sessions: production cost and mirrored/offered packets, rf-tap session vs
     /// tc mirred to a vxlan device
-    Mirror {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 64)]
-        connections: u32,
-    },
+    Mirror(Load),
     /// Live shadow mirroring at wrk's maximum: completeness, production cost and p99 with a
     /// fast and a slow shadow, rf-tap mirror vs nginx's mirror directive, shadow lag
-    MirrorLive {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 64)]
-        connections: u32,
-    },
+    MirrorLive(Load),
     /// Sink capture under a flood: rf-tap --mode afxdp vs the ring buffer (tc, xdp) vs tcpdump
     Sink {
         /// Runs per tool (the median is printed)
@@ -225,20 +222,17 @@ fn main() -> anyhow::Result<()> {
                 Bench::Replay { rounds, packets } => {
                     bench_replay::replay(&bin, rounds.max(1), packets.max(1000))
                 }
-                Bench::Mirror {
-                    rounds,
-                    seconds,
-                    connections,
-                } => bench_mirror::mirror(&bin, rounds.max(1), seconds.max(1), connections.max(1)),
-                Bench::MirrorLive {
-                    rounds,
-                    seconds,
-                    connections,
-                } => bench_mirror_live::mirror_live(
+                Bench::Mirror(l) => bench_mirror::mirror(
                     &bin,
-                    rounds.max(1),
-                    seconds.max(1),
-                    connections.max(1),
+                    l.rounds.max(1),
+                    l.seconds.max(1),
+                    l.connections.max(1),
+                ),
+                Bench::MirrorLive(l) => bench_mirror_live::mirror_live(
+                    &bin,
+                    l.rounds.max(1),
+                    l.seconds.max(1),
+                    l.connections.max(1),
                 ),
                 Bench::Sink { rounds, packets } => {
                     bench_sink::sink(&bin, rounds.max(1), packets.max(1000))
