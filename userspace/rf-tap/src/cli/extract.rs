@@ -36,8 +36,8 @@ Linux SLL/SLL2, BSD loopback, NFLOG; VLAN, MPLS, PPPoE, VXLAN and Teredo decapsu
 fragments reassembled), reassembles TCP in both directions and pairs HTTP/1.x requests with
 their responses. Each connection's protocol is detected from its first bytes; HTTP/2, TLS and
 other protocols are counted (--stats), not decoded. With -o, the archive is written beside
-OUT and renamed over it once complete. Bad checksums are accepted. Body lengths are those of the decoded body
-(after chunked and gzip/deflate/br), as Zeek's http.log counts them.
+OUT and renamed over it once complete. Bad checksums are accepted. Body lengths are those of
+the decoded body (after chunked and gzip/deflate/br), as Zeek's http.log counts them.
 
 Example:
   rf-tap extract capture.pcap | jq -r 'select(.status >= 500) | .uri'
@@ -199,8 +199,8 @@ fn auto_threads() -> usize {
 }
 
 /// The connections that were not turned into exchanges, by detected protocol:
-/// `not HTTP/1: 2 tls, 1 http2 (not decoded yet), 1 opaque; inside tunnels: 1 tls`.
-pub fn not_http_line(s: &ExtractStats) -> Option<String> {
+/// `connections not HTTP/1 (counted, not decoded): 1 http2, 2 tls; inside tunnels: 1 opaque`.
+fn not_http_line(s: &ExtractStats) -> Option<String> {
     use rf_tap_engine::analyzer::Protocol;
     let list = |c: &rf_tap_engine::analyzer::ProtocolCounts, with_http1: bool| {
         Protocol::ALL

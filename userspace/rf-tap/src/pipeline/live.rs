@@ -190,10 +190,7 @@ pub fn create_archive(path: &Path) -> anyhow::Result<ArchiveWriter<std::fs::File
 }
 
 fn archive_on(file: std::fs::File, path: &Path) -> anyhow::Result<ArchiveWriter<std::fs::File>> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let now = wall_clock().as_nanos() as u64;
     ArchiveWriter::new(file, now).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -377,7 +374,7 @@ impl LivePipeline {
 }
 
 /// The capture clock of live packets: wall-clock time since the Unix epoch.
-fn wall_clock() -> Duration {
+pub fn wall_clock() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

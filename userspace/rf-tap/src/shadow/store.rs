@@ -306,8 +306,5 @@ impl DiffLog {
     }
 }
 
-pub fn unix_now() -> std::time::Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
+/// Wall-clock time since the Unix epoch (the live capture's clock).
+pub use crate::pipeline::live::wall_clock as unix_now;
