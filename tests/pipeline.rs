@@ -331,7 +331,7 @@ fn live_sinks_give_the_records_extract_gives_for_the_same_packets() {
     }
     let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
     let (pcap, jsonl, har, rfcap) = (
-        dir.path("l.pcap"),
+        dir.path("l.pcapng"),
         dir.path("l.jsonl"),
         dir.path("l.har"),
         dir.path("l.rfcap"),
@@ -345,6 +345,7 @@ fn live_sinks_give_the_records_extract_gives_for_the_same_packets() {
             "80",
             "-w",
             pcap.to_str().unwrap(),
+            "--pcapng",
             "--jsonl",
             jsonl.to_str().unwrap(),
             "--har",
@@ -383,7 +384,14 @@ fn live_sinks_give_the_records_extract_gives_for_the_same_packets() {
             .collect(),
     );
     assert_eq!(file_jsonl.len(), 9);
-    let live_jsonl = sorted(json_lines(&jsonl).into_iter().map(norm).collect());
+    let live = json_lines(&jsonl);
+    // Captured on the client's interface: every request left the host (egress), and the
+    // pcapng file keeps each packet's direction for the file pipeline too.
+    for x in &live {
+        assert_eq!(x["direction"], "outbound", "{x}");
+        assert_eq!(x["client_by"], "syn", "{x}");
+    }
+    let live_jsonl = sorted(live.into_iter().map(norm).collect());
     assert!(
         live_jsonl == file_jsonl,
         "JSONL: live and file pipelines agree:\n{live_jsonl:?}\n{file_jsonl:?}"

@@ -19,12 +19,6 @@ fn headers(h: &[(String, Vec<u8>)]) -> Vec<Value> {
         .collect()
 }
 
-fn header<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    h.iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| String::from_utf8_lossy(v))
-}
-
 fn cookies(h: &[(String, Vec<u8>)], name: &str) -> Vec<Value> {
     h.iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -64,7 +58,7 @@ pub fn entry(x: &Exchange) -> Value {
     let q = x.request.as_ref();
     let r = x.response.as_ref();
     let host = q
-        .and_then(|q| header(&q.headers, "host").map(|h| h.into_owned()))
+        .and_then(|q| q.headers.get_str("host").map(|h| h.into_owned()))
         .unwrap_or_else(|| x.server.to_string());
     let target = q.map(|q| q.target.as_str()).unwrap_or("/");
     let url = if target.starts_with("http://") || target.starts_with("https://") {
@@ -109,7 +103,9 @@ pub fn entry(x: &Exchange) -> Value {
         "bodySize": q.map(|q| q.body.wire_len as i64).unwrap_or(0),
     });
     if let Some(q) = q.filter(|q| q.body.len > 0) {
-        let mime = header(&q.headers, "content-type")
+        let mime = q
+            .headers
+            .get_str("content-type")
             .map(|m| m.into_owned())
             .unwrap_or_default();
         request["postData"] =
@@ -117,7 +113,9 @@ pub fn entry(x: &Exchange) -> Value {
     }
     let response = match r {
         Some(r) => {
-            let mime = header(&r.headers, "content-type")
+            let mime = r
+                .headers
+                .get_str("content-type")
                 .map(|m| m.into_owned())
                 .unwrap_or_default();
             json!({
@@ -127,7 +125,7 @@ pub fn entry(x: &Exchange) -> Value {
                 "cookies": cookies(&r.headers, "set-cookie"),
                 "headers": headers(&r.headers),
                 "content": content(&r.body.data, r.body.len, &mime),
-                "redirectURL": header(&r.headers, "location").map(|l| l.into_owned()).unwrap_or_default(),
+                "redirectURL": r.headers.get_str("location").map(|l| l.into_owned()).unwrap_or_default(),
                 "headersSize": -1,
                 "bodySize": r.body.wire_len as i64,
             })

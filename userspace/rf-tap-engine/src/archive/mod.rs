@@ -1,7 +1,7 @@
 //! rfcap: rf-tap's exchange archive (format in docs/rfcap.md).
 //!
 //! ```text
-//! file   := header frame* end          (version 2; version 1 files have no end frame)
+//! file   := header frame* end          (version 3; version 1 files have no end frame)
 //! header := "RFCAP\0\r\n" version:u16 flags:u16 reserved:u32 created_ns:u64 reserved:u64   (32 bytes)
 //! frame  := "RFB1" kind:u8 codec:u8 reserved:u16 count:u32 summary_len:u32
 //!           payload_len:u32 raw_len:u32 data_crc:u32 header_crc:u32                       (32 bytes)
@@ -20,10 +20,45 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::exchange::Exchange;
+use crate::http::{
+    anomaly::Anomaly,
+    exchange::{Exchange, ExchangeFlags},
+    message::{Request, Response},
+};
+
+/// An exchange as versions 1 and 2 stored it: without `client_by` and `traffic` (version 3
+/// added them). Anomalies were free text then, which [`Anomaly`]'s reader maps to kinds.
+#[derive(Serialize, Deserialize)]
+struct ExchangeV2 {
+    id: u64,
+    conn: u64,
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+    request: Option<Request>,
+    response: Option<Response>,
+    flags: ExchangeFlags,
+    anomalies: Vec<Anomaly>,
+}
+
+impl From<ExchangeV2> for Exchange {
+    fn from(x: ExchangeV2) -> Self {
+        Exchange {
+            id: x.id,
+            conn: x.conn,
+            client: x.client,
+            server: x.server,
+            request: x.request,
+            response: x.response,
+            flags: x.flags,
+            anomalies: x.anomalies,
+            client_by: None,
+            traffic: None,
+        }
+    }
+}
 
 pub const MAGIC: &[u8; 8] = b"RFCAP\0\r\n";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 const KIND_BLOCK: u8 = 1;
 const KIND_END: u8 = 2;
 /// Damage reports a reader keeps (the count goes on past it).
@@ -123,14 +158,20 @@ pub struct ArchiveWriter<W: Write> {
     block_bytes: usize,
     pub bytes_written: u64,
     pub exchanges_written: u64,
+    /// The format written: always [`VERSION`] but in tests of old files.
+    version: u16,
 }
 
 impl<W: Write> ArchiveWriter<W> {
     /// Starts a new archive (writes the file header).
-    pub fn new(mut out: W, created_ns: u64) -> Result<Self, ArchiveError> {
+    pub fn new(out: W, created_ns: u64) -> Result<Self, ArchiveError> {
+        Self::of_version(out, created_ns, VERSION)
+    }
+
+    fn of_version(mut out: W, created_ns: u64, version: u16) -> Result<Self, ArchiveError> {
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
-        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&version.to_le_bytes());
         h.extend_from_slice(&0u16.to_le_bytes());
         h.extend_from_slice(&0u32.to_le_bytes());
         h.extend_from_slice(&created_ns.to_le_bytes());
@@ -143,6 +184,7 @@ impl<W: Write> ArchiveWriter<W> {
             block_bytes: 1 << 20,
             bytes_written: h.len() as u64,
             exchanges_written: 0,
+            version,
         })
     }
 
@@ -178,8 +220,12 @@ impl<W: Write> ArchiveWriter<W> {
         let summaries: Vec<Summary> = self.pending.iter().map(Summary::of).collect();
         let summary_bytes =
             bincode::serialize(&summaries).map_err(|e| ArchiveError::Encode(e.to_string()))?;
-        let raw =
-            bincode::serialize(&self.pending).map_err(|e| ArchiveError::Encode(e.to_string()))?;
+        let raw = if self.version >= 3 {
+            bincode::serialize(&self.pending)
+        } else {
+            bincode::serialize(&self.legacy_pending())
+        }
+        .map_err(|e| ArchiveError::Encode(e.to_string()))?;
         let payload = zstd::bulk::compress(&raw, 3)?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&summary_bytes);
@@ -201,6 +247,23 @@ impl<W: Write> ArchiveWriter<W> {
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(())
+    }
+
+    /// What is pending in the shape of versions 1 and 2 (tests of old files only).
+    fn legacy_pending(&self) -> Vec<ExchangeV2> {
+        self.pending
+            .iter()
+            .map(|x| ExchangeV2 {
+                id: x.id,
+                conn: x.conn,
+                client: x.client,
+                server: x.server,
+                request: x.request.clone(),
+                response: x.response.clone(),
+                flags: x.flags,
+                anomalies: x.anomalies.clone(),
+            })
+            .collect()
     }
 
     /// Writes what is pending and the end frame.
@@ -234,6 +297,8 @@ fn frame_header(frame: &mut Vec<u8>, kind: u8, count: u32, lens: [usize; 3], dat
 /// One block of an archive: its summaries, and where its exchanges are.
 #[derive(Debug)]
 pub struct Block<'a> {
+    /// The file's format version (how the payload is encoded).
+    version: u16,
     pub offset: usize,
     pub summaries: Vec<Summary>,
     payload: &'a [u8],
@@ -254,8 +319,13 @@ impl Block<'_> {
             .allow_trailing_bytes()
             .with_limit(MAX_FRAME_PART as u64);
         use bincode::Options;
-        opts.deserialize(&raw)
-            .map_err(|_| corrupt("payload does not decode"))
+        let decoded = if self.version >= 3 {
+            opts.deserialize(&raw)
+        } else {
+            opts.deserialize::<Vec<ExchangeV2>>(&raw)
+                .map(|v| v.into_iter().map(Exchange::from).collect())
+        };
+        decoded.map_err(|_| corrupt("payload does not decode"))
     }
 }
 
@@ -441,6 +511,7 @@ impl<'a> Iterator for ArchiveReader<'a> {
             }
             self.pos = end;
             return Some(Block {
+                version: self.version,
                 offset: p,
                 summaries,
                 payload: &b[start + summary_len..end],
@@ -604,11 +675,65 @@ mod tests {
         assert!(r.incomplete() && r.stopped.is_some());
     }
 
+    /// An archive as an older rf-tap wrote it.
+    fn legacy_archive(xs: &[Exchange], version: u16) -> Vec<u8> {
+        let mut w = ArchiveWriter::of_version(Vec::new(), 7, version)
+            .unwrap()
+            .with_block_bytes(1);
+        for x in xs {
+            w.append(x.clone()).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn version_2_files_still_read_without_the_newer_fields() {
+        let xs = sample();
+        let bytes = legacy_archive(&xs, 2);
+        let mut r = ArchiveReader::new(&bytes).unwrap();
+        assert_eq!(r.version(), 2);
+        let back: Vec<Exchange> = r.by_ref().flat_map(|b| b.exchanges().unwrap()).collect();
+        assert!(!r.incomplete() && r.stopped.is_none());
+        assert_eq!(back.len(), xs.len());
+        for (a, b) in back.iter().zip(&xs) {
+            assert_eq!(a.client_by, None);
+            assert_eq!(a.traffic, None);
+            assert_eq!(
+                (&a.request, &a.response, a.flags),
+                (&b.request, &b.response, b.flags)
+            );
+        }
+        // Anomalies of version 2 were free text: they come back as kinds.
+        let mut old = xs[0].clone();
+        old.anomalies = vec![Anomaly::BadChunkSize];
+        let bytes = legacy_archive(&[old], 2);
+        let text = bincode::serialize(&"bad chunk size").unwrap();
+        let name = bincode::serialize(&"bad_chunk_size").unwrap();
+        assert_eq!(&text[..8], &(14u64.to_le_bytes()));
+        assert_eq!(&name[..8], &(14u64.to_le_bytes()));
+        let raw = {
+            let mut r = ArchiveReader::new(&bytes).unwrap();
+            let b = r.next().unwrap();
+            zstd::bulk::decompress(b.payload, b.raw_len).unwrap()
+        };
+        let at = raw
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect("the name is in the payload");
+        let mut patched = raw.clone();
+        patched[at..at + text.len()].copy_from_slice(&text);
+        let opts = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes();
+        use bincode::Options;
+        let v: Vec<ExchangeV2> = opts.deserialize(&patched).unwrap();
+        assert_eq!(v[0].anomalies, vec![Anomaly::BadChunkSize]);
+    }
+
     #[test]
     fn version_1_files_still_read() {
-        let mut bytes = archive(&sample(), 1);
+        let mut bytes = legacy_archive(&sample(), 1);
         bytes.truncate(bytes.len() - FRAME_HEADER_LEN);
-        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
         let mut r = ArchiveReader::new(&bytes).unwrap();
         assert_eq!(r.version(), 1);
         assert_eq!(r.by_ref().count(), 4);

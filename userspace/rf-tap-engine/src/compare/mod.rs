@@ -19,15 +19,17 @@ pub mod noise;
 
 use std::fmt;
 
+use crate::http::message::Headers;
+
 pub use endpoint::endpoint_key;
 pub use json::{noise_paths, JsonPath};
-pub use noise::{judge, NoiseModel, Verdict};
+pub use noise::{judge, Noise, NoiseModel, Verdict};
 
 /// One side of a comparison: a response, its body already decoded (Content-Encoding).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseView {
     pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     pub body: Vec<u8>,
     /// The body is not whole (capture gap, snaplen, or a body too large to keep).
     pub body_incomplete: bool,
@@ -35,10 +37,7 @@ pub struct ResponseView {
 
 impl ResponseView {
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.get(name)
     }
     fn is_json(&self) -> bool {
         self.header("content-type").is_some_and(|ct| {
@@ -93,7 +92,7 @@ pub struct CompareOptions {
 }
 
 /// One difference between production (`prod`) and the target.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Difference {
     Status {

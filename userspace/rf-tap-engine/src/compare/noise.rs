@@ -35,24 +35,85 @@ impl Verdict {
     pub fn differs(&self) -> bool {
         matches!(self, Verdict::Differs { .. })
     }
+
+    /// Whether production's body was left out (captured with a gap or cut).
+    pub fn body_skipped(&self) -> bool {
+        match self {
+            Verdict::Same { body_skipped, .. } => *body_skipped,
+            Verdict::Differs { comparison, .. } => comparison.body_skipped,
+            Verdict::Unjudged => false,
+        }
+    }
+
+    /// Differences on noise fields and headers, left out.
+    pub fn noise(&self) -> usize {
+        match self {
+            Verdict::Same { noise, .. } | Verdict::Differs { noise, .. } => *noise,
+            Verdict::Unjudged => 0,
+        }
+    }
 }
 
-/// Compares the target's answer with production's, leaving `noise` paths out (counted).
+/// Where [`judge`] learns what is noise.
+#[derive(Clone, Copy)]
+pub enum Noise<'a> {
+    /// Nothing beyond the comparison options.
+    None,
+    /// What a live mirror learned from production for this endpoint ([`NoiseModel`]), and
+    /// values that look generated on both sides.
+    Learned {
+        model: &'a NoiseModel,
+        endpoint: &'a str,
+    },
+    /// The target's answers to the same request sent again (`replay --noise-runs`): JSON
+    /// fields and headers whose values differ between the target's own answers.
+    Reruns(&'a [ResponseView]),
+}
+
+/// The one comparison HTTP replay, the live mirror and mocks share: the target's answer
+/// against production's captured response, noise left out and counted.
 pub fn judge(
     prod: Option<&ResponseView>,
     target: &ResponseView,
     opts: &CompareOptions,
-    noise: &NoiseModel,
-    endpoint: &str,
+    noise: Noise<'_>,
 ) -> Verdict {
     let Some(prod) = prod else {
         return Verdict::Unjudged;
     };
-    let mut c = compare(prod, target, opts);
-    let before = c.differences.len();
-    c.differences.retain(|d| !noise.is_noise(endpoint, d));
-    let noisy = before - c.differences.len();
-    c.count -= noisy.min(c.count);
+    let mut noisy = 0;
+    let mut c = match noise {
+        Noise::Reruns(again) if !again.is_empty() => {
+            let mut opts = opts.clone();
+            let first = serde_json::from_slice::<Value>(&target.body).ok();
+            for a in again {
+                if let (Some(x), Ok(y)) = (&first, serde_json::from_slice::<Value>(&a.body)) {
+                    let found = noise_paths(x, &y);
+                    noisy += found.len();
+                    opts.ignore.extend(found);
+                }
+                for (n, v) in target.headers.iter() {
+                    if !a
+                        .headers
+                        .iter()
+                        .any(|(n2, v2)| n2.eq_ignore_ascii_case(n) && v2 == v)
+                    {
+                        noisy += 1;
+                        opts.ignore_headers.push(n.to_ascii_lowercase());
+                    }
+                }
+            }
+            compare(prod, target, &opts)
+        }
+        _ => compare(prod, target, opts),
+    };
+    if let Noise::Learned { model, endpoint } = noise {
+        let before = c.differences.len();
+        c.differences.retain(|d| !model.is_noise(endpoint, d));
+        let removed = before - c.differences.len();
+        c.count -= removed.min(c.count);
+        noisy += removed;
+    }
     if c.count == 0 {
         Verdict::Same {
             body_skipped: c.body_skipped,
@@ -177,10 +238,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn learned<'a>(model: &'a NoiseModel, endpoint: &'a str) -> Noise<'a> {
+        Noise::Learned { model, endpoint }
+    }
+
     fn view(body: Value) -> ResponseView {
         ResponseView {
             status: 200,
-            headers: vec![("Content-Type".into(), b"application/json".to_vec())],
+            headers: vec![("Content-Type".into(), b"application/json".to_vec())].into(),
             body: body.to_string().into_bytes(),
             body_incomplete: false,
         }
@@ -204,7 +269,12 @@ mod tests {
         assert_eq!(m.field_count(), 1);
         let prod = view(json!({"id": 1, "seen": 7, "name": "a"}));
         let shadow = view(json!({"id": 1, "seen": 9, "name": "b"}));
-        let v = judge(Some(&prod), &shadow, &CompareOptions::default(), &m, ep);
+        let v = judge(
+            Some(&prod),
+            &shadow,
+            &CompareOptions::default(),
+            learned(&m, ep),
+        );
         let Verdict::Differs { comparison, noise } = v else {
             panic!("{v:?}")
         };
@@ -215,7 +285,12 @@ mod tests {
         );
         // Only noise differs: the same.
         let shadow = view(json!({"id": 1, "seen": 10, "name": "a"}));
-        let v = judge(Some(&prod), &shadow, &CompareOptions::default(), &m, ep);
+        let v = judge(
+            Some(&prod),
+            &shadow,
+            &CompareOptions::default(),
+            learned(&m, ep),
+        );
         assert_eq!(
             v,
             Verdict::Same {
@@ -224,7 +299,7 @@ mod tests {
             }
         );
         assert_eq!(
-            judge(None, &shadow, &CompareOptions::default(), &m, ep),
+            judge(None, &shadow, &CompareOptions::default(), learned(&m, ep)),
             Verdict::Unjudged
         );
     }
@@ -239,7 +314,12 @@ mod tests {
         let shadow = view(
             json!({"req": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "at": "2026-12-01T10:00:05Z", "n": 1}),
         );
-        let v = judge(Some(&prod), &shadow, &CompareOptions::default(), &m, ep);
+        let v = judge(
+            Some(&prod),
+            &shadow,
+            &CompareOptions::default(),
+            learned(&m, ep),
+        );
         assert_eq!(
             v,
             Verdict::Same {
@@ -248,7 +328,13 @@ mod tests {
             }
         );
         let shadow = view(json!({"req": "not-an-id", "at": "2026-12-01T10:00:05Z", "n": 1}));
-        assert!(judge(Some(&prod), &shadow, &CompareOptions::default(), &m, ep).differs());
+        assert!(judge(
+            Some(&prod),
+            &shadow,
+            &CompareOptions::default(),
+            learned(&m, ep)
+        )
+        .differs());
         assert!(looks_generated(&json!(1_764_580_000)));
         assert!(looks_generated(&json!("9f86d081884c7d659a2feaa0c55ad015")));
         assert!(!looks_generated(&json!(42)));

@@ -19,9 +19,11 @@ use table::LruTable;
 use crate::{
     analyzer::{self, detect::Detector, Analyzer, AppOut, ProtocolCounts},
     http::{
-        exchange::{Exchange, ExchangeFlags, Paired},
+        anomaly::AnomalyCounts,
+        exchange::{ClientBy, Exchange, ExchangeFlags, Paired, Traffic},
         message::{Limits, Request},
     },
+    packet::PacketDirection,
     pcap::reader::RawFrame,
     reassembly::{Origin, Reassembler, ReassemblyStats, StreamEvent},
     wire::{self, defrag::Defragmenter, tcp_flags, Skip, TcpSegment, Transport},
@@ -76,6 +78,8 @@ pub struct ExtractStats {
     pub protocols: ProtocolCounts,
     /// The same for what ran inside CONNECT tunnels and upgraded connections.
     pub tunneled: ProtocolCounts,
+    /// Anomalies on the exchanges, per kind.
+    pub anomalies: AnomalyCounts,
 }
 
 impl ExtractStats {
@@ -97,6 +101,7 @@ impl ExtractStats {
         self.snaplen_truncated_segments += o.snaplen_truncated_segments;
         self.protocols.add(&o.protocols);
         self.tunneled.add(&o.tunneled);
+        self.anomalies.add(&o.anomalies);
         let (r, x) = (&mut self.reassembly, &o.reassembly);
         r.delivered_bytes += x.delivered_bytes;
         r.gap_bytes += x.gap_bytes;
@@ -197,6 +202,35 @@ struct Flow {
     truncated: bool,
     /// A RST or both FINs were seen.
     closed: bool,
+    client_by: ClientBy,
+    /// From the capture direction of the first packet that had one.
+    traffic: Option<Traffic>,
+}
+
+/// What an exchange takes from its connection.
+#[derive(Clone, Copy)]
+struct Conn {
+    id: u64,
+    client: SocketAddr,
+    server: SocketAddr,
+    gap: [bool; 2],
+    truncated: bool,
+    client_by: ClientBy,
+    traffic: Option<Traffic>,
+}
+
+impl Flow {
+    fn conn(&self) -> Conn {
+        Conn {
+            id: self.id,
+            client: self.client,
+            server: self.server,
+            gap: self.gap,
+            truncated: self.truncated,
+            client_by: self.client_by,
+            traffic: self.traffic,
+        }
+    }
 }
 
 /// The counters and buffers stream events are delivered with.
@@ -344,6 +378,8 @@ pub struct Extractor {
     next_exchange: u64,
     held_total: usize,
     now: Duration,
+    /// Capture direction of the frame being processed.
+    direction: Option<PacketDirection>,
     app_out: AppOut,
     pub stats: ExtractStats,
 }
@@ -367,6 +403,7 @@ impl Extractor {
             next_exchange: 1,
             held_total: 0,
             now: Duration::ZERO,
+            direction: None,
             app_out: AppOut::default(),
             stats: ExtractStats::default(),
         }
@@ -381,6 +418,7 @@ impl Extractor {
         self.stats.frames += 1;
         self.stats.bytes += f.data.len() as u64;
         self.now = self.now.max(f.ts);
+        self.direction = f.direction;
         let origin = Origin {
             ts: f.ts,
             frame: f.number,
@@ -433,14 +471,25 @@ impl Extractor {
         out: &mut dyn EventSink,
     ) {
         match wire::transport(&ip, depth) {
-            Ok(Transport::Tcp(seg)) => self.segment(&seg, origin, out),
+            // A packet decapsulated from a tunnel (a VXLAN mirror session, GRE) was copied
+            // elsewhere: which way it crossed this capture point says nothing about it.
+            Ok(Transport::Tcp(seg)) => {
+                let direction = if depth == 0 { self.direction } else { None };
+                self.segment(&seg, origin, direction, out)
+            }
             Ok(Transport::Inner(inner)) => self.ip(inner, origin, depth + 1, out),
             Err(Skip::NotTcp) => self.stats.not_tcp += 1,
             Err(_) => self.stats.malformed += 1,
         }
     }
 
-    fn segment(&mut self, seg: &TcpSegment<'_>, origin: Origin, out: &mut dyn EventSink) {
+    fn segment(
+        &mut self,
+        seg: &TcpSegment<'_>,
+        origin: Origin,
+        direction: Option<PacketDirection>,
+        out: &mut dyn EventSink,
+    ) {
         self.stats.tcp_segments += 1;
         let src = (seg.src, seg.sport);
         let dst = (seg.dst, seg.dport);
@@ -466,14 +515,23 @@ impl Extractor {
                 self.evict_oldest(out);
             }
             let syn = seg.has(tcp_flags::SYN);
-            let src_is_client = if syn {
-                !seg.has(tcp_flags::ACK)
+            let client_by = if syn {
+                if seg.has(tcp_flags::ACK) {
+                    ClientBy::SynAck
+                } else {
+                    ClientBy::Syn
+                }
             } else if seg.payload.starts_with(b"HTTP/") {
-                false
+                ClientBy::Response
             } else if looks_like_request(seg.payload) {
-                true
+                ClientBy::Request
             } else {
-                seg.sport > seg.dport
+                ClientBy::Port
+            };
+            let src_is_client = match client_by {
+                ClientBy::Syn | ClientBy::Request => true,
+                ClientBy::SynAck | ClientBy::Response => false,
+                ClientBy::Port => seg.sport > seg.dport,
             };
             let (client, server) = if src_is_client {
                 (src, dst)
@@ -496,6 +554,8 @@ impl Extractor {
                 gap: [false; 2],
                 truncated: false,
                 closed: false,
+                client_by,
+                traffic: None,
             });
             self.next_flow += 1;
             self.flows.insert(key, flow);
@@ -512,6 +572,14 @@ impl Extractor {
         } else {
             1
         };
+        if flow.traffic.is_none() {
+            // A server's packet going out means the client's come in, and the reverse.
+            flow.traffic = direction.map(|dir| match (d, dir) {
+                (0, dir) => Traffic::of_requests(dir),
+                (_, PacketDirection::Ingress) => Traffic::Outbound,
+                (_, PacketDirection::Egress) => Traffic::Inbound,
+            });
+        }
         if seg.missing > 0 {
             flow.truncated = true;
             self.stats.snaplen_truncated_segments += 1;
@@ -589,38 +657,25 @@ impl Extractor {
             self.app_out.requests.clear();
             return;
         };
-        let (id, client, server, gap, truncated) =
-            (flow.id, flow.client, flow.server, flow.gap, flow.truncated);
-        self.emit_for(id, client, server, gap, truncated, out);
+        let conn = flow.conn();
+        self.emit_for(conn, out);
     }
 
-    fn emit_for(
-        &mut self,
-        conn: u64,
-        client: SocketAddr,
-        server: SocketAddr,
-        gap: [bool; 2],
-        truncated: bool,
-        out: &mut dyn EventSink,
-    ) {
+    fn emit_for(&mut self, conn: Conn, out: &mut dyn EventSink) {
         for request in self.app_out.requests.drain(..) {
             out.request(RequestEvent {
-                conn,
-                client,
-                server,
+                conn: conn.id,
+                client: conn.client,
+                server: conn.server,
                 request,
             });
         }
         for p in self.app_out.paired.drain(..) {
-            out.exchange(make_exchange(
-                &mut self.next_exchange,
-                conn,
-                client,
-                server,
-                gap,
-                truncated,
-                p,
-            ));
+            let x = make_exchange(&mut self.next_exchange, conn, p);
+            for a in &x.anomalies {
+                self.stats.anomalies.count(*a);
+            }
+            out.exchange(x);
             self.stats.exchanges += 1;
         }
     }
@@ -693,14 +748,7 @@ impl Extractor {
         for r in &flow.dirs {
             add_stats(&mut self.stats.reassembly, &r.stats);
         }
-        self.emit_for(
-            flow.id,
-            flow.client,
-            flow.server,
-            flow.gap,
-            flow.truncated,
-            out,
-        );
+        self.emit_for(flow.conn(), out);
     }
 
     fn evict_oldest(&mut self, out: &mut dyn EventSink) {
@@ -745,15 +793,7 @@ fn add_stats(total: &mut ReassemblyStats, s: &ReassemblyStats) {
     total.out_of_order_segments += s.out_of_order_segments;
 }
 
-fn make_exchange(
-    next: &mut u64,
-    conn: u64,
-    client: SocketAddr,
-    server: SocketAddr,
-    gap: [bool; 2],
-    truncated: bool,
-    p: Paired,
-) -> Exchange {
+fn make_exchange(next: &mut u64, conn: Conn, p: Paired) -> Exchange {
     let id = *next;
     *next += 1;
     let mut anomalies = p.anomalies;
@@ -763,6 +803,7 @@ fn make_exchange(
     if let Some(r) = &p.response {
         anomalies.extend(r.anomalies.iter().cloned());
     }
+    let Conn { gap, truncated, .. } = conn;
     let flags = ExchangeFlags {
         gap_request: p.request.as_ref().is_some_and(|q| q.body.gap)
             || (gap[0] && p.request.as_ref().is_some_and(|q| q.incomplete)),
@@ -778,19 +819,22 @@ fn make_exchange(
     };
     Exchange {
         id,
-        conn,
-        client,
-        server,
+        conn: conn.id,
+        client: conn.client,
+        server: conn.server,
         request: p.request,
         response: p.response,
         flags,
         anomalies,
+        client_by: Some(conn.client_by),
+        traffic: conn.traffic,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::anomaly::Anomaly;
 
     fn frame(data: &[u8], n: u64) -> RawFrame<'_> {
         RawFrame {
@@ -799,6 +843,7 @@ mod tests {
             linktype: wire::LINKTYPE_RAW,
             orig_len: data.len() as u32,
             data,
+            direction: None,
         }
     }
 
@@ -809,6 +854,128 @@ mod tests {
             .write(&mut v, payload)
             .unwrap();
         v
+    }
+
+    /// One GET and its 200 on a connection with a handshake, as raw IP packets, each with
+    /// whether the client sent it.
+    fn conversation() -> Vec<(bool, Vec<u8>)> {
+        let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let pkt = |from_client: bool, seq: u32, ack: u32, syn: bool, payload: &[u8]| {
+            let (src, dst, sp, dp) = if from_client {
+                (c, s, 41_000, 80)
+            } else {
+                (s, c, 80, 41_000)
+            };
+            let mut b = etherparse::PacketBuilder::ipv4(src, dst, 64).tcp(sp, dp, seq, 1000);
+            b = if syn { b.syn() } else { b };
+            b = if ack > 0 { b.ack(ack) } else { b };
+            let mut v = Vec::new();
+            b.write(&mut v, payload).unwrap();
+            (from_client, v)
+        };
+        let q = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        vec![
+            pkt(true, 100, 0, true, b""),
+            pkt(false, 500, 101, true, b""),
+            pkt(true, 101, 501, false, q),
+            pkt(false, 501, 101 + q.len() as u32, false, r),
+        ]
+    }
+
+    fn exchanges_seen(frames: &[(Vec<u8>, Option<PacketDirection>)]) -> Vec<Exchange> {
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut out: Vec<Exchange> = Vec::new();
+        for (n, (data, direction)) in frames.iter().enumerate() {
+            let mut f = frame(data, n as u64 + 1);
+            f.direction = *direction;
+            x.frame(&f, &mut out);
+        }
+        x.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn each_exchange_says_how_its_client_was_found_and_which_way_it_went() {
+        use PacketDirection::{Egress, Ingress};
+        let conv = conversation();
+        // Captured on the client's host: its packets leave (egress), the answers arrive.
+        let at_client: Vec<_> = conv
+            .iter()
+            .map(|(c, v)| (v.clone(), Some(if *c { Egress } else { Ingress })))
+            .collect();
+        let x = exchanges_seen(&at_client);
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].client_by, Some(ClientBy::Syn));
+        assert_eq!(x[0].traffic, Some(Traffic::Outbound));
+        let json = serde_json::to_value(x[0].to_json()).unwrap();
+        assert_eq!(json["direction"], "outbound");
+        assert_eq!(json["client_by"], "syn");
+        // On the server's host, and seen from the server's first packet on.
+        let at_server: Vec<_> = conv[1..]
+            .iter()
+            .map(|(c, v)| (v.clone(), Some(if *c { Ingress } else { Egress })))
+            .collect();
+        let x = exchanges_seen(&at_server);
+        assert_eq!(x[0].client_by, Some(ClientBy::SynAck));
+        assert_eq!(x[0].traffic, Some(Traffic::Inbound));
+        // Mid-stream, from the request on.
+        let x = exchanges_seen(&at_server[1..]);
+        assert_eq!(x[0].client_by, Some(ClientBy::Request));
+        assert_eq!(x[0].traffic, Some(Traffic::Inbound));
+        // A classic pcap does not say.
+        let plain: Vec<_> = conv.iter().map(|(_, v)| (v.clone(), None)).collect();
+        let x = exchanges_seen(&plain);
+        assert_eq!(x[0].traffic, None);
+        assert_eq!(
+            serde_json::to_value(x[0].to_json()).unwrap()["direction"],
+            serde_json::Value::Null
+        );
+        // Copies inside a VXLAN mirror session all arrive on ingress: that is the
+        // session's direction, not the exchange's.
+        let vxlan: Vec<_> = conv
+            .iter()
+            .map(|(_, v)| {
+                let mut inner = vec![0; 12];
+                inner.extend_from_slice(&[0x08, 0x00]);
+                inner.extend_from_slice(v);
+                let mut vx = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+                vx.extend_from_slice(&inner);
+                let mut outer = Vec::new();
+                etherparse::PacketBuilder::ipv4([9, 9, 9, 9], [8, 8, 8, 8], 9)
+                    .udp(5555, 4789)
+                    .write(&mut outer, &vx)
+                    .unwrap();
+                (outer, Some(Ingress))
+            })
+            .collect();
+        let x = exchanges_seen(&vxlan);
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].traffic, None);
+    }
+
+    #[test]
+    fn anomalies_are_counted_per_kind() {
+        let q = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc";
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut out: Vec<Exchange> = Vec::new();
+        x.frame(&frame(&seg(1, 1, q), 1), &mut out);
+        x.finish(&mut out);
+        // The conflicting lengths frame no body, so `abc` is left over where the next
+        // head should start, and the stream ends inside it.
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].anomalies,
+            [
+                Anomaly::IncompleteMessageAtEnd,
+                Anomaly::ConflictingContentLength
+            ]
+        );
+        assert_eq!(x.stats.anomalies.get(Anomaly::ConflictingContentLength), 1);
+        assert_eq!(
+            serde_json::to_value(x.stats).unwrap()["anomalies"],
+            serde_json::json!({"conflicting_content_length": 1, "incomplete_message_at_end": 1})
+        );
     }
 
     #[test]

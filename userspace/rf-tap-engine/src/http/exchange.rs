@@ -4,9 +4,11 @@ use std::{borrow::Cow, collections::VecDeque, net::SocketAddr};
 
 use serde::Serialize;
 
+use super::anomaly::Anomaly;
 use super::message::{Limits, MessageParser, Parsed, Request, Response, Side};
 use crate::{
     analyzer::{AppOut, Switch},
+    packet::PacketDirection,
     reassembly::Origin,
 };
 
@@ -45,6 +47,43 @@ impl ExchangeFlags {
     }
 }
 
+/// How the client end of a connection was told from the server end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientBy {
+    /// The connection's SYN (sent by the client) was captured.
+    Syn,
+    /// Only the SYN-ACK was captured (sent by the server).
+    SynAck,
+    /// No handshake: the first bytes seen were a request.
+    Request,
+    /// No handshake: the first bytes seen were a response (`HTTP/`).
+    Response,
+    /// No handshake and nothing recognisable: the higher port was taken for the client.
+    Port,
+}
+
+/// Which way an exchange's requests crossed the capture point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    /// Into the captured host (captured on ingress): the host served them.
+    Inbound,
+    /// Out of the captured host (captured on egress): the host made the call, as to a
+    /// downstream dependency.
+    Outbound,
+}
+
+impl Traffic {
+    /// From the capture direction of the client's packets.
+    pub fn of_requests(d: PacketDirection) -> Self {
+        match d {
+            PacketDirection::Ingress => Traffic::Inbound,
+            PacketDirection::Egress => Traffic::Outbound,
+        }
+    }
+}
+
 /// One HTTP request/response exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Exchange {
@@ -55,16 +94,13 @@ pub struct Exchange {
     pub request: Option<Request>,
     pub response: Option<Response>,
     pub flags: ExchangeFlags,
-    pub anomalies: Vec<String>,
-}
-
-fn header_text<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> Option<Cow<'a, str>> {
-    h.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(
-        |(_, v)| match String::from_utf8_lossy(v) {
-            Cow::Borrowed(t) => Cow::Borrowed(t.trim()),
-            Cow::Owned(t) => Cow::Owned(t.trim().to_string()),
-        },
-    )
+    pub anomalies: Vec<Anomaly>,
+    /// How `client` was told from `server` (None in archives older than version 3).
+    pub client_by: Option<ClientBy>,
+    /// Inbound or outbound, when the capture recorded packet directions (live captures
+    /// and pcapng with `epb_flags`; a classic pcap, or packets decapsulated from a tunnel
+    /// such as a VXLAN mirror session, do not say).
+    pub traffic: Option<Traffic>,
 }
 
 fn secs(o: &Origin) -> f64 {
@@ -98,7 +134,10 @@ pub struct ExchangeJson<'a> {
     pub first_frame: u64,
     pub last_frame: u64,
     pub flags: FlagNames,
-    pub anomalies: &'a [String],
+    pub anomalies: &'a [Anomaly],
+    pub client_by: Option<ClientBy>,
+    /// `"inbound"` or `"outbound"` (null when the capture did not record directions).
+    pub direction: Option<Traffic>,
 }
 
 /// The names of the flags that are set, serialized as a JSON list without allocating.
@@ -149,7 +188,7 @@ impl Exchange {
             version: q
                 .map(|q| q.version.as_str())
                 .or(r.map(|r| r.version.as_str())),
-            host: q.and_then(|q| header_text(&q.headers, "host")),
+            host: q.and_then(|q| q.headers.get_str("host")),
             status: r.map(|r| r.status),
             reason: r.map(|r| r.reason.as_str()),
             info_code: r.and_then(|r| r.interim.last().copied()),
@@ -164,6 +203,8 @@ impl Exchange {
             last_frame: frames.max().unwrap_or(0),
             flags: FlagNames(self.flags),
             anomalies: &self.anomalies,
+            client_by: self.client_by,
+            direction: self.traffic,
         }
     }
 }
@@ -177,7 +218,7 @@ pub struct HttpConnection {
     pending: VecDeque<Request>,
     interim: Vec<u16>,
     tunnel: bool,
-    loose_anomalies: Vec<String>,
+    loose_anomalies: Vec<Anomaly>,
     parsed: Vec<Parsed>,
 }
 
@@ -186,7 +227,7 @@ pub struct Paired {
     pub request: Option<Request>,
     pub response: Option<Response>,
     pub tunnel: bool,
-    pub anomalies: Vec<String>,
+    pub anomalies: Vec<Anomaly>,
 }
 
 impl HttpConnection {

@@ -8,11 +8,101 @@
 
 use std::collections::VecDeque;
 
-use super::body::{Body, BodyState, Framing};
+use super::{
+    anomaly::Anomaly,
+    body::{Body, BodyState, Framing},
+};
 use crate::reassembly::Origin;
 
-/// Header name and raw value, in wire order.
-pub type Headers = Vec<(String, Vec<u8>)>;
+/// Header fields in wire order: the name as sent and the raw value.
+///
+/// The lookup rule, the one all of rf-tap uses: names match ignoring ASCII case;
+/// [`Headers::get`] is the **first** field of that name (what Zeek and Wireshark show, and
+/// what a server reading one value takes), its value trimmed of spaces and tabs;
+/// [`Headers::list`] is every comma-separated element of every field of that name, in
+/// order, for list-valued fields (RFC 9110 section 5.3: Transfer-Encoding,
+/// Content-Encoding, Connection). Content-Length is the one exception, checked across all
+/// its fields (several equal values are one value; different ones are an anomaly).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Headers(pub Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    /// The first field named `name` (any case), trimmed.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim_ascii())
+    }
+
+    /// [`get`](Self::get) as text (lossy for bytes that are not UTF-8).
+    pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.get(name).map(String::from_utf8_lossy)
+    }
+
+    /// Every field named `name`, in wire order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The comma-separated elements of every field named `name`, trimmed, empty ones
+    /// skipped.
+    pub fn list<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.all(name)
+            .flat_map(|v| v.split(|c| *c == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+impl std::ops::Deref for Headers {
+    type Target = Vec<(String, Vec<u8>)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Headers {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl From<Vec<(String, Vec<u8>)>> for Headers {
+    fn from(v: Vec<(String, Vec<u8>)>) -> Self {
+        Self(v)
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(i: I) -> Self {
+        Self(i.into_iter().collect())
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (String, Vec<u8>);
+    type IntoIter = std::vec::IntoIter<(String, Vec<u8>)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = &'a (String, Vec<u8>);
+    type IntoIter = std::slice::Iter<'a, (String, Vec<u8>)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
@@ -24,7 +114,7 @@ pub struct Request {
     pub body: Body,
     pub start: Origin,
     pub end: Origin,
-    pub anomalies: Vec<String>,
+    pub anomalies: Vec<Anomaly>,
     /// The message ended before its body did (connection closed or stream cut).
     pub incomplete: bool,
 }
@@ -40,7 +130,7 @@ pub struct Response {
     pub end: Origin,
     /// 1xx interim responses that came before this final one.
     pub interim: Vec<u16>,
-    pub anomalies: Vec<String>,
+    pub anomalies: Vec<Anomaly>,
     pub incomplete: bool,
 }
 
@@ -52,7 +142,7 @@ pub enum Parsed {
     /// A 1xx response (other than 101): belongs to the next final response.
     Interim(u16),
     /// An anomaly outside any message (garbage between messages, bad head).
-    Anomaly(String),
+    Anomaly(Anomaly),
     /// The connection turned into a tunnel from here on.
     Tunnel,
 }
@@ -95,7 +185,7 @@ struct InProgress {
     body: BodyState,
     start: Origin,
     end: Origin,
-    anomalies: Vec<String>,
+    anomalies: Vec<Anomaly>,
 }
 
 /// Limits that bound memory per direction.
@@ -128,18 +218,13 @@ pub struct MessageParser {
 
 const MAX_HEADERS: usize = 256;
 
-/// The value of header `name` (any case); the last one when it is repeated.
-pub fn header<'a>(h: &'a Headers, name: &str) -> Option<&'a [u8]> {
-    h.iter()
-        .rev()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-fn header_str<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
-    header(h, name)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::trim)
+/// Does the last transfer coding say `chunked` (RFC 9112 section 6.3)?
+fn last_coding_chunked(h: &Headers) -> Option<bool> {
+    h.contains("transfer-encoding").then(|| {
+        h.list("transfer-encoding")
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+    })
 }
 
 /// Is `b` the start of an HTTP request line (`TOKEN SP`) or status line?
@@ -281,7 +366,7 @@ impl MessageParser {
                                 version: "0.9".into(),
                                 status: 0,
                                 reason: String::new(),
-                                headers: Vec::new(),
+                                headers: Headers::default(),
                             },
                             body,
                             start: origin,
@@ -294,7 +379,7 @@ impl MessageParser {
                     match parse_head(self.side, rest) {
                         HeadResult::Partial => {
                             if rest.len() > self.limits.max_head {
-                                out.push(Parsed::Anomaly("header section too long".into()));
+                                out.push(Parsed::Anomaly(Anomaly::HeaderSectionTooLong));
                                 pos += rest.len();
                                 self.state = State::Resync;
                             }
@@ -366,7 +451,7 @@ impl MessageParser {
                 State::ChunkSize => {
                     let Some(nl) = rest.iter().position(|c| *c == b'\n') else {
                         if rest.len() > 1024 {
-                            self.anomaly("chunk size line too long");
+                            self.anomaly(Anomaly::ChunkSizeLineTooLong);
                             self.complete(true, out);
                             self.state = State::Resync;
                         }
@@ -388,7 +473,7 @@ impl MessageParser {
                         Some(0) => self.state = State::Trailers,
                         Some(n) => self.state = State::ChunkData(n),
                         None => {
-                            self.anomaly("bad chunk size");
+                            self.anomaly(Anomaly::BadChunkSize);
                             self.complete(true, out);
                             self.state = State::Resync;
                         }
@@ -417,7 +502,7 @@ impl MessageParser {
                     } else if rest == b"\r" {
                         break;
                     } else {
-                        self.anomaly("chunk without CRLF");
+                        self.anomaly(Anomaly::ChunkWithoutCrlf);
                     }
                     self.state = State::ChunkSize;
                 }
@@ -462,9 +547,9 @@ impl MessageParser {
         (take, remaining - take as u64)
     }
 
-    fn anomaly(&mut self, what: &str) {
+    fn anomaly(&mut self, what: Anomaly) {
         if let Some(c) = self.current.as_mut() {
-            c.anomalies.push(what.to_string());
+            c.anomalies.push(what);
         }
     }
 
@@ -472,7 +557,7 @@ impl MessageParser {
     fn begin(
         &mut self,
         head: Head,
-        anomalies: Vec<String>,
+        anomalies: Vec<Anomaly>,
         origin: Origin,
         methods: &VecDeque<String>,
         out: &mut Vec<Parsed>,
@@ -495,12 +580,12 @@ impl MessageParser {
                 return;
             }
         }
-        let encoding = header_str(headers, "content-encoding").map(str::to_string);
+        let encoding = headers.get_str("content-encoding").map(|e| e.into_owned());
         let mut anomalies = anomalies;
         let framing = match framing {
             Ok(f) => f,
             Err((f, why)) => {
-                anomalies.push(why.into());
+                anomalies.push(why);
                 f
             }
         };
@@ -618,9 +703,7 @@ impl MessageParser {
             State::Head
                 if !self.buf.is_empty() && !self.buf.iter().all(|c| c.is_ascii_whitespace()) =>
             {
-                out.push(Parsed::Anomaly(
-                    "incomplete message at end of stream".into(),
-                ));
+                out.push(Parsed::Anomaly(Anomaly::IncompleteMessageAtEnd));
             }
             _ => {}
         }
@@ -628,15 +711,9 @@ impl MessageParser {
     }
 }
 
-fn request_framing(_method: &str, headers: &Headers) -> Result<Framing, (Framing, &'static str)> {
-    if let Some(te) = header_str(headers, "transfer-encoding") {
-        if te
-            .rsplit(',')
-            .next()
-            .is_some_and(|l| l.trim().eq_ignore_ascii_case("chunked"))
-        {
-            return Ok(Framing::Chunked);
-        }
+fn request_framing(_method: &str, headers: &Headers) -> Result<Framing, (Framing, Anomaly)> {
+    if last_coding_chunked(headers) == Some(true) {
+        return Ok(Framing::Chunked);
     }
     match content_length(headers) {
         Ok(Some(n)) => Ok(Framing::Length(n)),
@@ -649,7 +726,7 @@ fn response_framing(
     method: &str,
     status: u16,
     headers: &Headers,
-) -> Result<Framing, (Framing, &'static str)> {
+) -> Result<Framing, (Framing, Anomaly)> {
     if method.eq_ignore_ascii_case("HEAD")
         || status == 204
         || status == 304
@@ -660,15 +737,10 @@ fn response_framing(
     if status == 101 || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status)) {
         return Ok(Framing::Tunnel);
     }
-    if let Some(te) = header_str(headers, "transfer-encoding") {
-        if te
-            .rsplit(',')
-            .next()
-            .is_some_and(|l| l.trim().eq_ignore_ascii_case("chunked"))
-        {
-            return Ok(Framing::Chunked);
-        }
-        return Ok(Framing::UntilClose);
+    match last_coding_chunked(headers) {
+        Some(true) => return Ok(Framing::Chunked),
+        Some(false) => return Ok(Framing::UntilClose),
+        None => {}
     }
     match content_length(headers) {
         Ok(Some(n)) => Ok(Framing::Length(n)),
@@ -678,7 +750,7 @@ fn response_framing(
 }
 
 /// Content-Length: digits only; several equal values are one; anything else is an anomaly.
-fn content_length(headers: &Headers) -> Result<Option<u64>, &'static str> {
+fn content_length(headers: &Headers) -> Result<Option<u64>, Anomaly> {
     let mut value: Option<u64> = None;
     for (n, v) in headers {
         if !n.eq_ignore_ascii_case("content-length") {
@@ -687,14 +759,14 @@ fn content_length(headers: &Headers) -> Result<Option<u64>, &'static str> {
         for part in v.split(|c| *c == b',') {
             let t = part.trim_ascii();
             if t.is_empty() || !t.iter().all(u8::is_ascii_digit) {
-                return Err("bad Content-Length");
+                return Err(Anomaly::BadContentLength);
             }
             let n = std::str::from_utf8(t)
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or("Content-Length overflow")?;
+                .ok_or(Anomaly::ContentLengthOverflow)?;
             if value.is_some_and(|v| v != n) {
-                return Err("conflicting Content-Length values");
+                return Err(Anomaly::ConflictingContentLength);
             }
             value = Some(n);
         }
@@ -707,14 +779,14 @@ enum HeadResult {
     Complete {
         len: usize,
         head: Head,
-        anomalies: Vec<String>,
+        anomalies: Vec<Anomaly>,
     },
     Http09 {
         method: String,
         target: String,
         len: usize,
     },
-    Error(String),
+    Error(Anomaly),
 }
 
 fn collect_headers(h: &[httparse::Header<'_>]) -> Headers {
@@ -754,7 +826,7 @@ fn normalized_first_line(b: &[u8]) -> Option<Vec<u8>> {
 fn parse_head(side: Side, b: &[u8]) -> HeadResult {
     let small = parse_head_with::<64>(side, b);
     if let HeadResult::Error(e) = &small {
-        if e.contains("too many headers") {
+        if *e == Anomaly::TooManyHeaders {
             return parse_head_with::<MAX_HEADERS>(side, b);
         }
     }
@@ -807,7 +879,7 @@ fn parse_head_with<const N: usize>(side: Side, b: &[u8]) -> HeadResult {
                     if let Some(fixed) = lower_case_retry(side, b) {
                         return fixed;
                     }
-                    HeadResult::Error(format!("bad response head: {e}"))
+                    HeadResult::Error(Anomaly::of_head_error(false, e))
                 }
             }
         }
@@ -826,7 +898,7 @@ fn lower_case_retry(side: Side, b: &[u8]) -> Option<HeadResult> {
     else {
         return None;
     };
-    anomalies.push("lower-case HTTP keyword".into());
+    anomalies.push(Anomaly::LowerCaseHttpKeyword);
     let head = match head {
         Head::Request {
             method,
@@ -903,7 +975,7 @@ fn lenient_request(b: &[u8]) -> Option<HeadResult> {
                 version: escaped(version),
                 headers: collect_headers(headers),
             },
-            anomalies: vec!["request line accepted leniently".into()],
+            anomalies: vec![Anomaly::LenientRequestLine],
         }),
         Ok(httparse::Status::Partial) => Some(HeadResult::Partial),
         Err(_) => None,
@@ -916,7 +988,7 @@ fn http09_or_error(b: &[u8], e: httparse::Error) -> HeadResult {
         return if b.len() < 8192 {
             HeadResult::Partial
         } else {
-            HeadResult::Error(format!("bad request head: {e}"))
+            HeadResult::Error(Anomaly::of_head_error(true, e))
         };
     };
     let line = String::from_utf8_lossy(&b[..nl]);
@@ -936,12 +1008,42 @@ fn http09_or_error(b: &[u8], e: httparse::Error) -> HeadResult {
             len: nl + 1,
         };
     }
-    HeadResult::Error(format!("bad request head: {e}"))
+    HeadResult::Error(Anomaly::of_head_error(true, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_header_lookup_rule() {
+        let h: Headers = vec![
+            ("Host".to_string(), b" a.example \t".to_vec()),
+            ("HOST".to_string(), b"b.example".to_vec()),
+            ("Transfer-Encoding".to_string(), b"gzip".to_vec()),
+            ("transfer-encoding".to_string(), b" , chunked".to_vec()),
+        ]
+        .into();
+        // The first field of the name, any case, trimmed.
+        assert_eq!(h.get("host"), Some(&b"a.example"[..]));
+        assert_eq!(h.get_str("HoSt").as_deref(), Some("a.example"));
+        assert_eq!(h.all("host").count(), 2);
+        assert!(!h.contains("content-length"));
+        // List-valued fields: every element of every field, in order.
+        let te: Vec<&[u8]> = h.list("transfer-encoding").collect();
+        assert_eq!(te, [&b"gzip"[..], b"chunked"]);
+        // Framing follows the last transfer coding across both fields.
+        assert_eq!(last_coding_chunked(&h), Some(true));
+        assert_eq!(last_coding_chunked(&Headers::default()), None);
+        assert_eq!(
+            parse_all(
+                Side::Client,
+                &[b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+                &[]
+            ),
+            vec!["REQ POST / 1.1 body=3"]
+        );
+    }
 
     fn parse_all(side: Side, chunks: &[&[u8]], methods: &[&str]) -> Vec<String> {
         let mut p = MessageParser::new(side, Limits::default());
@@ -992,7 +1094,7 @@ mod tests {
             (Side::Server, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello", &["GET"], vec!["RES 101 body=0", "TUNNEL"]),
             (Side::Client, b"GET /old\r\n", &[], vec!["REQ GET /old 0.9 body=0"]),
             (Side::Client, b"get /lower http/1.1\r\nHost: x\r\n\r\n", &[], vec!["REQ GET /lower 1.1 body=0"]),
-            (Side::Client, b"\x00\x01garbage\r\nGET /after HTTP/1.1\r\n\r\n", &[], vec!["ANOMALY bad request head: invalid token", "REQ GET /after 1.1 body=0"]),
+            (Side::Client, b"\x00\x01garbage\r\nGET /after HTTP/1.1\r\n\r\n", &[], vec!["ANOMALY bad_request_line", "REQ GET /after 1.1 body=0"]),
             (Side::Client, b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc", &[], vec!["REQ POST /x 1.1 body=3 incomplete"]),
             (Side::Server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", &["GET"], vec!["RES 200 body=0 incomplete"]),
         ];
@@ -1096,7 +1198,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        #[test]
+
+    #[test]
         fn arbitrary_bytes_never_panic_and_stay_bounded(
             chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..20),
             server in proptest::prelude::any::<bool>(),

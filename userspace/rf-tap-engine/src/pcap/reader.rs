@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use crate::packet::PacketDirection;
+
 /// One frame as stored in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawFrame<'a> {
@@ -23,6 +25,9 @@ pub struct RawFrame<'a> {
     /// Length on the wire (may exceed `data.len()` when the capture was truncated).
     pub orig_len: u32,
     pub data: &'a [u8],
+    /// Which way it crossed the capture point, when the capture says (a live capture;
+    /// pcapng `epb_flags`).
+    pub direction: Option<PacketDirection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -222,6 +227,7 @@ impl<'a> CaptureReader<'a> {
             linktype,
             orig_len: orig.max(incl as u32),
             data,
+            direction: None,
         }))
     }
 
@@ -353,12 +359,14 @@ impl<'a> CaptureReader<'a> {
                     };
                     self.number += 1;
                     let ticks = ((hi as u64) << 32) | lo as u64;
+                    let options = 20 + (cap as usize).div_ceil(4) * 4;
                     return Some(Ok(RawFrame {
                         number: self.number,
                         ts: ticks_to_duration(ticks, i.ticks_per_sec),
                         linktype: i.linktype,
                         orig_len: orig.max(cap),
                         data,
+                        direction: packet_direction(order, body, options),
                     }));
                 }
                 // Simple Packet Block: interface 0, no timestamp.
@@ -381,6 +389,7 @@ impl<'a> CaptureReader<'a> {
                         linktype: i.linktype,
                         orig_len: orig,
                         data: &body[4..4 + cap],
+                        direction: None,
                     }));
                 }
                 // Section headers, statistics, name resolution, custom: nothing to deliver.
@@ -388,6 +397,26 @@ impl<'a> CaptureReader<'a> {
             }
         }
     }
+}
+
+/// The direction bits of a packet block's `epb_flags` option (code 2; bits 0-1: 1 inbound,
+/// 2 outbound), if it has one.
+fn packet_direction(order: Order, body: &[u8], mut o: usize) -> Option<PacketDirection> {
+    while let (Some(code), Some(len)) = (order.u16(body, o), order.u16(body, o + 2)) {
+        match code {
+            0 => break,
+            2 if len == 4 => {
+                return match order.u32(body, o + 4)? & 3 {
+                    1 => Some(PacketDirection::Ingress),
+                    2 => Some(PacketDirection::Egress),
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
+        o += 4 + (len as usize).div_ceil(4) * 4;
+    }
+    None
 }
 
 impl<'a> Iterator for CaptureReader<'a> {
@@ -434,7 +463,11 @@ mod tests {
                 &CapturedPacket {
                     ts: Duration::new(100 + i as u64, 5_000 + i as u32),
                     ifindex: 1,
-                    direction: Some(PacketDirection::Ingress),
+                    direction: [
+                        Some(PacketDirection::Ingress),
+                        Some(PacketDirection::Egress),
+                        None,
+                    ][i as usize],
                     orig_len: if i == 2 { 1500 } else { len as u32 },
                     data: &data,
                 },
@@ -463,6 +496,20 @@ mod tests {
             assert_eq!(frames[1].ts, Duration::new(101, 5_001));
             assert_eq!(frames[2].number, 3);
             assert_eq!(frames[0].linktype, 1);
+            let directions: Vec<_> = frames.iter().map(|f| f.direction).collect();
+            if format == CaptureFormat::PcapNg {
+                assert_eq!(
+                    directions,
+                    [
+                        Some(PacketDirection::Ingress),
+                        Some(PacketDirection::Egress),
+                        None
+                    ],
+                    "pcapng keeps each packet's direction (epb_flags)"
+                );
+            } else {
+                assert_eq!(directions, [None, None, None]);
+            }
         }
     }
 

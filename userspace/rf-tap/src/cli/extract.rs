@@ -160,6 +160,14 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         if let Some(line) = not_http_line(s) {
             eprintln!("rf-tap: {line}");
         }
+        let seen: Vec<String> = s
+            .anomalies
+            .seen()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect();
+        if !seen.is_empty() {
+            eprintln!("rf-tap: anomalies: {}", seen.join(", "));
+        }
     }
     if let (Some(bytes), Some(path)) = (archive_bytes, &args.output) {
         if !args.quiet {

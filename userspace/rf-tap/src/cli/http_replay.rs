@@ -22,6 +22,7 @@ use rf_tap_engine::{
     replay::http::{
         gate::{Gate, GateResult},
         plan::{RequestPattern, Selection, SkipReason},
+        record::{ResultRecord, RunRecord},
         report::{FailKind, Latency, Summary, Tally},
         transform::{parse_header, HostHeader, Transform, UrlRewrite},
     },
@@ -155,7 +156,7 @@ struct Saver {
 }
 
 impl Saver {
-    fn write(&mut self, v: &Value) {
+    fn write(&mut self, v: &ResultRecord) {
         if let Some(out) = &mut self.out {
             let r = serde_json::to_writer(&mut *out, v)
                 .map_err(std::io::Error::from)
@@ -169,13 +170,11 @@ impl Saver {
 }
 
 impl Collect for Saver {
-    fn done(&mut self, tally: &Tally, record: Option<Value>) {
+    fn done(&mut self, tally: &Tally, record: Option<ResultRecord>) {
         if let Some(mut r) = record {
-            if r.get("type").and_then(Value::as_str) == Some("diff") {
+            if let ResultRecord::Diff(d) = &mut r {
                 self.diffs += 1;
-                if let Some(m) = r.as_object_mut() {
-                    m.insert("n".into(), json!(self.diffs));
-                }
+                d.n = self.diffs;
             }
             self.write(&r);
         }
@@ -524,15 +523,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(args.speed.unwrap_or(1.0))
     };
     let speed_text = speed.map_or("topspeed".to_string(), |s| format!("{s}x"));
-    saver.write(&json!({
-        "type": "run",
-        "capture": capture.display().to_string(),
-        "target": url,
-        "label": label,
-        "started": stamp(),
-        "speed": speed_text,
-        "concurrency": h.concurrency,
-        "noise_runs": h.noise_runs,
+    saver.write(&ResultRecord::Run(RunRecord {
+        capture: capture.display().to_string(),
+        target: url.to_string(),
+        label: label.to_string(),
+        started: stamp(),
+        speed: speed_text.clone(),
+        concurrency: h.concurrency as usize,
+        noise_runs: h.noise_runs as usize,
     }));
     let cfg = RunConfig {
         selection: Selection {
@@ -594,15 +592,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|g| (g.check(&summary), g.unit()))
         .collect();
-    let mut record = serde_json::to_value(&summary)?;
-    if let Some(m) = record.as_object_mut() {
-        m.insert("type".into(), json!("summary"));
-        m.insert(
-            "gates".into(),
-            json!(gates.iter().map(|(g, _)| g).collect::<Vec<_>>()),
-        );
-    }
-    saver.write(&record);
+    let mut record = match serde_json::to_value(&summary)? {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    record.insert(
+        "gates".into(),
+        serde_json::to_value(gates.iter().map(|(g, _)| g).collect::<Vec<_>>())?,
+    );
+    saver.write(&ResultRecord::Summary(record.clone()));
     if let Some(mut out) = saver.out.take() {
         if let Err(e) = out.flush() {
             saver.error = Some(e.to_string());
@@ -622,15 +620,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         eprintln!("rf-tap: {}: {e}", capture.display());
     }
     if args.json {
-        let mut v = record;
-        if let Some(m) = v.as_object_mut() {
-            m.remove("type");
-            m.insert(
-                "results_file".into(),
-                json!(saver.path.as_ref().map(|p| p.display().to_string())),
-            );
-        }
-        println!("{v}");
+        let mut m = record;
+        m.insert(
+            "results_file".into(),
+            json!(saver.path.as_ref().map(|p| p.display().to_string())),
+        );
+        println!("{}", Value::Object(m));
     } else {
         print_results(
             &summary,

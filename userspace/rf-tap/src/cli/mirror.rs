@@ -949,10 +949,10 @@ fn diff(name: &str, show: usize, endpoint: Option<&str>) -> anyhow::Result<std::
         Err(_) if store::data_dir(name).exists() => String::new(),
         Err(_) => bail!("no stats for mirror {name}: it never ran on this host"),
     };
-    let records: Vec<serde_json::Value> = text
+    let records: Vec<store::MirrorDiff> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|r: &serde_json::Value| endpoint.is_none_or(|e| r["endpoint"] == e))
+        .filter(|r: &store::MirrorDiff| endpoint.is_none_or(|e| r.endpoint == e))
         .collect();
     if records.is_empty() {
         outln!(
@@ -965,33 +965,24 @@ fn diff(name: &str, show: usize, endpoint: Option<&str>) -> anyhow::Result<std::
         };
     }
     let n = records.len();
+    let status = |s: Option<u16>| s.map_or("null".to_string(), |s| s.to_string());
     for (i, r) in records.iter().take(show).enumerate() {
-        outln!(
-            o,
-            "DIFF {}/{n} — {}  ({})",
-            i + 1,
-            r["request"].as_str().unwrap_or("?"),
-            r["destination"].as_str().unwrap_or("?")
-        );
+        outln!(o, "DIFF {}/{n} — {}  ({})", i + 1, r.request, r.destination);
         outln!(
             o,
             "  status: production {} / shadow {}",
-            r["production_status"],
-            r["shadow_status"]
+            status(r.production_status),
+            r.shadow_status
         );
-        for w in r["summary"].as_array().into_iter().flatten() {
-            outln!(o, "  - {}", w.as_str().unwrap_or(""));
+        for w in &r.summary {
+            outln!(o, "  - {w}");
         }
         outln!(
             o,
             "  production: {}",
-            r["production_body"].as_str().unwrap_or("")
+            r.production_body.as_deref().unwrap_or("")
         );
-        outln!(
-            o,
-            "  shadow:     {}",
-            r["shadow_body"].as_str().unwrap_or("")
-        );
+        outln!(o, "  shadow:     {}", r.shadow_body);
         outln!(o);
     }
     {

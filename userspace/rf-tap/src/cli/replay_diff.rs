@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use serde_json::Value;
+use rf_tap_engine::replay::http::record::ResultRecord;
 
 use crate::cli::http_replay::results_dir;
 
@@ -69,14 +69,6 @@ fn newest_run(file: &std::path::Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{} holds no replay results", dir.display()))
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    }
-}
-
 fn indent(body: &str, max: usize) -> String {
     let cut: String = body.chars().take(max).collect();
     let mut s: String = cut.lines().map(|l| format!("    {l}\n")).collect();
@@ -99,13 +91,16 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             || format!("cannot open {}", path.display()),
         )?))
     };
-    let kind = if args.failures { "failure" } else { "diff" };
-    let wanted = |v: &Value| {
-        v.get("type").and_then(Value::as_str) == Some(kind)
-            && args
-                .endpoint
-                .as_ref()
-                .is_none_or(|e| v.get("endpoint").and_then(Value::as_str) == Some(e.as_str()))
+    let wanted = |r: &ResultRecord| {
+        let kind = match r {
+            ResultRecord::Diff(_) => !args.failures,
+            ResultRecord::Failure(_) => args.failures,
+            ResultRecord::Run(_) | ResultRecord::Summary(_) => false,
+        };
+        kind && args
+            .endpoint
+            .as_ref()
+            .is_none_or(|e| r.request().is_some_and(|q| q.endpoint == *e))
     };
     // First pass: the run's header, the count, and whether the file is ours.
     let mut label = "target".to_string();
@@ -115,21 +110,19 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let mut saw_summary = false;
     for line in open()?.lines() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+        let Ok(r) = serde_json::from_str::<ResultRecord>(&line) else {
             bad_lines += 1;
             continue;
         };
-        match v.get("type").and_then(Value::as_str) {
-            Some("run") => {
+        match &r {
+            ResultRecord::Run(run) => {
                 saw_run = true;
-                if let Some(l) = v.get("label").and_then(Value::as_str) {
-                    label = l.to_string();
-                }
+                label = run.label.clone();
             }
-            Some("summary") => saw_summary = true,
+            ResultRecord::Summary(_) => saw_summary = true,
             _ => {}
         }
-        if wanted(&v) {
+        if wanted(&r) {
             total += 1;
         }
     }
@@ -170,80 +163,61 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+        let Ok(r) = serde_json::from_str::<ResultRecord>(&line) else {
             continue;
         };
-        if !wanted(&v) {
+        if !wanted(&r) {
             continue;
         }
         shown += 1;
         if args.json {
-            let _ = writeln!(out, "{v}");
+            let _ = writeln!(out, "{}", serde_json::to_string(&r)?);
             continue;
         }
-        let get = |k: &str| text(v.get(k).unwrap_or(&Value::Null));
+        let Some(q) = r.request() else { continue };
         let _ = writeln!(
             out,
             "{} {shown}/{total} — {} {}",
             if args.failures { "FAILURE" } else { "DIFF" },
-            get("method"),
-            get("target")
+            q.method,
+            q.target
         );
         let _ = writeln!(
             out,
             "  endpoint {} · exchange {} · connection {}",
-            get("endpoint"),
-            get("id"),
-            get("conn")
+            q.endpoint, q.id, q.conn
         );
-        if args.failures {
-            let _ = writeln!(out, "  {}: {}", get("words"), get("detail"));
-        } else {
-            let prod = v.get("production").cloned().unwrap_or(Value::Null);
-            let tgt = v.get("target_response").cloned().unwrap_or(Value::Null);
-            let status = |r: &Value| text(r.get("status").unwrap_or(&Value::Null));
-            let _ = writeln!(
-                out,
-                "  production {} · {label} {}",
-                status(&prod),
-                status(&tgt)
-            );
-            for w in v
-                .get("words")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let _ = writeln!(out, "  {}", text(w));
+        let hint = match &r {
+            ResultRecord::Failure(f) => {
+                let _ = writeln!(out, "  {}: {}", f.words, f.detail);
+                f.hint.as_deref()
             }
-            let count = v.get("count").and_then(Value::as_u64).unwrap_or(0);
-            let listed = v.get("words").and_then(Value::as_array).map_or(0, Vec::len) as u64;
-            if count > listed {
-                let _ = writeln!(out, "  … and {} more differences", count - listed);
+            ResultRecord::Diff(d) => {
+                let (prod, tgt) = (&d.production, &d.target_response);
+                let _ = writeln!(out, "  production {} · {label} {}", prod.status, tgt.status);
+                for w in &d.words {
+                    let _ = writeln!(out, "  {w}");
+                }
+                let listed = d.words.len();
+                if d.count > listed {
+                    let _ = writeln!(out, "  … and {} more differences", d.count - listed);
+                }
+                if d.partial {
+                    let _ = writeln!(
+                        out,
+                        "  (production's response was captured with gaps or cut: compared on status and headers only)"
+                    );
+                }
+                let _ = writeln!(out, "  production body:\n{}", indent(&prod.body, 2000));
+                let _ = writeln!(out, "  {label} body:\n{}", indent(&tgt.body, 2000));
+                d.hint.as_deref()
             }
-            if v.get("partial").and_then(Value::as_bool) == Some(true) {
-                let _ = writeln!(
-                    out,
-                    "  (production's response was captured with gaps or cut: compared on status and headers only)"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "  production body:\n{}",
-                indent(&text(prod.get("body").unwrap_or(&Value::Null)), 2000)
-            );
-            let _ = writeln!(
-                out,
-                "  {label} body:\n{}",
-                indent(&text(tgt.get("body").unwrap_or(&Value::Null)), 2000)
-            );
-        }
-        if let Some(h) = v.get("hint").and_then(Value::as_str) {
+            ResultRecord::Run(_) | ResultRecord::Summary(_) => None,
+        };
+        if let Some(h) = hint {
             let _ = writeln!(out, "  {h}");
         }
-        if !args.json {
-            out.push('\n');
-        }
+        out.push('\n');
     }
     if !args.json && shown < total {
         let _ = writeln!(out, "{} more; --show {total} lists them all", total - shown);

@@ -437,7 +437,10 @@ fn show(id: u64, file: &Path, mask: bool) -> anyhow::Result<std::process::ExitCo
         None => o.push_str("< (no response)\n"),
     }
     if !x.anomalies.is_empty() {
-        o.push_str(&format!("\nanomalies: {}\n", x.anomalies.join("; ")));
+        o.push_str("\nanomalies:\n");
+        for a in &x.anomalies {
+            o.push_str(&format!("  {a}: {}\n", a.describe()));
+        }
     }
     std::io::stdout().write_all(o.as_bytes()).or_else(|e| {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

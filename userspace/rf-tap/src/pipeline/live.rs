@@ -28,6 +28,7 @@ use rf_tap_engine::{
     flow::{EventSink, ExtractConfig, ExtractStats, Extractor, RequestEvent},
     http::exchange::Exchange,
     packet::CapturedPacket,
+    packet::PacketDirection,
     pcap::reader::RawFrame,
     wire,
 };
@@ -39,6 +40,7 @@ struct OwnedFrame {
     ts: Duration,
     orig_len: u32,
     data: Vec<u8>,
+    direction: Option<PacketDirection>,
 }
 
 /// What workers hand the writer.
@@ -295,6 +297,7 @@ impl LivePipeline {
                                 linktype,
                                 orig_len: f.orig_len,
                                 data: &f.data,
+                                direction: f.direction,
                             };
                             x.frame(&frame, &mut out);
                         }
@@ -334,6 +337,7 @@ impl LivePipeline {
             ts: p.ts,
             orig_len: p.orig_len,
             data: p.data.to_vec(),
+            direction: p.direction,
         });
         if sent.is_err() {
             self.dropped += 1;

@@ -185,8 +185,7 @@ impl Sink for Jsonl {
             method: &q.method,
             uri: &q.target,
             version: &q.version,
-            host: rf_tap_engine::http::message::header(&q.headers, "host")
-                .map(|h| String::from_utf8_lossy(h).trim().to_string()),
+            host: q.headers.get_str("host").map(|h| h.into_owned()),
             request_body_len: q.body.len,
             first_frame: q.start.frame,
             last_frame: q.end.frame,

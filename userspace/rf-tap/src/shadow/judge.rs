@@ -10,9 +10,9 @@ use std::{
 };
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use rf_tap_engine::compare::{judge, CompareOptions, NoiseModel, ResponseView, Verdict};
+use rf_tap_engine::compare::{judge, CompareOptions, Noise, NoiseModel, ResponseView, Verdict};
 
-use super::store::{unix_now, Bucket, BucketFile, DiffLog};
+use super::store::{unix_now, Bucket, BucketFile, DiffLog, MirrorDiff};
 
 /// A mirrored request: its connection and the frame its first byte came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -301,7 +301,15 @@ fn settle(
             continue;
         }
         let name = dest_name(dest);
-        let verdict = judge(prod.as_ref(), &answer, &cfg.options, noise, &p.endpoint);
+        let verdict = judge(
+            prod.as_ref(),
+            &answer,
+            &cfg.options,
+            Noise::Learned {
+                model: noise,
+                endpoint: &p.endpoint,
+            },
+        );
         if !matches!(verdict, Verdict::Unjudged) {
             *b.compared.entry(name.clone()).or_default() += 1;
         }
@@ -320,19 +328,20 @@ fn settle(
                 .iter()
                 .map(|d| d.to_string().replace("target response", "shadow response"))
                 .collect();
-            diffs.write(&serde_json::json!({
-                "ts": unix_now().as_secs_f64(),
-                "destination": name,
-                "endpoint": p.endpoint,
-                "request": p.request,
-                "production_status": prod.as_ref().map(|v| v.status),
-                "shadow_status": answer.status,
-                "production_body": prod.as_ref().map(|v| String::from_utf8_lossy(&v.body[..v.body.len().min(4096)]).into_owned()),
-                "shadow_body": String::from_utf8_lossy(&answer.body[..answer.body.len().min(4096)]),
-                "differences": comparison.differences,
-                "summary": words,
-                "noise_ignored": n,
-            }));
+            let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned();
+            diffs.write(&MirrorDiff {
+                ts: unix_now().as_secs_f64(),
+                destination: name.clone(),
+                endpoint: p.endpoint.clone(),
+                request: p.request.clone(),
+                production_status: prod.as_ref().map(|v| v.status),
+                shadow_status: answer.status,
+                production_body: prod.as_ref().map(|v| text(&v.body)),
+                shadow_body: text(&answer.body),
+                differences: comparison.differences.clone(),
+                summary: words,
+                noise_ignored: *n,
+            });
         }
     }
     if p.waiting.is_empty() {

@@ -29,10 +29,7 @@ use crossbeam::channel::Sender as JudgeTx;
 use rf_tap_engine::{
     compare::{endpoint_key, ResponseView},
     flow::RequestEvent,
-    http::{
-        exchange::{Exchange, ExchangeFlags},
-        message::header,
-    },
+    http::exchange::{Exchange, ExchangeFlags},
     replay::http::{
         plan::{body_incomplete, Selection, SkipReason},
         transform::Transform,
@@ -141,7 +138,7 @@ impl ShadowSink {
     fn sampled_in(&self, r: &RequestEvent) -> bool {
         match &self.sample_by {
             SampleBy::Connection => self.kept((r.client, r.server)),
-            SampleBy::Header(h) => match header(&r.request.headers, h) {
+            SampleBy::Header(h) => match r.request.headers.get(h) {
                 Some(v) => self.kept(v),
                 None => self.kept((r.client, r.server)),
             },
@@ -197,6 +194,8 @@ impl Sink for ShadowSink {
             response: None,
             flags: ExchangeFlags::default(),
             anomalies: Vec::new(),
+            client_by: None,
+            traffic: None,
         };
         let plan = match self.selection.plan(as_exchange) {
             Ok(p) => p,

@@ -267,6 +267,27 @@ impl BucketFile {
     }
 }
 
+/// One line of a mirror's `diffs.jsonl`: a shadow answer that differed from production's.
+/// The judge writes it and `mirror diff` reads it back with this same type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MirrorDiff {
+    /// When it was judged (Unix seconds).
+    pub ts: f64,
+    pub destination: String,
+    pub endpoint: String,
+    /// `METHOD target`.
+    pub request: String,
+    pub production_status: Option<u16>,
+    pub shadow_status: u16,
+    /// The first 4 KiB of each body, as text.
+    pub production_body: Option<String>,
+    pub shadow_body: String,
+    pub differences: Vec<rf_tap_engine::compare::Difference>,
+    /// `differences` in words.
+    pub summary: Vec<String>,
+    pub noise_ignored: usize,
+}
+
 /// Appends difference records (bounded per run).
 pub struct DiffLog {
     path: PathBuf,
@@ -288,7 +309,7 @@ impl DiffLog {
         data_dir(name).join("diffs.jsonl")
     }
 
-    pub fn write(&mut self, record: &serde_json::Value) {
+    pub fn write(&mut self, record: &MirrorDiff) {
         if self.written >= MAX_DIFF_RECORDS {
             return;
         }
@@ -300,7 +321,9 @@ impl DiffLog {
         else {
             return;
         };
-        let mut line = record.to_string().into_bytes();
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
         line.push(b'\n');
         let _ = f.write_all(&line);
     }

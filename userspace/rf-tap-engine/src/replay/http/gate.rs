@@ -273,7 +273,7 @@ mod tests {
                 Outcome::Answered {
                     status: 200,
                     latency: Duration::from_millis(target_ms),
-                    comparison: None,
+                    verdict: crate::compare::Verdict::Unjudged,
                 }
             } else {
                 Outcome::Failed {

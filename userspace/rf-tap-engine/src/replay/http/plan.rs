@@ -6,10 +6,7 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use crate::{
     compare::ResponseView,
-    http::{
-        exchange::Exchange,
-        message::{header, Headers},
-    },
+    http::{exchange::Exchange, message::Headers},
     query::glob_match,
 };
 
@@ -181,7 +178,7 @@ impl Selection {
         };
         if q.method.eq_ignore_ascii_case("CONNECT")
             || x.flags.tunnel
-            || header(&q.headers, "upgrade").is_some()
+            || q.headers.contains("upgrade")
         {
             return Err(SkipReason::Tunnel);
         }
@@ -243,7 +240,7 @@ mod tests {
                 method: method.into(),
                 target: target.into(),
                 version: "1.1".into(),
-                headers: vec![("Host".into(), b"prod.example".to_vec())],
+                headers: vec![("Host".into(), b"prod.example".to_vec())].into(),
                 body: Body {
                     wire_len: body.len() as u64,
                     len: body.len() as u64,
@@ -264,6 +261,8 @@ mod tests {
             }),
             flags: ExchangeFlags::default(),
             anomalies: vec![],
+            client_by: None,
+            traffic: None,
         }
     }
 

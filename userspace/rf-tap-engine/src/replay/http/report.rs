@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use serde::Serialize;
 
 use super::plan::SkipReason;
-use crate::{compare::Comparison, replay::player::Histogram};
+use crate::{compare::Verdict, replay::player::Histogram};
 
 /// Why a request got no usable response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,12 +67,12 @@ impl FailKind {
 /// The end of one replayed request.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// The target answered; `comparison` is None when the capture has no production
-    /// response to compare with.
+    /// The target answered, and how its answer compared with production's
+    /// ([`Verdict::Unjudged`] when the capture has no production response).
     Answered {
         status: u16,
         latency: Duration,
-        comparison: Option<Comparison>,
+        verdict: Verdict,
     },
     /// No usable response.
     Failed { kind: FailKind },
@@ -162,7 +162,7 @@ impl Tally {
             Outcome::Answered {
                 status,
                 latency,
-                comparison,
+                verdict,
             } => {
                 self.target_latency.record(micros(*latency));
                 e.latency_sum_us += u128::from(micros(*latency));
@@ -173,12 +173,12 @@ impl Tally {
                 } else {
                     self.succeeded += 1;
                 }
-                if let Some(c) = comparison {
+                if !matches!(verdict, Verdict::Unjudged) {
                     self.compared += 1;
-                    if c.body_skipped {
+                    if verdict.body_skipped() {
                         self.partial += 1;
                     }
-                    if c.differs() {
+                    if verdict.differs() {
                         self.diffs += 1;
                         e.diffs += 1;
                     }
@@ -389,7 +389,7 @@ pub fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::Difference;
+    use crate::compare::{Comparison, Difference};
 
     fn answered(status: u16, ms: u64, diff: bool) -> Outcome {
         let mut c = Comparison::default();
@@ -403,7 +403,17 @@ mod tests {
         Outcome::Answered {
             status,
             latency: Duration::from_millis(ms),
-            comparison: Some(c),
+            verdict: if c.differs() {
+                Verdict::Differs {
+                    comparison: c,
+                    noise: 0,
+                }
+            } else {
+                Verdict::Same {
+                    body_skipped: false,
+                    noise: 0,
+                }
+            },
         }
     }
 

@@ -409,7 +409,7 @@ impl Connection {
                     Parsed::Interim(_) => continue,
                     Parsed::Anomaly(a) => Err(Some(Failure {
                         kind: FailKind::Garbage,
-                        detail: a,
+                        detail: format!("{} ({a})", a.describe()),
                     })),
                     Parsed::Request(_) | Parsed::Tunnel => Err(Some(Failure {
                         kind: FailKind::Garbage,

@@ -20,18 +20,21 @@ use std::{
 };
 
 use rf_tap_engine::{
-    compare::{compare, endpoint_key, noise_paths, schema_hint, CompareOptions, ResponseView},
+    compare::{endpoint_key, judge, schema_hint, CompareOptions, Noise, Verdict},
     http::exchange::Exchange,
     replay::{
         http::{
             plan::{ReplayRequest, Selection},
+            record::{
+                body_text, DiffRecord, FailureRecord, RequestRef, ResultRecord, SavedResponse,
+                SAVED_BODY,
+            },
             report::{Outcome, Tally},
             transform::{Transform, Vars},
         },
         player::Clock as _,
     },
 };
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::client::{Connection, Connector, Failure};
@@ -43,8 +46,6 @@ pub const CONN_QUEUE: usize = 32;
 /// when its response ends).
 const REORDER_WINDOW: usize = 4096;
 const REORDER_SPAN: Duration = Duration::from_secs(5);
-/// Most body bytes saved per side in the results file.
-const SAVED_BODY: usize = 16 << 10;
 
 /// Everything a connection task needs, shared.
 pub struct Shared {
@@ -85,7 +86,7 @@ struct Done {
     /// The first problem in words (for the JUnit file).
     problem: Option<String>,
     /// A record for the results file (a diff or a failure).
-    record: Option<Value>,
+    record: Option<ResultRecord>,
 }
 
 struct Job {
@@ -138,29 +139,7 @@ pub type ExchangeWalk<'a> =
 
 /// Where each request's outcome goes.
 pub trait Collect: Send {
-    fn done(&mut self, tally: &Tally, record: Option<Value>);
-}
-
-fn body_text(b: &[u8]) -> String {
-    let cut = &b[..b.len().min(SAVED_BODY)];
-    let mut s = String::from_utf8_lossy(cut).into_owned();
-    if b.len() > SAVED_BODY {
-        s.push_str(&format!("… ({} more bytes)", b.len() - SAVED_BODY));
-    }
-    s
-}
-
-fn view_json(v: &ResponseView) -> Value {
-    json!({
-        "status": v.status,
-        "headers": v.headers.iter().map(|(n, v)| [n.clone(), String::from_utf8_lossy(v).into_owned()]).collect::<Vec<_>>(),
-        "body": body_text(&v.body),
-        "body_incomplete": v.body_incomplete,
-    })
-}
-
-fn parse_json(v: &ResponseView) -> Option<Value> {
-    serde_json::from_slice(&v.body).ok()
+    fn done(&mut self, tally: &Tally, record: Option<ResultRecord>);
 }
 
 pub fn vars(needed: bool) -> Vars {
@@ -199,18 +178,12 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
     let first = conn
         .exchange(&shared.connector, &bytes, &req.method, shared.timeout)
         .await;
-    let base = json!({
-        "id": req.id,
-        "conn": req.conn,
-        "method": req.method,
-        "target": req.target,
-        "endpoint": job.endpoint,
-    });
-    let with = |mut v: Value, extra: Value| {
-        if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
-            m.extend(e);
-        }
-        v
+    let request = RequestRef {
+        id: req.id,
+        conn: req.conn,
+        method: req.method.clone(),
+        target: req.target.clone(),
+        endpoint: job.endpoint.clone(),
     };
     let answer = match first {
         Err(Failure { kind, detail }) => {
@@ -221,91 +194,85 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
                 lateness,
                 outcome: Outcome::Failed { kind },
                 problem: Some(format!("{}: {detail}", kind.words())),
-                record: Some(with(
-                    base,
-                    json!({"type": "failure", "error": kind.key(), "words": kind.words(), "detail": detail}),
-                )),
-            }
+                record: Some(ResultRecord::Failure(FailureRecord {
+                    request,
+                    error: kind.key().to_string(),
+                    words: kind.words().to_string(),
+                    detail,
+                    hint: None,
+                })),
+            };
         }
         Ok(a) => a,
     };
-    let mut opts = shared.compare.clone();
-    let mut noisy = 0usize;
+    // The same request again, for the fields and headers the target itself varies.
+    let mut again = Vec::new();
     if shared.noise_runs > 1 && req.prod.is_some() {
-        let first_json = parse_json(&answer.view);
         for _ in 1..shared.noise_runs {
             bytes.clear();
             shared
                 .transform
                 .build(req, &vars(shared.transform.uses_variables()), &mut bytes);
-            let Ok(again) = conn
+            if let Ok(a) = conn
                 .exchange(&shared.connector, &bytes, &req.method, shared.timeout)
                 .await
-            else {
-                continue;
-            };
-            if let (Some(a), Some(b)) = (&first_json, parse_json(&again.view)) {
-                let found = noise_paths(a, &b);
-                noisy += found.len();
-                opts.ignore.extend(found);
-            }
-            for (n, v) in &answer.view.headers {
-                let same = again
-                    .view
-                    .headers
-                    .iter()
-                    .any(|(n2, v2)| n2.eq_ignore_ascii_case(n) && v2 == v);
-                if !same {
-                    noisy += 1;
-                    opts.ignore_headers.push(n.to_ascii_lowercase());
-                }
+            {
+                again.push(a.view);
             }
         }
     }
-    let comparison = req.prod.as_ref().map(|p| compare(p, &answer.view, &opts));
+    let verdict = judge(
+        req.prod.as_ref(),
+        &answer.view,
+        &shared.compare,
+        Noise::Reruns(&again),
+    );
     let mut problem = None;
     let mut record = None;
-    if let (Some(c), Some(p)) = (&comparison, &req.prod) {
-        if c.differs() {
-            let words: Vec<String> = c
-                .differences
-                .iter()
-                .map(|d| {
-                    d.to_string()
-                        .replace("target response", &format!("{} response", shared.label))
-                })
-                .collect();
-            problem = words.first().cloned();
-            record = Some(with(
-                base.clone(),
-                json!({
-                    "type": "diff",
-                    "partial": req.partial,
-                    "production": view_json(p),
-                    "target_response": view_json(&answer.view),
-                    "differences": c.differences,
-                    "count": c.count,
-                    "words": words,
-                    "hint": schema_hint(answer.view.status, &answer.view.body),
-                    "noise_ignored": noisy,
-                    "latency_ms": answer.latency.as_secs_f64() * 1000.0,
-                    "production_latency_ms": req.prod_latency_ms,
-                }),
-            ));
-        }
+    if let (
+        Verdict::Differs {
+            comparison: c,
+            noise,
+        },
+        Some(p),
+    ) = (&verdict, &req.prod)
+    {
+        let words: Vec<String> = c
+            .differences
+            .iter()
+            .map(|d| {
+                d.to_string()
+                    .replace("target response", &format!("{} response", shared.label))
+            })
+            .collect();
+        problem = words.first().cloned();
+        record = Some(ResultRecord::Diff(Box::new(DiffRecord {
+            request: request.clone(),
+            n: 0,
+            partial: req.partial,
+            production: SavedResponse::of(p),
+            target_response: SavedResponse::of(&answer.view),
+            differences: c.differences.clone(),
+            count: c.count,
+            words,
+            hint: schema_hint(answer.view.status, &answer.view.body).map(str::to_string),
+            noise_ignored: *noise,
+            latency_ms: answer.latency.as_secs_f64() * 1000.0,
+            production_latency_ms: req.prod_latency_ms,
+        })));
     }
     if record.is_none() && answer.view.status >= 500 {
         problem = Some(format!("{} response", answer.view.status));
-        record = Some(with(
-            base,
-            json!({
-                "type": "failure",
-                "error": "server_error_5xx",
-                "words": format!("{} response", answer.view.status),
-                "detail": body_text(&answer.view.body[..answer.view.body.len().min(512)]),
-                "hint": schema_hint(answer.view.status, &answer.view.body),
-            }),
-        ));
+        record = Some(ResultRecord::Failure(FailureRecord {
+            request,
+            error: "server_error_5xx".into(),
+            words: format!("{} response", answer.view.status),
+            detail: body_text(
+                &answer.view.body[..answer.view.body.len().min(512)],
+                SAVED_BODY,
+            ),
+            hint: schema_hint(answer.view.status, &answer.view.body).map(str::to_string),
+        }));
     }
     Done {
         endpoint: job.endpoint.clone(),
@@ -315,7 +282,7 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
         outcome: Outcome::Answered {
             status: answer.view.status,
             latency: answer.latency,
-            comparison,
+            verdict,
         },
         problem,
         record,
