@@ -274,7 +274,7 @@ pub type OnAttached = Box<dyn FnOnce(&str)>;
 #[derive(Default)]
 pub struct Extra {
     /// More sinks for the live exchange pipeline (which then runs).
-    pub sinks: Vec<Box<dyn Sink>>,
+    pub sinks: Vec<Box<dyn Sink + Send>>,
     /// Most of each body the live engine keeps (default: the engine's 64 KiB).
     pub keep_body: Option<usize>,
     pub on_attached: Option<OnAttached>,
@@ -377,7 +377,7 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let mut out: Vec<Box<dyn Sink>> = Vec::new();
+        let mut out: Vec<Box<dyn Sink + Send>> = Vec::new();
         if let Some(p) = &args.rfcap {
             out.push(Box::new(sinks::Rfcap::live(p)?));
         }

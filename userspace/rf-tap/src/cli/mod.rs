@@ -1,11 +1,9 @@
 //! The command line.
 pub mod attach;
 pub mod extract;
-pub mod http_replay;
 pub mod mapped;
 pub mod mirror;
 pub mod replay;
-pub mod replay_diff;
 pub mod requests;
 pub mod rules;
 pub mod session;

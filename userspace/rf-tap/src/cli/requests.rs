@@ -11,13 +11,19 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use rf_tap_engine::{
     archive::{ArchiveReader, Summary},
-    flow::{ExtractConfig, Extractor},
+    flow::ExtractConfig,
     http::exchange::Exchange,
     pcap::reader::CaptureReader,
     query::{format_utc, is_secret_header, parse_time, redact, Filter, StatusFilter},
 };
 
-use crate::cli::units::parse_duration;
+use crate::{
+    cli::units::parse_duration,
+    pipeline::{
+        file,
+        sinks::{Sink, SinkError},
+    },
+};
 
 #[derive(Debug, Args)]
 #[command(
@@ -192,43 +198,62 @@ impl Source {
             }
             return Ok(r.damaged_frames() > 0 || !undecodable.is_empty());
         }
-        let mut x = Extractor::new(ExtractConfig::default());
-        let mut batch = Vec::new();
-        let mut go = true;
-        let mut flush = |batch: &mut Vec<Exchange>, go: &mut bool| {
-            for e in batch.drain(..) {
-                if !*go {
-                    continue;
-                }
-                let s = Summary::of(&e);
-                let full = want(&s).then_some(e);
-                *go = visit(&s, full);
-            }
+        let frames = CaptureReader::new(&self.map)?;
+        let mut sink = Visit {
+            want,
+            visit,
+            stopped: false,
         };
-        let mut releaser = crate::cli::mapped::Releaser::new(&self.map);
-        let mut frames = CaptureReader::new(&self.map)?;
-        let mut damaged = false;
-        while let Some(f) = frames.next() {
-            releaser.parsed_up_to(&self.map, frames.offset());
-            match f {
-                Ok(f) => x.frame(&f, &mut batch),
-                Err(e) => {
-                    eprintln!(
-                        "rf-tap: {}: {e}; showing what came before",
-                        self.path.display()
-                    );
-                    damaged = true;
-                    break;
-                }
+        let run = file::run(
+            &self.map,
+            frames,
+            1,
+            ExtractConfig::default(),
+            &mut sink,
+            &mut |_, _| {},
+        );
+        match run {
+            Ok((_, Some(e))) => {
+                eprintln!(
+                    "rf-tap: {}: {e}; showing what came before",
+                    self.path.display()
+                );
+                Ok(true)
             }
-            flush(&mut batch, &mut go);
-            if !go {
-                return Ok(false);
-            }
+            Ok((_, None)) => Ok(false),
+            // The visitor had what it wanted.
+            Err(SinkError::Closed) if sink.stopped => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        x.finish(&mut batch);
-        flush(&mut batch, &mut go);
-        Ok(damaged)
+    }
+}
+
+/// The file pipeline's sink for [`Source::each`]: each exchange's summary to the visitor,
+/// with the exchange itself when it is wanted.
+struct Visit<'a> {
+    want: &'a dyn Fn(&Summary) -> bool,
+    visit: &'a mut dyn FnMut(&Summary, Option<Exchange>) -> bool,
+    stopped: bool,
+}
+
+impl Sink for Visit<'_> {
+    fn exchange(&mut self, x: &Exchange) -> Result<(), SinkError> {
+        let s = Summary::of(x);
+        let full = (self.want)(&s).then(|| x.clone());
+        if (self.visit)(&s, full) {
+            Ok(())
+        } else {
+            self.stopped = true;
+            Err(SinkError::Closed)
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64, SinkError> {
+        Ok(0)
     }
 }
 

@@ -263,7 +263,7 @@ impl Drop for PendingArchive {
 }
 
 impl LivePipeline {
-    pub fn start(config: LiveConfig, sinks: Vec<Box<dyn Sink>>) -> Self {
+    pub fn start(config: LiveConfig, sinks: Vec<Box<dyn Sink + Send>>) -> Self {
         let shards = config.workers.max(1);
         let linktype = config.linktype;
         let wants_requests = sinks.iter().any(|s| s.wants_requests());
@@ -398,7 +398,7 @@ fn forward(batch: &mut Vec<Event>, shard: usize, shards: usize, done: &Sender<Ve
 /// The writer thread: numbers exchanges and hands every event to every sink; flushes when
 /// idle; stops at the first failure.
 fn write_events(
-    mut sinks: Vec<Box<dyn Sink>>,
+    mut sinks: Vec<Box<dyn Sink + Send>>,
     events: Receiver<Vec<Event>>,
     failure: &AtomicBool,
 ) -> WriterReport {

@@ -50,8 +50,9 @@ fn archive_error(file: &str, e: rf_tap_engine::archive::ArchiveError) -> SinkErr
     }
 }
 
-/// A destination of the exchange pipeline.
-pub trait Sink: Send {
+/// A destination of the exchange pipeline (the live pipeline's, on its writer thread, are
+/// also `Send`).
+pub trait Sink {
     /// Whether request events (before their responses) are wanted.
     fn wants_requests(&self) -> bool {
         false

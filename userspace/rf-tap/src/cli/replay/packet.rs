@@ -25,6 +25,7 @@ use rf_tap_engine::{
 };
 use serde::Serialize;
 
+use super::ReplayArgs;
 use crate::{
     cli::{rules::FilterArgs, units::parse_duration},
     replay::{
@@ -36,41 +37,8 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
-#[command(
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true,
-    after_help = "\
-Two levels: packets re-emitted onto an interface (--iface, or -w FILE), or HTTP exchanges sent
-to a new version of a service (--target URL) and compared with production's responses.
-
-Timing: as recorded by default; --speed 2x halves every gap, --pps/--mbps pace at a fixed rate,
---topspeed sends as fast as the interface takes them. The schedule is anchored to the start
-instant (no drift), with a sleep-then-spin wait for microsecond accuracy.
-
-Rewriting (checksums fixed): --srcipmap/--dstipmap 10.0.0.0/24:192.168.1.0/24 (host bits
-kept), --portmap 80:8080, --enet-smac/--enet-dmac, --vlan-add ID[:PCP] / --vlan-strip,
---unique-ip (addresses shifted on each loop), --fixlen pad|trim|skip for snaplen-cut frames.
-
-Selection: --direction client|server replays one side of each connection (the client is the
-sender of the SYN, else the endpoint with the higher port); --rule/--filter/--port take the
-same rules as `attach`, with client-to-server packets as `ingress`.
-
-Examples:
-  sudo rf-tap replay web.pcap --iface veth0 --speed 2x
-  sudo rf-tap replay web.pcap --iface veth0 --topspeed --loop 10 --unique-ip
-  rf-tap replay web.pcap -w shifted.pcap --dstipmap 10.0.0.0/24:10.1.0.0/24 --portmap 80:8080
-  rf-tap replay capture.rfcap --target http://staging:8080 --speed 2x --concurrency 100
-  rf-tap replay capture.pcap --target http://staging:8080 --topspeed --fail-if 'diff_rate>1%'
-  rf-tap replay diff capture.rfcap --show 5"
-)]
-pub struct ReplayArgs {
-    #[command(subcommand)]
-    pub command: Option<ReplayCommand>,
-
-    /// Capture to replay: pcap or pcapng (packets or HTTP), or .rfcap (HTTP, with --target)
-    #[arg(required = true)]
-    pub input: Option<PathBuf>,
-
+#[command(next_help_heading = "Packet replay (--iface, -w)")]
+pub struct PacketArgs {
     /// Interface to send on
     #[arg(
         short = 'i',
@@ -85,9 +53,6 @@ pub struct ReplayArgs {
     #[arg(short = 'w', long, value_name = "FILE", conflicts_with = "target")]
     pub write: Option<PathBuf>,
 
-    #[command(flatten)]
-    pub http: crate::cli::http_replay::HttpReplayArgs,
-
     /// Send backend for --iface
     #[arg(long, value_enum, default_value_t = Backend::AfPacket)]
     pub backend: Backend,
@@ -96,11 +61,6 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub qdisc_bypass: bool,
 
-    /// Replay at N times the recorded speed (2x, 0.5x, 2)
-    #[arg(long, visible_alias = "multiplier", value_name = "FACTOR", value_parser = parse_speed,
-          group = "timing")]
-    pub speed: Option<f64>,
-
     /// Send N packets per second
     #[arg(long, value_name = "N", group = "timing")]
     pub pps: Option<f64>,
@@ -108,10 +68,6 @@ pub struct ReplayArgs {
     /// Send at N megabits per second
     #[arg(long, value_name = "N", group = "timing")]
     pub mbps: Option<f64>,
-
-    /// Send as fast as possible
-    #[arg(long, group = "timing")]
-    pub topspeed: bool,
 
     /// Pass over the file N times (0: until stopped)
     #[arg(long = "loop", value_name = "N", default_value_t = 1)]
@@ -124,14 +80,6 @@ pub struct ReplayArgs {
     /// Longest wait between two packets (longer gaps are cut to it)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_sleep: Option<Duration>,
-
-    /// Stop after sending N packets
-    #[arg(long, value_name = "N")]
-    pub limit: Option<u64>,
-
-    /// Stop after this long
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
 
     /// Map source addresses CIDR:CIDR (repeatable, or comma-separated)
     #[arg(long, value_name = "MAP", value_delimiter = ',')]
@@ -180,20 +128,6 @@ pub struct ReplayArgs {
 
     #[command(flatten)]
     pub filter: FilterArgs,
-
-    /// Print the report as one JSON object on standard output
-    #[arg(long)]
-    pub json: bool,
-
-    /// No progress line
-    #[arg(short, long)]
-    pub quiet: bool,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum ReplayCommand {
-    /// Show the responses that differed from production in the last HTTP replay of FILE
-    Diff(crate::cli::replay_diff::DiffArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -215,16 +149,6 @@ pub enum FixlenArg {
 pub enum SideArg {
     Client,
     Server,
-}
-
-fn parse_speed(s: &str) -> Result<f64, String> {
-    let t = s.trim().trim_end_matches(['x', 'X']);
-    match t.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!(
-            "`{s}` is not a speed factor above 0 (e.g. 2x, 0.5x)"
-        )),
-    }
 }
 
 fn parse_portmap(s: &str) -> Result<(u16, u16), String> {
@@ -267,8 +191,8 @@ fn parse_vlan(s: &str) -> Result<(u16, u8), String> {
     Ok((id, pcp))
 }
 
-impl ReplayArgs {
-    fn timing(&self) -> anyhow::Result<Timing> {
+fn timing(args: &ReplayArgs) -> anyhow::Result<Timing> {
+    {
         let rate_ok = |v: f64, what: &str| -> anyhow::Result<f64> {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
@@ -276,15 +200,19 @@ impl ReplayArgs {
                 bail!("--{what} must be a number above 0")
             }
         };
-        Ok(match (self.speed, self.pps, self.mbps, self.topspeed) {
-            (Some(m), ..) => Timing::Multiplier(m),
-            (_, Some(p), ..) => Timing::Pps(rate_ok(p, "pps")?),
-            (_, _, Some(m), _) => Timing::Mbps(rate_ok(m, "mbps")?),
-            (.., true) => Timing::TopSpeed,
-            _ => Timing::AsRecorded,
-        })
+        Ok(
+            match (args.speed, args.packet.pps, args.packet.mbps, args.topspeed) {
+                (Some(m), ..) => Timing::Multiplier(m),
+                (_, Some(p), ..) => Timing::Pps(rate_ok(p, "pps")?),
+                (_, _, Some(m), _) => Timing::Mbps(rate_ok(m, "mbps")?),
+                (.., true) => Timing::TopSpeed,
+                _ => Timing::AsRecorded,
+            },
+        )
     }
+}
 
+impl PacketArgs {
     fn rewrite(&self) -> RewriteConfig {
         RewriteConfig {
             src_ip_maps: self.srcipmap.clone(),
@@ -348,17 +276,11 @@ fn stop_words(s: Option<Stop>, signal: bool) -> &'static str {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    if let Some(ReplayCommand::Diff(d)) = args.command {
-        return crate::cli::replay_diff::run(d);
-    }
-    if args.http.target.is_some() {
-        return crate::cli::http_replay::run(args);
-    }
     let Some(input_path) = args.input.clone() else {
         bail!("give the capture to replay");
     };
-    let timing = args.timing()?;
-    let rules = args.filter.rule_set()?;
+    let timing = timing(&args)?;
+    let rules = args.packet.filter.rule_set()?;
     let file = std::fs::File::open(&input_path)
         .with_context(|| format!("cannot open {}", input_path.display()))?;
     // SAFETY: read-only map; bytes changed underneath are untrusted input like any other.
@@ -386,7 +308,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
 
-    let (sink, output): (ReplayBackend, String) = match (&args.iface, &args.write) {
+    let (sink, output): (ReplayBackend, String) = match (&args.packet.iface, &args.packet.write) {
         (Some(iface), _) => {
             let st = interface::inspect(iface)?;
             if st.operstate == "down" || st.operstate == "lowerlayerdown" {
@@ -396,9 +318,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EPERM);
-            let sink = match args.backend {
+            let sink = match args.packet.backend {
                 Backend::AfPacket => ReplayBackend::Packet(
-                    AfPacketSink::open(st.ifindex, st.mtu, args.qdisc_bypass).map_err(|e| {
+                    AfPacketSink::open(st.ifindex, st.mtu, args.packet.qdisc_bypass).map_err(|e| {
                         if denied(&e) {
                             anyhow::anyhow!(
                                 "sending on {iface} needs CAP_NET_RAW (run as root, or `sudo rf-tap replay ...`)"
@@ -450,10 +372,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give --iface IFACE to send on, or -w FILE to write a pcap"),
     };
 
-    let mut rewriter = Rewriter::new(args.rewrite());
+    let mut rewriter = Rewriter::new(args.packet.rewrite());
     let mut selector = Selector::new(
-        args.filter.given().then_some(&rules),
-        args.direction.map(|d| match d {
+        args.packet.filter.given().then_some(&rules),
+        args.packet.direction.map(|d| match d {
             SideArg::Client => Side::Client,
             SideArg::Server => Side::Server,
         }),
@@ -461,13 +383,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let cfg = PlayerConfig {
         schedule: ScheduleConfig {
             timing,
-            max_sleep: args.max_sleep,
-            loop_delay: args.loop_delay.unwrap_or_default(),
+            max_sleep: args.packet.max_sleep,
+            loop_delay: args.packet.loop_delay.unwrap_or_default(),
         },
         limit: args.limit,
         duration: args.duration,
         // AF_XDP queues a whole batch with one ring update and one kick.
-        batch_size: if args.backend == Backend::AfXdp && args.iface.is_some() {
+        batch_size: if args.packet.backend == Backend::AfXdp && args.packet.iface.is_some() {
             256
         } else {
             64
@@ -523,7 +445,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
         loop_index += 1;
-        if (args.loops != 0 && loop_index >= args.loops) || stop.load(Ordering::Relaxed) {
+        if (args.packet.loops != 0 && loop_index >= args.packet.loops)
+            || stop.load(Ordering::Relaxed)
+        {
             break;
         }
         player.next_loop();

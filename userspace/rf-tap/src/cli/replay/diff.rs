@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use rf_tap_engine::replay::http::record::ResultRecord;
 
-use crate::cli::http_replay::results_dir;
+use super::results::newest_run;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -44,29 +44,6 @@ pub struct DiffArgs {
     /// Print the saved records as JSON lines
     #[arg(long)]
     pub json: bool,
-}
-
-fn newest_run(file: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let dir = results_dir(file);
-    let entries = std::fs::read_dir(&dir).with_context(|| {
-        format!(
-            "no saved replay results for {} (run `rf-tap replay {} --target URL` first)",
-            file.display(),
-            file.display()
-        )
-    })?;
-    let mut runs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("run-") && n.ends_with(".jsonl"))
-        })
-        .collect();
-    runs.sort();
-    runs.pop()
-        .with_context(|| format!("{} holds no replay results", dir.display()))
 }
 
 fn indent(body: &str, max: usize) -> String {

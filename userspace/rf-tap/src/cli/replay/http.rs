@@ -11,14 +11,13 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 use rf_tap_engine::{
     compare::{CompareOptions, JsonPath},
-    query::format_utc,
     replay::http::{
         gate::{Gate, GateResult},
         plan::{RequestPattern, Selection, SkipReason},
@@ -29,8 +28,12 @@ use rf_tap_engine::{
 };
 use serde_json::{json, Value};
 
+use super::{
+    results::{open_results, stamp},
+    ReplayArgs,
+};
 use crate::{
-    cli::{replay::ReplayArgs, requests::Source, units::parse_duration},
+    cli::{requests::Source, units::parse_duration},
     replay::http::{
         client::{Connector, Target},
         runner::{self, Collect, Progress, RunConfig, Shared},
@@ -40,7 +43,7 @@ use crate::{
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "HTTP replay (--target)")]
-pub struct HttpReplayArgs {
+pub struct HttpArgs {
     /// Send the captured HTTP requests to this URL (http:// or https://; a path is prepended
     /// to every request) and compare the responses with production's
     #[arg(long, value_name = "URL")]
@@ -137,16 +140,6 @@ pub struct HttpReplayArgs {
     pub no_save: bool,
 }
 
-/// Where the results of HTTP replays of `capture` are saved.
-pub fn results_dir(capture: &Path) -> PathBuf {
-    let mut name = capture
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".replay");
-    capture.with_file_name(name)
-}
-
 struct Saver {
     out: Option<BufWriter<File>>,
     path: Option<PathBuf>,
@@ -235,33 +228,6 @@ impl ProgressBar {
 fn clock_text(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
-fn stamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_utc(now, 'T', 0).replace([':', '-'], "") + "Z"
-}
-
-fn open_results(capture: &Path) -> anyhow::Result<(BufWriter<File>, PathBuf)> {
-    let dir = results_dir(capture);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let base = stamp();
-    for i in 0..100 {
-        let name = if i == 0 {
-            format!("run-{base}.jsonl")
-        } else {
-            format!("run-{base}-{i}.jsonl")
-        };
-        let path = dir.join(name);
-        match File::options().write(true).create_new(true).open(&path) {
-            Ok(f) => return Ok((BufWriter::new(f), path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
-        }
-    }
-    bail!("{}: too many runs this second", dir.display())
 }
 
 fn rate(v: Option<f64>) -> String {
@@ -445,28 +411,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let Some(capture) = args.input.as_deref() else {
         bail!("give the capture to replay");
     };
-    let packet_only = [
-        (!args.srcipmap.is_empty(), "--srcipmap"),
-        (!args.dstipmap.is_empty(), "--dstipmap"),
-        (!args.portmap.is_empty(), "--portmap"),
-        (args.enet_smac.is_some(), "--enet-smac"),
-        (args.enet_dmac.is_some(), "--enet-dmac"),
-        (
-            args.vlan_add.is_some() || args.vlan_strip,
-            "--vlan-add/--vlan-strip",
-        ),
-        (args.unique_ip, "--unique-ip"),
-        (args.fixlen.is_some() || args.fixcsum, "--fixlen/--fixcsum"),
-        (args.direction.is_some(), "--direction"),
-        (args.pps.is_some() || args.mbps.is_some(), "--pps/--mbps"),
-        (args.loops != 1 || args.loop_delay.is_some(), "--loop"),
-        (args.max_sleep.is_some(), "--max-sleep"),
-        (args.qdisc_bypass, "--qdisc-bypass"),
-        (args.filter.given(), "--rule/--filter/--port"),
-    ];
-    if let Some((_, flag)) = packet_only.iter().find(|(on, _)| *on) {
-        bail!("{flag} applies to packet replay (--iface/-w), not to an HTTP replay with --target");
-    }
     let source = Source::open(capture)?;
     let target = Arc::new(Target::parse(url)?);
     let connector = Connector::new(Arc::clone(&target), h.ca_file.as_deref(), h.insecure)?;
