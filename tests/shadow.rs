@@ -119,11 +119,16 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
+    setup_with(tag, api(false, Arc::default()))
+}
+
+/// A production server answering with `handler`, on port 8080 of the server namespace.
+fn setup_with(tag: &str, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Setup {
     let pair = NetPair::new();
     let state = TempDir::new(tag);
     let addr = format!("{}:8080", pair.server_ip);
     let prod = in_netns(&pair.server_ns, move || {
-        TestServer::start_on(&addr, api(false, Arc::default()))
+        TestServer::start_on(&addr, handler)
     });
     Setup {
         pair,
@@ -493,21 +498,44 @@ fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
         "{v}"
     );
 
-    // The metrics pass promtool.
-    let body = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &s.pair.server_ns,
-            "curl",
-            "-s",
-            "--max-time",
-            "5",
-        ])
-        .arg(format!("http://{metrics}/metrics"))
-        .output()
-        .unwrap()
-        .stdout;
+    // The metrics pass promtool, and carry the capture's own counters.
+    let scrape = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &s.pair.server_ns,
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{metrics}/metrics"))
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let copied = |body: &[u8]| -> u64 {
+        String::from_utf8_lossy(body)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "rf_tap_mirror_capture_packets_total{mirror=\"k\",stage=\"copied\"} ",
+                )
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut body = scrape();
+    // The capture counters are refreshed once a second.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            body = scrape();
+            copied(&body) > 0
+        }),
+        "packets copied by the capture: {}",
+        String::from_utf8_lossy(&body)
+    );
     let text = String::from_utf8_lossy(&body).into_owned();
     assert!(
         text.contains("rf_tap_mirror_requests_total{mirror=\"k\""),
@@ -671,4 +699,92 @@ fn sample_by_header_keeps_each_user_always_in_or_always_out() {
         "about half of 30 users: {}",
         per_user.len()
     );
+}
+
+/// A counter endpoint: `{"page": PATH, "visits": N}`, N counting this server's answers from
+/// `first`. Production's own answers to the same request differ in `visits`.
+fn counter(first: u64) -> impl Fn(&Seen) -> Reply + Send + Sync {
+    let n = AtomicU64::new(first);
+    move |s: &Seen| {
+        let visits = n.fetch_add(1, Ordering::SeqCst);
+        Reply::json(
+            200,
+            &format!("{{\"page\":\"{}\",\"visits\":{visits}}}", s.target),
+        )
+    }
+}
+
+#[test]
+fn fields_production_itself_varies_are_learned_as_noise_not_differences() {
+    if !privileged("fields_production_itself_varies_are_learned_as_noise_not_differences") {
+        return;
+    }
+    let s = setup_with("shadow-learn", counter(1));
+    // The same code as production, but its own counter: `visits` always differs, and it
+    // looks like nothing generated (a small number), so only learning can call it noise.
+    let shadow = in_netns(&s.pair.server_ns, || TestServer::start(counter(500)));
+    let st = s.state.0.clone();
+    let (_, _stop) = s.start("learn", &["--to", &shadow.url()]);
+    let url = format!("http://{}:8080/api/counter", s.pair.server_ip);
+    let urls = vec![url; 8];
+    assert_eq!(curl_keepalive(&s.pair, &urls, &[]), vec![200; 8]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let v = stats(&s.pair.server_ns, &st, "learn");
+            v["production"]["requests"] == 8 && v["shadow"]["requests"] == 8
+        }),
+        "{}",
+        stats(&s.pair.server_ns, &st, "learn")
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let v = stats(&s.pair.server_ns, &st, "learn");
+    // Production's second answer to the same request teaches that `visits` varies: at most
+    // the first pair, judged before that, can count as a difference.
+    assert!(v["diffs"].as_u64().unwrap() <= 1, "{v}");
+    assert!(v["noise_fields"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["noise_diffs"].as_u64().unwrap() >= 6, "{v}");
+}
+
+#[test]
+fn max_rate_caps_what_the_shadow_gets_and_counts_the_rest() {
+    if !privileged("max_rate_caps_what_the_shadow_gets_and_counts_the_rest") {
+        return;
+    }
+    let s = setup("shadow-maxrate");
+    let shadow = in_netns(&s.pair.server_ns, || {
+        TestServer::start(api(false, Arc::default()))
+    });
+    let st = s.state.0.clone();
+    let (_, _stop) = s.start("cap", &["--to", &shadow.url(), "--max-rate", "5"]);
+    let base = format!("http://{}:8080", s.pair.server_ip);
+    let urls: Vec<String> = (0..40)
+        .map(|i| format!("{base}/api/users/u1?i={i}"))
+        .collect();
+    let started = Instant::now();
+    assert_eq!(curl_keepalive(&s.pair, &urls, &[]), vec![200; 40]);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let v = stats(&s.pair.server_ns, &st, "cap");
+            v["production"]["requests"] == 40
+                && v["mirrored"].as_u64().unwrap_or(0)
+                    + v["dropped"]["rate_limited"].as_u64().unwrap_or(0)
+                    == 40
+        }),
+        "{}",
+        stats(&s.pair.server_ns, &st, "cap")
+    );
+    let v = stats(&s.pair.server_ns, &st, "cap");
+    let mirrored = v["mirrored"].as_u64().unwrap();
+    // A burst of one second's worth, then 5 a second while the requests came in.
+    let most = 5 + (5.0 * elapsed).ceil() as u64 + 1;
+    assert!(
+        (5..=most).contains(&mirrored),
+        "{mirrored} mirrored in {elapsed:.2} s at --max-rate 5: {v}"
+    );
+    assert!(
+        v["dropped"]["rate_limited"].as_u64().unwrap() >= 40 - most,
+        "{v}"
+    );
+    assert_eq!(shadow.requests().len() as u64, mirrored);
 }

@@ -281,6 +281,9 @@ pub struct Extra {
     /// The longest the ring reader lets records build up after a busy drain (default 10 ms;
     /// the live mirror wants its requests sooner).
     pub max_pause: Option<Duration>,
+    /// Kept up to date (about once a second) with the kernel's capture counters (the live
+    /// mirror's `/metrics`).
+    pub counters: Option<std::sync::Arc<std::sync::Mutex<KernelCounters>>>,
 }
 
 pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -513,6 +516,7 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
 
     let show_status = !args.quiet && std::io::stderr().is_terminal();
     let mut status = StatusLine::new(show_status);
+    let mut last_counters = Instant::now() - Duration::from_secs(1);
     let mut summary = CaptureSummary::new(&facts.name, args.mode, &kernel.attach_detail);
     let mut stop_reason;
     let mut write_error: Option<anyhow::Error> = None;
@@ -601,6 +605,15 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
         if status.due() {
             let k = source.counters(&kernel)?;
             status.show(started.elapsed(), &k, &summary);
+        }
+        if let Some(shared) = &extra.counters {
+            if last_counters.elapsed() >= Duration::from_secs(1) {
+                last_counters = Instant::now();
+                let k = source.counters(&kernel)?;
+                if let Ok(mut c) = shared.lock() {
+                    *c = k;
+                }
+            }
         }
     }
 

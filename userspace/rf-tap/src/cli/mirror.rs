@@ -18,6 +18,7 @@ use rf_tap_engine::{
 };
 
 use crate::{
+    capture::kernel::KernelCounters,
     cli::{
         attach::{AttachArgs, Extra},
         rules::FilterArgs,
@@ -499,14 +500,16 @@ fn foreground(
     )?;
     let depths: Vec<_> = destinations.iter().map(|d| Arc::clone(&d.depth)).collect();
     let stop_metrics = Arc::new(AtomicBool::new(false));
+    let capture = Arc::new(Mutex::new(KernelCounters::default()));
     let metrics_thread = match a.metrics {
         Some(addr) => {
             let (n, dests, t) = (name.to_string(), a.to.clone(), Arc::clone(&totals));
+            let k = Arc::clone(&capture);
             Some(metrics::serve(
                 addr,
-                move || match t.lock() {
-                    Ok(t) => metrics::render(&n, &dests, &t, &depths),
-                    Err(_) => String::new(),
+                move || match (t.lock(), k.lock()) {
+                    (Ok(t), Ok(k)) => metrics::render(&n, &dests, &t, &depths, &k),
+                    _ => String::new(),
                 },
                 Arc::clone(&stop_metrics),
             )?)
@@ -581,6 +584,7 @@ fn foreground(
             on_attached: Some(on_attached),
             // A request waits in the ring at most this long before it goes to the shadows.
             max_pause: Some(Duration::from_millis(1)),
+            counters: Some(capture),
         },
     );
     // The pipeline is finished and the sink dropped: the sender drains what is in flight,

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use rf_tap_engine::replay::player::Histogram;
 
 use super::{judge::Totals, store::Side};
+use crate::capture::kernel::KernelCounters;
 
 /// Histogram bounds, in seconds.
 const BOUNDS: [f64; 14] = [
@@ -47,6 +48,7 @@ pub fn render(
     destinations: &[String],
     totals: &Totals,
     depths: &[Arc<AtomicI64>],
+    capture: &KernelCounters,
 ) -> String {
     let m = esc(mirror);
     let t = &totals.total;
@@ -172,6 +174,33 @@ pub fn render(
         o,
         "rf_tap_mirror_noise_fields{{mirror=\"{m}\"}} {}",
         t.noise_fields
+    );
+    o.push_str("# HELP rf_tap_mirror_capture_packets_total Packets at each stage of the in-kernel capture: seen by the hook, accepted or rejected by the rules, matching no rule, sampled out, copied to userspace, lost to a full ring, cut to the packet length, malformed, failed to copy.\n");
+    o.push_str("# TYPE rf_tap_mirror_capture_packets_total counter\n");
+    let c = capture;
+    for (stage, n) in [
+        ("seen", c.seen),
+        ("accepted", c.accepted),
+        ("rejected", c.rejected),
+        ("unmatched", c.unmatched),
+        ("sampled_out", c.sampled_out),
+        ("copied", c.copied),
+        ("ring_full", c.ring_full),
+        ("truncated", c.truncated),
+        ("malformed", c.malformed),
+        ("copy_failed", c.copy_failed),
+    ] {
+        let _ = writeln!(
+            o,
+            "rf_tap_mirror_capture_packets_total{{mirror=\"{m}\",stage=\"{stage}\"}} {n}"
+        );
+    }
+    o.push_str("# HELP rf_tap_mirror_capture_bytes_total Bytes copied to userspace by the in-kernel capture.\n");
+    o.push_str("# TYPE rf_tap_mirror_capture_bytes_total counter\n");
+    let _ = writeln!(
+        o,
+        "rf_tap_mirror_capture_bytes_total{{mirror=\"{m}\"}} {}",
+        c.copied_bytes
     );
     o.push_str("# HELP rf_tap_mirror_queue_depth Requests queued or in flight per shadow.\n");
     o.push_str("# TYPE rf_tap_mirror_queue_depth gauge\n");
