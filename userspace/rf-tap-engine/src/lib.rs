@@ -14,5 +14,6 @@ pub mod packet;
 pub mod pcap;
 pub mod query;
 pub mod reassembly;
+pub mod redact;
 pub mod replay;
 pub mod wire;

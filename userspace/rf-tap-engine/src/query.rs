@@ -199,60 +199,6 @@ pub fn parse_time(s: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs as u64, nanos.min(999_999_999)))
 }
 
-/// Headers whose values are credentials.
-pub fn is_secret_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(
-        n.as_str(),
-        "authorization"
-            | "proxy-authorization"
-            | "cookie"
-            | "set-cookie"
-            | "x-api-key"
-            | "api-key"
-            | "apikey"
-            | "x-auth-token"
-            | "x-access-token"
-            | "x-csrf-token"
-    ) || n.contains("api-key")
-        || n.contains("secret")
-        || n.ends_with("-token")
-}
-
-/// The masked form of a credential header value: the scheme of `Authorization`
-/// (`Bearer ****`), cookie names (`sid=****; theme=****`), else `****`.
-pub fn redact(name: &str, value: &str) -> String {
-    let n = name.to_ascii_lowercase();
-    if n.ends_with("authorization") {
-        return match value.trim().split_once(' ') {
-            Some((scheme, _)) => format!("{scheme} ****"),
-            None => "****".into(),
-        };
-    }
-    if n == "cookie" {
-        return value
-            .split(';')
-            .map(|kv| match kv.trim().split_once('=') {
-                Some((k, _)) => format!("{k}=****"),
-                None => "****".into(),
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-    }
-    if n == "set-cookie" {
-        let mut parts = value.split(';');
-        let first = match parts.next().and_then(|kv| kv.trim().split_once('=')) {
-            Some((k, _)) => format!("{k}=****"),
-            None => "****".into(),
-        };
-        return std::iter::once(first)
-            .chain(parts.map(|p| p.trim().to_string()))
-            .collect::<Vec<_>>()
-            .join("; ");
-    }
-    "****".into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,20 +237,5 @@ mod tests {
         assert!(!"500".parse::<StatusFilter>().unwrap().matches(503));
         assert!("6xx".parse::<StatusFilter>().is_err());
         assert!("abc".parse::<StatusFilter>().is_err());
-    }
-
-    #[test]
-    fn credentials_are_masked() {
-        assert_eq!(redact("Authorization", "Bearer abc.def"), "Bearer ****");
-        assert_eq!(
-            redact("Cookie", "sid=1; theme=dark"),
-            "sid=****; theme=****"
-        );
-        assert_eq!(
-            redact("Set-Cookie", "sid=1; Path=/; HttpOnly"),
-            "sid=****; Path=/; HttpOnly"
-        );
-        assert_eq!(redact("X-Api-Key", "k"), "****");
-        assert!(is_secret_header("X-Upload-Token") && !is_secret_header("Content-Type"));
     }
 }

@@ -169,6 +169,77 @@ impl JsonPath {
     }
 }
 
+/// Whether a concrete path as differences render it (`$.items[3].id`) matches one of `paths`.
+pub fn rendered_path_matches(paths: &[JsonPath], rendered: &str) -> bool {
+    concrete(rendered).is_some_and(|s| paths.iter().any(|q| q.matches(&s)))
+}
+
+/// The segments of a concrete rendered path (`$.items[3].id`); None for a pattern.
+fn concrete(rendered: &str) -> Option<Vec<Seg>> {
+    let p = rendered.parse::<JsonPath>().ok()?;
+    p.0.iter()
+        .map(|x| match x {
+            Pat::Key(k) => Some(Seg::Key(k.clone())),
+            Pat::Index(i) => Some(Seg::Index(*i)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Replaces with `mask` every value whose path matches one of `paths` or whose key
+/// `secret_key` names (at any depth, up to the comparison's depth limit); returns how many.
+/// `at` is where `v` sits in its document (`$` for a whole body, `$.profile` for a value a
+/// difference names).
+pub fn redact_json(
+    v: &mut Value,
+    at: &str,
+    paths: &[JsonPath],
+    secret_key: &dyn Fn(&str) -> bool,
+    mask: &str,
+) -> usize {
+    fn go(
+        v: &mut Value,
+        paths: &[JsonPath],
+        secret_key: &dyn Fn(&str) -> bool,
+        mask: &str,
+        path: &mut Vec<Seg>,
+    ) -> usize {
+        if !path.is_empty() && paths.iter().any(|p| p.matches(path)) {
+            *v = Value::String(mask.into());
+            return 1;
+        }
+        if path.len() >= MAX_DEPTH {
+            return 0;
+        }
+        let mut n = 0;
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    if secret_key(k) && !matches!(x, Value::Object(_) | Value::Array(_)) {
+                        *x = Value::String(mask.into());
+                        n += 1;
+                        continue;
+                    }
+                    path.push(Seg::Key(k.clone()));
+                    n += go(x, paths, secret_key, mask, path);
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    path.push(Seg::Index(i));
+                    n += go(x, paths, secret_key, mask, path);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+        n
+    }
+    let mut path = concrete(at).unwrap_or_default();
+    go(v, paths, secret_key, mask, &mut path)
+}
+
 /// Appends the differences between `prod` and `target` to `out`.
 pub(super) fn diff(prod: &Value, target: &Value, ignore: &[JsonPath], out: &mut Vec<Difference>) {
     let mut path = Vec::new();

@@ -118,7 +118,8 @@ pub struct ExchangeJson<'a> {
     pub server: SocketAddr,
     pub ts: f64,
     pub method: Option<&'a str>,
-    pub uri: Option<&'a str>,
+    /// The request target; sinks mask secret query parameters in it.
+    pub uri: Option<Cow<'a, str>>,
     pub version: Option<&'a str>,
     pub host: Option<Cow<'a, str>>,
     pub status: Option<u16>,
@@ -184,7 +185,7 @@ impl Exchange {
             server: self.server,
             ts: secs(&self.start()),
             method: q.map(|q| q.method.as_str()),
-            uri: q.map(|q| q.target.as_str()),
+            uri: q.map(|q| Cow::Borrowed(q.target.as_str())),
             version: q
                 .map(|q| q.version.as_str())
                 .or(r.map(|r| r.version.as_str())),

@@ -179,6 +179,10 @@ pub struct AttachArgs {
     /// No live status line
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// For --jsonl and --har (the rfcap archive keeps the original bytes)
+    #[command(flatten)]
+    pub redact: crate::cli::redaction::RedactArgs,
 }
 
 impl AttachArgs {
@@ -388,11 +392,12 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
             out.push(Box::new(sinks::Jsonl::new(
                 sinks::Text::open(p)?,
                 args.events,
+                args.redact.policy(),
             )));
         }
         if let Some(p) = &args.har {
             let text = sinks::Text::open(&p.to_string_lossy())?;
-            out.push(Box::new(sinks::Har::new(text)?));
+            out.push(Box::new(sinks::Har::new(text, args.redact.policy())?));
         }
         out.append(&mut extra.sinks);
         let config = LiveConfig {

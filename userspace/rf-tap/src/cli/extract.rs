@@ -77,6 +77,10 @@ pub struct ExtractArgs {
     /// No progress or summary on standard error
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// For JSONL and HAR (an .rfcap archive with -o keeps the original bytes)
+    #[command(flatten)]
+    pub redact: crate::cli::redaction::RedactArgs,
 }
 
 pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -105,8 +109,10 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         None => {
             let text = sinks::Text::open("-")?;
             match args.format {
-                ExtractFormat::Jsonl => Box::new(sinks::Jsonl::new(text, false)),
-                ExtractFormat::Har => Box::new(sinks::Har::new(text)?),
+                ExtractFormat::Jsonl => {
+                    Box::new(sinks::Jsonl::new(text, false, args.redact.policy()))
+                }
+                ExtractFormat::Har => Box::new(sinks::Har::new(text, args.redact.policy())?),
             }
         }
     };

@@ -150,6 +150,11 @@ pub struct StartArgs {
     #[arg(long)]
     pub no_compare: bool,
 
+    /// For the recorded differences (`mirror diff`); what is sent to the shadows is not
+    /// changed
+    #[command(flatten)]
+    pub redact: crate::cli::redaction::RedactArgs,
+
     /// Also mirror POST, PUT, PATCH and DELETE (they change state on the shadow)
     #[arg(long)]
     pub allow_writes: bool,
@@ -486,6 +491,7 @@ fn foreground(
             ..CompareOptions::default()
         },
         pair_timeout: timeout * 2 + Duration::from_secs(30),
+        redaction: a.redact.policy(),
     };
     let judge_totals = Arc::clone(&totals);
     let judge_thread = std::thread::spawn(move || judge::run(jcfg, judge_rx, judge_totals, file));

@@ -3,6 +3,7 @@ pub mod attach;
 pub mod extract;
 pub mod mapped;
 pub mod mirror;
+pub mod redaction;
 pub mod replay;
 pub mod requests;
 pub mod rules;

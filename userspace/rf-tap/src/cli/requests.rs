@@ -14,7 +14,8 @@ use rf_tap_engine::{
     flow::ExtractConfig,
     http::exchange::Exchange,
     pcap::reader::CaptureReader,
-    query::{format_utc, is_secret_header, parse_time, redact, Filter, StatusFilter},
+    query::{format_utc, parse_time, Filter, StatusFilter},
+    redact::Redaction,
 };
 
 use crate::{
@@ -80,9 +81,8 @@ pub enum RequestsCommand {
         id: u64,
         /// The .rfcap or pcap file
         file: PathBuf,
-        /// Show credentials (Authorization, Cookie, Set-Cookie, API keys) unmasked
-        #[arg(long)]
-        no_redact: bool,
+        #[command(flatten)]
+        redact: crate::cli::redaction::RedactArgs,
     },
 }
 
@@ -258,13 +258,8 @@ impl Sink for Visit<'_> {
 }
 
 pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
-    if let Some(RequestsCommand::Show {
-        id,
-        file,
-        no_redact,
-    }) = args.show
-    {
-        return show(id, &file, !no_redact);
+    if let Some(RequestsCommand::Show { id, file, redact }) = args.show {
+        return show(id, &file, &redact.policy());
     }
     let Some(file) = args.file.as_deref() else {
         bail!("which file? `rf-tap requests FILE` (an .rfcap or a pcap)");
@@ -385,7 +380,7 @@ fn body_text(data: &[u8], len: u64) -> String {
     }
 }
 
-fn show(id: u64, file: &Path, mask: bool) -> anyhow::Result<std::process::ExitCode> {
+fn show(id: u64, file: &Path, policy: &Redaction) -> anyhow::Result<std::process::ExitCode> {
     let src = Source::open(file)?;
     let mut found: Option<Exchange> = None;
     src.each(&|s| s.id == id, &mut |s, x| {
@@ -401,13 +396,10 @@ fn show(id: u64, file: &Path, mask: bool) -> anyhow::Result<std::process::ExitCo
             file.display()
         );
     };
+    // Credentials masked in headers, the query string and bodies (unless --no-redact).
+    let x = policy.exchange(&x).into_owned();
     let header = |name: &str, value: &[u8]| -> String {
-        let v = String::from_utf8_lossy(value);
-        if mask && is_secret_header(name) {
-            format!("{name}: {}", redact(name, &v))
-        } else {
-            format!("{name}: {v}")
-        }
+        format!("{name}: {}", String::from_utf8_lossy(value))
     };
     let mut o = String::new();
     let flags = x.flags.names();

@@ -16,6 +16,7 @@ use rf_tap_engine::{
     flow::RequestEvent,
     har::{self, HAR_PREFIX, HAR_SUFFIX},
     http::exchange::Exchange,
+    redact::Redaction,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +139,17 @@ impl Text {
 pub struct Jsonl {
     text: Text,
     events: bool,
+    redaction: Redaction,
 }
 
 impl Jsonl {
-    pub fn new(text: Text, events: bool) -> Self {
-        Self { text, events }
+    /// `redaction`: secret query parameters in `uri` are masked.
+    pub fn new(text: Text, events: bool, redaction: Redaction) -> Self {
+        Self {
+            text,
+            events,
+            redaction,
+        }
     }
 }
 
@@ -155,7 +162,7 @@ struct RequestLine<'a> {
     server: std::net::SocketAddr,
     ts: f64,
     method: &'a str,
-    uri: &'a str,
+    uri: std::borrow::Cow<'a, str>,
     version: &'a str,
     host: Option<String>,
     request_body_len: u64,
@@ -184,7 +191,7 @@ impl Sink for Jsonl {
             server: r.server,
             ts: q.start.ts.as_secs_f64(),
             method: &q.method,
-            uri: &q.target,
+            uri: self.redaction.target(&q.target),
             version: &q.version,
             host: q.headers.get_str("host").map(|h| h.into_owned()),
             request_body_len: q.body.len,
@@ -196,13 +203,20 @@ impl Sink for Jsonl {
     }
 
     fn exchange(&mut self, x: &Exchange) -> Result<(), SinkError> {
+        let mut record = x.to_json();
+        if let Some(u) = record.uri.take() {
+            record.uri = Some(match u {
+                std::borrow::Cow::Borrowed(t) => self.redaction.target(t),
+                owned => owned,
+            });
+        }
         if self.events {
             self.text.json(&Tagged {
                 event: "exchange",
-                record: x.to_json(),
+                record,
             })?;
         } else {
-            self.text.json(&x.to_json())?;
+            self.text.json(&record)?;
         }
         self.text.put(b"\n")
     }
@@ -221,12 +235,18 @@ impl Sink for Jsonl {
 pub struct Har {
     text: Text,
     entries: u64,
+    redaction: Redaction,
 }
 
 impl Har {
-    pub fn new(mut text: Text) -> Result<Self, SinkError> {
+    /// `redaction`: applied to every entry (headers, cookies, query string, bodies).
+    pub fn new(mut text: Text, redaction: Redaction) -> Result<Self, SinkError> {
         text.put(HAR_PREFIX.as_bytes())?;
-        Ok(Self { text, entries: 0 })
+        Ok(Self {
+            text,
+            entries: 0,
+            redaction,
+        })
     }
 }
 
@@ -236,7 +256,7 @@ impl Sink for Har {
             self.text.put(b",")?;
         }
         self.entries += 1;
-        self.text.json(&har::entry(x))
+        self.text.json(&har::entry(&self.redaction.exchange(x)))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

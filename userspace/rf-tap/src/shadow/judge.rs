@@ -10,7 +10,10 @@ use std::{
 };
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use rf_tap_engine::compare::{judge, CompareOptions, Noise, NoiseModel, ResponseView, Verdict};
+use rf_tap_engine::{
+    compare::{judge, CompareOptions, Noise, NoiseModel, ResponseView, Verdict},
+    redact::Redaction,
+};
 
 use super::store::{unix_now, Bucket, BucketFile, DiffLog, MirrorDiff};
 
@@ -101,6 +104,8 @@ pub struct JudgeConfig {
     pub options: CompareOptions,
     /// How long a request waits for its other half before it is given up.
     pub pair_timeout: Duration,
+    /// What the diff log may hold of the exchanges (credentials masked by default).
+    pub redaction: Redaction,
 }
 
 /// Runs until every sender of `rx` is gone.
@@ -323,22 +328,33 @@ fn settle(
         {
             b.noise_diffs += *n as u64;
             *b.diffs.entry(name.clone()).or_default() += 1;
-            let words: Vec<String> = comparison
-                .differences
+            let red = &cfg.redaction;
+            let mut differences = comparison.differences.clone();
+            for d in &mut differences {
+                red.difference(d);
+            }
+            let words: Vec<String> = differences
                 .iter()
                 .map(|d| d.to_string().replace("target response", "shadow response"))
                 .collect();
-            let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned();
+            let text = |v: &ResponseView| {
+                let b = red.body(v.headers.get_str("content-type").as_deref(), &v.body);
+                String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned()
+            };
+            let request = match p.request.split_once(' ') {
+                Some((method, target)) => format!("{method} {}", red.target(target)),
+                None => p.request.clone(),
+            };
             diffs.write(&MirrorDiff {
                 ts: unix_now().as_secs_f64(),
                 destination: name.clone(),
                 endpoint: p.endpoint.clone(),
-                request: p.request.clone(),
+                request,
                 production_status: prod.as_ref().map(|v| v.status),
                 shadow_status: answer.status,
-                production_body: prod.as_ref().map(|v| text(&v.body)),
-                shadow_body: text(&answer.body),
-                differences: comparison.differences.clone(),
+                production_body: prod.as_ref().map(text),
+                shadow_body: text(&answer),
+                differences,
                 summary: words,
                 noise_ignored: *n,
             });

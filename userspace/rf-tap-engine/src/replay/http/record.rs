@@ -12,7 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{Difference, ResponseView};
+use crate::{
+    compare::{Difference, ResponseView},
+    redact::Redaction,
+};
 
 /// Bodies are kept in results files up to this many bytes (the rest is counted).
 pub const SAVED_BODY: usize = 16 << 10;
@@ -65,15 +68,20 @@ pub struct SavedResponse {
 }
 
 impl SavedResponse {
-    pub fn of(v: &ResponseView) -> Self {
+    /// What a results file keeps of a response: credentials masked by `redaction`.
+    pub fn of(v: &ResponseView, redaction: &Redaction) -> Self {
+        let ct = v.headers.get_str("content-type");
         Self {
             status: v.status,
             headers: v
                 .headers
                 .iter()
-                .map(|(n, v)| [n.clone(), String::from_utf8_lossy(v).into_owned()])
+                .map(|(n, v)| {
+                    let v = String::from_utf8_lossy(v);
+                    [n.clone(), redaction.header(n, &v).into_owned()]
+                })
                 .collect(),
-            body: body_text(&v.body, SAVED_BODY),
+            body: body_text(&redaction.body(ct.as_deref(), &v.body), SAVED_BODY),
             body_incomplete: v.body_incomplete,
         }
     }
@@ -154,6 +162,35 @@ mod tests {
     }
 
     #[test]
+    fn saved_responses_mask_credentials_unless_asked() {
+        let view = ResponseView {
+            status: 200,
+            headers: vec![
+                ("Set-Cookie".into(), b"sid=S3CR3T; Path=/".to_vec()),
+                ("Content-Type".into(), b"application/json".to_vec()),
+            ]
+            .into(),
+            body: br#"{"user":"ann","access_token":"T0K3N"}"#.to_vec(),
+            body_incomplete: false,
+        };
+        let saved =
+            serde_json::to_string(&SavedResponse::of(&view, &Redaction::default())).unwrap();
+        assert!(
+            !saved.contains("S3CR3T") && !saved.contains("T0K3N"),
+            "{saved}"
+        );
+        assert!(
+            saved.contains("sid=****; Path=/") && saved.contains("ann"),
+            "{saved}"
+        );
+        let clear = serde_json::to_string(&SavedResponse::of(&view, &Redaction::off())).unwrap();
+        assert!(
+            clear.contains("S3CR3T") && clear.contains("T0K3N"),
+            "{clear}"
+        );
+    }
+
+    #[test]
     fn records_read_back_as_written_with_the_documented_keys() {
         let view = ResponseView {
             status: 200,
@@ -175,7 +212,7 @@ mod tests {
                 request: request(),
                 n: 1,
                 partial: false,
-                production: SavedResponse::of(&view),
+                production: SavedResponse::of(&view, &Redaction::default()),
                 target_response: SavedResponse {
                     status: 500,
                     ..SavedResponse::default()

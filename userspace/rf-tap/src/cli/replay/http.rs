@@ -138,6 +138,10 @@ pub struct HttpArgs {
     /// Do not save the results next to the capture
     #[arg(long, requires = "target")]
     pub no_save: bool,
+
+    /// For the saved results and `replay diff` (what is sent to the target is not changed)
+    #[command(flatten)]
+    pub redact: crate::cli::redaction::RedactArgs,
 }
 
 struct Saver {
@@ -507,6 +511,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         timeout: h.timeout,
         noise_runs: h.noise_runs,
         label,
+        redaction: h.redact.policy(),
     };
     let end = runner::run(
         &cfg,

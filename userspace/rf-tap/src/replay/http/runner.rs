@@ -22,6 +22,7 @@ use std::{
 use rf_tap_engine::{
     compare::{endpoint_key, judge, schema_hint, CompareOptions, Noise, Verdict},
     http::exchange::Exchange,
+    redact::Redaction,
     replay::{
         http::{
             plan::{ReplayRequest, Selection},
@@ -56,6 +57,8 @@ pub struct Shared {
     pub noise_runs: u32,
     /// The target's name in difference wording ("New field "x" in staging response").
     pub label: String,
+    /// What the results file may hold of the exchanges (credentials masked by default).
+    pub redaction: Redaction,
 }
 
 pub struct RunConfig {
@@ -178,11 +181,12 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
     let first = conn
         .exchange(&shared.connector, &bytes, &req.method, shared.timeout)
         .await;
+    let red = &shared.redaction;
     let request = RequestRef {
         id: req.id,
         conn: req.conn,
         method: req.method.clone(),
-        target: req.target.clone(),
+        target: red.target(&req.target).into_owned(),
         endpoint: job.endpoint.clone(),
     };
     let answer = match first {
@@ -237,8 +241,11 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
         Some(p),
     ) = (&verdict, &req.prod)
     {
-        let words: Vec<String> = c
-            .differences
+        let mut differences = c.differences.clone();
+        for d in &mut differences {
+            red.difference(d);
+        }
+        let words: Vec<String> = differences
             .iter()
             .map(|d| {
                 d.to_string()
@@ -250,9 +257,9 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
             request: request.clone(),
             n: 0,
             partial: req.partial,
-            production: SavedResponse::of(p),
-            target_response: SavedResponse::of(&answer.view),
-            differences: c.differences.clone(),
+            production: SavedResponse::of(p, red),
+            target_response: SavedResponse::of(&answer.view, red),
+            differences,
             count: c.count,
             words,
             hint: schema_hint(answer.view.status, &answer.view.body).map(str::to_string),
@@ -268,7 +275,10 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
             error: "server_error_5xx".into(),
             words: format!("{} response", answer.view.status),
             detail: body_text(
-                &answer.view.body[..answer.view.body.len().min(512)],
+                &red.body(
+                    answer.view.headers.get_str("content-type").as_deref(),
+                    &answer.view.body[..answer.view.body.len().min(512)],
+                ),
                 SAVED_BODY,
             ),
             hint: schema_hint(answer.view.status, &answer.view.body).map(str::to_string),

@@ -1,0 +1,355 @@
+//! Credentials in what rf-tap writes: a capture of real curl requests carrying Bearer and Basic
+//! Authorization, a Cookie, an X-Api-Key, `?api_key=` and a JSON `password`, answered with a
+//! Set-Cookie and an `access_token`. None of the secret values appears by default in HAR,
+//! JSONL, `requests show`, replay results or `replay diff`; every one appears with
+//! `--no-redact`; `--redact-header/--redact-param/--redact-field` mask what they name.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use rf_tap_tests::{http_server::*, *};
+
+const BEARER: &str = "BEARER-SECRET-1";
+const COOKIE: &str = "COOKIE-SECRET-2";
+const API_KEY: &str = "APIKEY-SECRET-3";
+const QUERY_KEY: &str = "QUERY-SECRET-4";
+const PASSWORD: &str = "PASSWORD-SECRET-5";
+const SET_COOKIE: &str = "SETCOOKIE-SECRET-6";
+const TOKEN: &str = "TOKEN-SECRET-7";
+const BASIC_PASS: &str = "BASICPASS-11";
+/// Not secrets by default: the custom rules name them.
+const CUSTOM_HEADER: &str = "CUSTOM-8";
+const CUSTOM_PARAM: &str = "PARAM-9";
+const EMAIL: &str = "EMAIL-10";
+
+fn base64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut o = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+fn secrets() -> Vec<String> {
+    let mut v: Vec<String> = [
+        BEARER, COOKIE, API_KEY, QUERY_KEY, PASSWORD, SET_COOKIE, TOKEN, BASIC_PASS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(base64(&format!("ann:{BASIC_PASS}")));
+    v
+}
+
+fn curl(pair: &NetPair, args: &[&str]) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.client_ns,
+            "curl",
+            "-s",
+            "-g",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["--max-time", "5", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "curl {args:?}");
+}
+
+fn run_ok(ns: Option<&str>, args: &[&str]) -> String {
+    let f = rf_tap_run(ns, args);
+    assert!(f.status.success(), "rf-tap {args:?}: {}", f.stderr);
+    String::from_utf8_lossy(&f.stdout).into_owned()
+}
+
+/// The fields HAR 1.2 requires of a log and its entries.
+fn check_har(doc: &str) {
+    let v: serde_json::Value = serde_json::from_str(doc).expect("HAR is JSON");
+    let log = &v["log"];
+    assert_eq!(log["version"], "1.2");
+    assert!(log["creator"]["name"].is_string() && log["creator"]["version"].is_string());
+    let entries = log["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert!(
+            e["startedDateTime"].is_string() && e["time"].is_number(),
+            "{e}"
+        );
+        let q = &e["request"];
+        for k in ["method", "url", "httpVersion"] {
+            assert!(q[k].is_string(), "request.{k}: {e}");
+        }
+        for k in ["cookies", "headers", "queryString"] {
+            assert!(q[k].is_array(), "request.{k}: {e}");
+        }
+        assert!(
+            q["headersSize"].is_number() && q["bodySize"].is_number(),
+            "{e}"
+        );
+        let r = &e["response"];
+        assert!(
+            r["status"].is_number() && r["statusText"].is_string(),
+            "{e}"
+        );
+        assert!(r["cookies"].is_array() && r["headers"].is_array(), "{e}");
+        assert!(r["content"]["size"].is_number() && r["content"]["mimeType"].is_string());
+        assert!(r["redirectURL"].is_string(), "{e}");
+        assert!(e["cache"].is_object(), "{e}");
+        for k in ["send", "wait", "receive"] {
+            assert!(e["timings"][k].is_number(), "timings.{k}: {e}");
+        }
+        for c in q["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(r["cookies"].as_array().unwrap())
+        {
+            assert!(c["name"].is_string() && c["value"].is_string(), "{c}");
+        }
+    }
+}
+
+#[test]
+fn credentials_never_leave_rf_tap_unless_asked() {
+    if !privileged("credentials_never_leave_rf_tap_unless_asked") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("secrets");
+    let addr = format!("{}:8080", pair.server_ip);
+    let n = AtomicU64::new(0);
+    let _srv = in_netns(&pair.server_ns, move || {
+        TestServer::start_on(&addr, move |_s: &Seen| {
+            Reply::Respond {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                (
+                    "Set-Cookie".into(),
+                    format!("session={SET_COOKIE}; Path=/; HttpOnly"),
+                ),
+            ],
+            // `n` differs on every answer, so that the replay records its responses as diffs.
+            body: format!(
+                "{{\"ok\":true,\"n\":{},\"access_token\":\"{TOKEN}\",\"profile\":{{\"email\":\"{EMAIL}\"}}}}",
+                n.fetch_add(1, Ordering::SeqCst)
+            )
+            .into_bytes(),
+            delay: std::time::Duration::ZERO,
+        }
+        })
+    });
+    let pcap = dir.path("cap.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "8080",
+            "-w",
+            pcap.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    let base = format!("http://{}:8080", pair.server_ip);
+    let bearer = format!("Authorization: Bearer {BEARER}");
+    let cookie = format!("Cookie: sid={COOKIE}; theme=dark");
+    let key = format!("X-Api-Key: {API_KEY}");
+    let custom = format!("X-Custom: {CUSTOM_HEADER}");
+    curl(
+        &pair,
+        &[
+            "-H",
+            &bearer,
+            "-H",
+            &cookie,
+            "-H",
+            &key,
+            "-H",
+            &custom,
+            &format!("{base}/api/items?q={CUSTOM_PARAM}&api_key={QUERY_KEY}"),
+        ],
+    );
+    let basic = format!("ann:{BASIC_PASS}");
+    let body = format!(
+        "{{\"user\":\"ann\",\"password\":\"{PASSWORD}\",\"profile\":{{\"email\":\"{EMAIL}\"}}}}"
+    );
+    curl(
+        &pair,
+        &[
+            "-u",
+            &basic,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &format!("{base}/api/login"),
+        ],
+    );
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let p = pcap.to_str().unwrap();
+
+    // What rf-tap writes, by default and with --no-redact.
+    let outputs = |extra: &[&str]| -> Vec<(&'static str, String)> {
+        let with = |args: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let call = |ns: Option<&str>, args: Vec<String>| {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_ok(ns, &a)
+        };
+        let har = call(None, with(&["extract", "-q", "--format", "har", p]));
+        check_har(&har);
+        let jsonl = call(None, with(&["extract", "-q", p]));
+        let show = call(None, with(&["requests", "show", "1", p]))
+            + &call(None, with(&["requests", "show", "2", p]));
+        let _ = std::fs::remove_dir_all(dir.path("cap.pcap.replay"));
+        let replay = call(
+            Some(&pair.client_ns),
+            with(&[
+                "replay",
+                p,
+                "--target",
+                &base,
+                "--allow-writes",
+                "-q",
+                "--topspeed",
+            ]),
+        );
+        let mut results = String::new();
+        for e in std::fs::read_dir(dir.path("cap.pcap.replay")).unwrap() {
+            results += &std::fs::read_to_string(e.unwrap().path()).unwrap();
+        }
+        let diff = call(
+            None,
+            vec![
+                "replay".into(),
+                "diff".into(),
+                p.into(),
+                "--show".into(),
+                "10".into(),
+            ],
+        );
+        let diff_json = call(
+            None,
+            vec!["replay".into(), "diff".into(), p.into(), "--json".into()],
+        );
+        assert!(
+            results.contains("\"type\":\"diff\""),
+            "the replay recorded diffs: {results}"
+        );
+        vec![
+            ("HAR", har),
+            ("JSONL", jsonl),
+            ("requests show", show),
+            ("replay", replay),
+            ("replay results", results),
+            ("replay diff", diff + &diff_json),
+        ]
+    };
+
+    let masked = outputs(&[]);
+    for (what, text) in &masked {
+        for s in secrets() {
+            assert!(!text.contains(&s), "{what} leaks {s}:\n{text}");
+        }
+    }
+    let find = |what: &str| masked.iter().find(|(w, _)| *w == what).unwrap().1.clone();
+    let show = find("requests show");
+    assert!(show.contains("Authorization: Bearer ****"), "{show}");
+    assert!(show.contains("Authorization: Basic ****"), "{show}");
+    assert!(show.contains("Cookie: sid=****; theme=****"), "{show}");
+    assert!(
+        show.contains("Set-Cookie: session=****; Path=/; HttpOnly"),
+        "{show}"
+    );
+    assert!(
+        show.contains("api_key=****") && show.contains(&format!("q={CUSTOM_PARAM}")),
+        "{show}"
+    );
+    // What is not a secret by default stays.
+    for (what, text) in [("HAR", find("HAR")), ("requests show", show.clone())] {
+        for s in [CUSTOM_HEADER, CUSTOM_PARAM, EMAIL] {
+            assert!(text.contains(s), "{what} keeps {s}");
+        }
+    }
+    assert!(find("replay results").contains(EMAIL));
+
+    // --no-redact: every one of them, on purpose.
+    let clear = outputs(&["--no-redact"]);
+    let find = |what: &str| clear.iter().find(|(w, _)| *w == what).unwrap().1.clone();
+    for what in ["HAR", "requests show"] {
+        let text = find(what);
+        for s in secrets() {
+            if s == BASIC_PASS {
+                continue; // on the wire only as base64
+            }
+            assert!(text.contains(&s), "{what} with --no-redact lacks {s}");
+        }
+    }
+    assert!(find("JSONL").contains(QUERY_KEY));
+    for s in [QUERY_KEY, SET_COOKIE, TOKEN] {
+        assert!(
+            find("replay results").contains(s),
+            "replay results with --no-redact lack {s}"
+        );
+        assert!(
+            find("replay diff").contains(s) || s == QUERY_KEY,
+            "replay diff lacks {s}"
+        );
+    }
+
+    // Custom rules mask what they name, in HAR and in `requests show`.
+    let custom_args = [
+        "--redact-header",
+        "X-Custom",
+        "--redact-param",
+        "q",
+        "--redact-field",
+        "$.profile.email",
+    ];
+    let mut args = vec!["extract", "-q", "--format", "har", p];
+    args.extend(custom_args);
+    let har = run_ok(None, &args);
+    check_har(&har);
+    let mut args = vec!["requests", "show", "2", p];
+    args.extend(custom_args);
+    let show2 = run_ok(None, &args);
+    let mut args = vec!["requests", "show", "1", p];
+    args.extend(custom_args);
+    let show1 = run_ok(None, &args);
+    for (what, text) in [("HAR", &har), ("requests show", &(show1 + &show2))] {
+        for s in [CUSTOM_HEADER, CUSTOM_PARAM, EMAIL] {
+            assert!(
+                !text.contains(s),
+                "{what} with custom rules leaks {s}:\n{text}"
+            );
+        }
+        for s in secrets() {
+            assert!(!text.contains(&s), "{what} with custom rules leaks {s}");
+        }
+    }
+}
