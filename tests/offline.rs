@@ -563,3 +563,133 @@ fn protocols_that_are_not_http_are_counted_not_parsed() {
     assert_eq!(stats["protocols"]["http1"]["connections"], 0, "{stats}");
     assert!(fin.stderr.contains("1 http2"), "{}", fin.stderr);
 }
+
+#[test]
+fn outputs_are_private_and_never_written_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("private");
+    let pcap = sample(&dir);
+    let p = pcap.to_str().unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    let archive = dir.path("x.rfcap");
+    let done = rf_tap_run(None, &["extract", "-q", p, "-o", archive.to_str().unwrap()]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(mode(&archive), 0o600, "archives are private to their owner");
+    let replayed = dir.path("r.pcap");
+    let done = rf_tap_run(None, &["replay", p, "-w", replayed.to_str().unwrap(), "-q"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(mode(&replayed), 0o600, "captures too");
+    let shared = dir.path("shared.rfcap");
+    let done = rf_tap_run(
+        None,
+        &[
+            "extract",
+            "-q",
+            p,
+            "-o",
+            shared.to_str().unwrap(),
+            "--file-mode",
+            "0640",
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(mode(&shared), 0o640, "--file-mode");
+
+    // A symlink at the output path: refused in one line, its target untouched.
+    let precious = dir.path("precious");
+    std::fs::write(&precious, b"keep me").unwrap();
+    for (i, args) in [
+        vec!["extract", "-q", p, "-o"],
+        vec!["replay", p, "-q", "-w"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let link = dir.path(&format!("link{i}.out"));
+        std::os::unix::fs::symlink(&precious, &link).unwrap();
+        let mut args = args;
+        args.push(link.to_str().unwrap());
+        let f = rf_tap_run(None, &args);
+        assert!(!f.status.success(), "{args:?}");
+        assert!(f.stderr.contains("symbolic link"), "{args:?}: {}", f.stderr);
+        assert_eq!(f.stderr.trim().lines().count(), 1, "{}", f.stderr);
+        assert_eq!(std::fs::read(&precious).unwrap(), b"keep me", "{args:?}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+}
+
+#[test]
+fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
+    use rf_tap_tests::http_server::{Reply, TestServer};
+    let dir = TempDir::new("damaged");
+    let pcap = sample(&dir);
+    let whole = std::fs::read(&pcap).unwrap();
+    // A capture cut inside its last record, and an archive cut inside its last frame.
+    let cut = dir.path("cut.pcap");
+    std::fs::write(&cut, &whole[..whole.len() - 20]).unwrap();
+    let archive = dir.path("a.rfcap");
+    let done = rf_tap_run(
+        None,
+        &[
+            "extract",
+            "-q",
+            pcap.to_str().unwrap(),
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    let bytes = std::fs::read(&archive).unwrap();
+    let cut_archive = dir.path("cut.rfcap");
+    std::fs::write(&cut_archive, &bytes[..bytes.len() - 40]).unwrap();
+    let server = TestServer::start(|_| Reply::json(200, "{}"));
+    let url = server.url();
+    let (c, a) = (cut.to_str().unwrap(), cut_archive.to_str().unwrap());
+    let replayed = dir.path("r.pcap");
+    for args in [
+        vec!["extract", "-q", c],
+        vec!["requests", c],
+        vec!["requests", a],
+        vec!["replay", c, "-q", "-w", replayed.to_str().unwrap()],
+        vec![
+            "replay",
+            c,
+            "-q",
+            "--target",
+            &url,
+            "--allow-writes",
+            "--no-save",
+        ],
+        vec![
+            "replay",
+            a,
+            "-q",
+            "--target",
+            &url,
+            "--allow-writes",
+            "--no-save",
+        ],
+    ] {
+        let f = rf_tap_run(None, &args);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {}", f.stderr);
+        // The warning says where.
+        assert!(f.stderr.contains("byte"), "{args:?}: {}", f.stderr);
+        // What was readable was used.
+        let used = !f.stdout.is_empty() || replayed.exists();
+        assert!(used, "{args:?}");
+    }
+    assert!(
+        server.requests().len() >= 2,
+        "the readable exchanges were replayed"
+    );
+    // The same commands on whole input exit 0.
+    let p = pcap.to_str().unwrap();
+    for args in [vec!["extract", "-q", p], vec!["requests", p]] {
+        let f = rf_tap_run(None, &args);
+        assert!(f.status.success(), "{args:?}: {}", f.stderr);
+    }
+}

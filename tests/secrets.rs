@@ -353,3 +353,38 @@ fn credentials_never_leave_rf_tap_unless_asked() {
         }
     }
 }
+
+#[test]
+fn without_rights_privileged_commands_say_what_to_run_them_with() {
+    if !privileged("without_rights_privileged_commands_say_what_to_run_them_with") {
+        return;
+    }
+    for args in [
+        vec!["session", "list"],
+        vec!["attach", "lo", "-c", "1"],
+        vec![
+            "mirror",
+            "start",
+            "m",
+            "--iface",
+            "lo",
+            "--to",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(rf_tap_bin())
+            .args(&args)
+            .env(
+                "RF_TAP_STATE_DIR",
+                std::env::temp_dir().join("rf-tap-norights"),
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("sudo"), "{args:?}: {err}");
+    }
+}

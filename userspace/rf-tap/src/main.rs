@@ -2,6 +2,7 @@
 mod capture;
 mod cli;
 mod mirror;
+mod output;
 mod pipeline;
 mod replay;
 mod report;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    output::set_mode(cli.file_mode);
     let result = match cli.command {
         cli::Command::Attach(args) => cli::attach::run(args),
         cli::Command::Extract(args) => cli::extract::run(args),

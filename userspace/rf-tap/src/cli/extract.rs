@@ -36,6 +36,11 @@ their responses. Each connection's protocol is detected from its first bytes; HT
 other protocols are counted (--stats), not decoded. With -o, the archive is written beside
 OUT and renamed over it once complete. Bad checksums are accepted. Body lengths are those of
 the decoded body (after chunked and gzip/deflate/br), as Zeek's http.log counts them.
+Credentials are masked in JSONL and HAR (see Redaction below); an .rfcap keeps the original
+bytes. Output files are created 0600 (--file-mode), never through a symbolic link.
+
+Damaged input (a torn or corrupt capture or archive): everything readable is used, a warning
+names where the damage is, and the exit status is 1.
 
 Example:
   rf-tap extract capture.pcap | jq -r 'select(.status >= 500) | .uri'

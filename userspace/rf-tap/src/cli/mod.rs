@@ -21,6 +21,12 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Permission bits of the files rf-tap creates (captures, archives, JSONL/HAR, replay
+    /// results); they are private to their owner by default
+    #[arg(long, global = true, value_name = "MODE", default_value = "0600",
+          value_parser = crate::output::parse_mode)]
+    pub file_mode: u32,
 }
 
 #[derive(Debug, Subcommand)]

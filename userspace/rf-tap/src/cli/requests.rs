@@ -30,6 +30,9 @@ use crate::{
 #[command(
     args_conflicts_with_subcommands = true,
     after_help = "\
+Damaged input (a torn or corrupt capture or archive): everything readable is used, a warning
+names where the damage is, and the exit status is 1.
+
 Examples:
   rf-tap requests capture.rfcap --status 5xx
   rf-tap requests capture.pcap --method POST --path '/api/*' --last 1h

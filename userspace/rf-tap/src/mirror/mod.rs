@@ -123,7 +123,18 @@ impl Registry {
         let netns = host::netns_id()?;
         host::enter_bpffs()?;
         let run = Path::new("/run/rf-tap");
-        fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+        // Without rights, say what to run it with (as `attach` does), not which file failed.
+        let rights = |e: std::io::Error, what: String| -> anyhow::Error {
+            if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                anyhow::anyhow!(
+                    "mirror sessions need root (CAP_NET_ADMIN and CAP_BPF): run it with sudo"
+                )
+            } else {
+                anyhow::Error::new(e).context(what)
+            }
+        };
+        fs::create_dir_all(run)
+            .map_err(|e| rights(e, format!("cannot create {}", run.display())))?;
         let lock_path = run.join(format!("net-{netns}.lock"));
         // The lock file is removed when the last session goes, so a lock taken on a file that
         // was removed meanwhile is retaken on the file now at the path.
@@ -133,7 +144,7 @@ impl Registry {
                 .truncate(false)
                 .write(true)
                 .open(&lock_path)
-                .with_context(|| format!("cannot open {}", lock_path.display()))?;
+                .map_err(|e| rights(e, format!("cannot open {}", lock_path.display())))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(std::io::Error::last_os_error())

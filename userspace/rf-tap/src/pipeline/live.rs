@@ -187,7 +187,7 @@ impl Sharder {
 /// Creates a new .rfcap file, stamped with the current time.
 pub fn create_archive(path: &Path) -> anyhow::Result<ArchiveWriter<std::fs::File>> {
     let file =
-        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::output::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     archive_on(file, path)
 }
 
@@ -209,17 +209,10 @@ pub struct PendingArchive {
 
 impl PendingArchive {
     pub fn create(dest: &Path) -> anyhow::Result<Self> {
-        let name = dest
-            .file_name()
-            .with_context(|| format!("{} is not a file name", dest.display()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".rf-tap-{}.tmp", std::process::id()));
-        let tmp = dest.with_file_name(tmp_name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
+        crate::output::refuse_symlink(dest)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        let tmp = crate::output::temp_beside(dest)?;
+        let file = crate::output::create_new(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         Ok(Self {
             writer: Some(archive_on(file, dest)?),
@@ -247,7 +240,7 @@ impl PendingArchive {
         let total = file.metadata()?.len();
         file.sync_all()
             .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.dest)
+        crate::output::commit(&self.tmp, &self.dest)
             .with_context(|| format!("cannot rename onto {}", self.dest.display()))?;
         self.committed = true;
         Ok(total)

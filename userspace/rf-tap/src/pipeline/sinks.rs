@@ -99,7 +99,7 @@ impl Text {
         let (w, name): (Box<dyn Write + Send>, String) = if path == "-" {
             (Box::new(std::io::stdout()), "standard output".into())
         } else {
-            let f = std::fs::File::create(path)
+            let f = crate::output::create(Path::new(path))
                 .map_err(|e| anyhow::anyhow!("cannot write {path}: {e}"))?;
             (Box::new(f), path.to_string())
         };

@@ -5,7 +5,7 @@
 //! SIGKILL leaves a readable file up to its last whole record.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Write},
     mem::ManuallyDrop,
     os::fd::FromRawFd,
@@ -92,15 +92,10 @@ pub fn rotated_name(base: &Path, index: u32) -> PathBuf {
 }
 
 fn create(path: &Path) -> Result<File, SinkError> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|source| SinkError {
-            path: path.display().to_string(),
-            source,
-        })
+    crate::output::create(path).map_err(|source| SinkError {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 impl CaptureFileSink {

@@ -522,7 +522,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     Some(x) => visit(x),
                     None => true,
                 })
-                .map(|_damaged| ())
+                .and_then(|damaged| {
+                    if damaged {
+                        // Everything readable was visited; the damage was reported above.
+                        anyhow::bail!("damaged (the readable exchanges were replayed)")
+                    }
+                    Ok(())
+                })
         },
         saver,
         Arc::clone(&stop),
@@ -628,6 +634,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             "rf-tap: the target answered none of {} requests",
             summary.requests
         );
+        return Ok(ExitCode::from(1));
+    }
+    if end.read_error.is_some() {
+        // Everything readable was replayed; the status says the capture was damaged.
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

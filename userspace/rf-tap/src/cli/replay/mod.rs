@@ -44,7 +44,10 @@ Examples:
   rf-tap replay web.pcap -w shifted.pcap --dstipmap 10.0.0.0/24:10.1.0.0/24 --portmap 80:8080
   rf-tap replay capture.rfcap --target http://staging:8080 --speed 2x --concurrency 100
   rf-tap replay capture.pcap --target http://staging:8080 --topspeed --fail-if 'diff_rate>1%'
-  rf-tap replay diff capture.rfcap --show 5"
+  rf-tap replay diff capture.rfcap --show 5
+
+Damaged input (a torn or corrupt capture or archive): everything readable is used, a warning
+names where the damage is, and the exit status is 1."
 )]
 pub struct ReplayArgs {
     #[command(subcommand)]

@@ -482,6 +482,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         eprintln!("rf-tap: nothing was sent");
         return Ok(ExitCode::FAILURE);
     }
+    if report.file_error.is_some() {
+        // Everything readable was replayed; the status says the input was damaged.
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -30,7 +30,7 @@ pub fn stamp() -> String {
 
 pub fn open_results(capture: &Path) -> anyhow::Result<(BufWriter<File>, PathBuf)> {
     let dir = results_dir(capture);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::output::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let base = stamp();
     for i in 0..100 {
         let name = if i == 0 {
@@ -39,7 +39,7 @@ pub fn open_results(capture: &Path) -> anyhow::Result<(BufWriter<File>, PathBuf)
             format!("run-{base}-{i}.jsonl")
         };
         let path = dir.join(name);
-        match File::options().write(true).create_new(true).open(&path) {
+        match crate::output::create_new(&path) {
             Ok(f) => return Ok((BufWriter::new(f), path)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
