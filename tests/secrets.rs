@@ -136,7 +136,7 @@ fn credentials_never_leave_rf_tap_unless_asked() {
     let dir = TempDir::new("secrets");
     let addr = format!("{}:8080", pair.server_ip);
     let n = AtomicU64::new(0);
-    let _srv = in_netns(&pair.server_ns, move || {
+    let srv = in_netns(&pair.server_ns, move || {
         TestServer::start_on(&addr, move |_s: &Seen| {
             Reply::Respond {
             status: 200,
@@ -321,6 +321,57 @@ fn credentials_never_leave_rf_tap_unless_asked() {
             "replay diff lacks {s}"
         );
     }
+
+    // What is sent to a target is the captured request, credentials included (a staging
+    // service may need them), unless --strip-header / --scrub-field say otherwise.
+    let sent = |extra: &[&str]| {
+        let before = srv.requests().len();
+        let mut args = vec![
+            "replay",
+            p,
+            "--target",
+            &base,
+            "--allow-writes",
+            "-q",
+            "--no-save",
+        ];
+        args.extend(extra);
+        run_ok(Some(&pair.client_ns), &args);
+        srv.requests()[before..].to_vec()
+    };
+    let plain = sent(&[]);
+    assert_eq!(plain.len(), 2);
+    assert!(plain
+        .iter()
+        .any(|r| r.header("authorization") == Some(&format!("Bearer {BEARER}"))));
+    assert!(plain
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(PASSWORD)));
+    let scrubbed = sent(&[
+        "--strip-header",
+        "Authorization",
+        "--strip-header",
+        "Cookie",
+        "--scrub-field",
+        "$.password",
+    ]);
+    assert_eq!(scrubbed.len(), 2);
+    for r in &scrubbed {
+        assert_eq!(r.header("authorization"), None, "{r:?}");
+        assert_eq!(r.header("cookie"), None, "{r:?}");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(PASSWORD),
+            "{r:?}"
+        );
+    }
+    let login = scrubbed.iter().find(|r| r.method == "POST").unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&login.body).unwrap();
+    assert_eq!(body["password"], "****");
+    assert_eq!(body["user"], "ann");
+    assert_eq!(
+        login.header("content-length"),
+        Some(login.body.len().to_string().as_str())
+    );
 
     // Custom rules mask what they name, in HAR and in `requests show`.
     let custom_args = [

@@ -33,6 +33,8 @@ pub const MASK: &str = "****";
 #[derive(Clone, Debug)]
 pub struct Redaction {
     on: bool,
+    /// The default names (credential headers, secret-looking names) count too.
+    defaults: bool,
     /// Extra header names, lower case.
     headers: Vec<String>,
     /// Extra query and form parameter names, lower case.
@@ -45,6 +47,7 @@ impl Default for Redaction {
     fn default() -> Self {
         Self {
             on: true,
+            defaults: true,
             headers: Vec::new(),
             params: Vec::new(),
             fields: Vec::new(),
@@ -144,9 +147,21 @@ impl Redaction {
     pub fn with(headers: &[String], params: &[String], fields: &[JsonPath]) -> Self {
         Self {
             on: true,
+            defaults: true,
             headers: headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             params: params.iter().map(|p| p.to_ascii_lowercase()).collect(),
             fields: fields.to_vec(),
+        }
+    }
+
+    /// Only these JSON paths, none of the default names (`--scrub-field`: what is sent to
+    /// a target).
+    pub fn only_fields(fields: &[JsonPath]) -> Self {
+        Self {
+            on: !fields.is_empty(),
+            defaults: false,
+            fields: fields.to_vec(),
+            ..Self::default()
         }
     }
 
@@ -156,12 +171,14 @@ impl Redaction {
 
     pub fn secret_header(&self, name: &str) -> bool {
         self.on
-            && (is_secret_header(name) || self.headers.iter().any(|h| h.eq_ignore_ascii_case(name)))
+            && ((self.defaults && is_secret_header(name))
+                || self.headers.iter().any(|h| h.eq_ignore_ascii_case(name)))
     }
 
     pub fn secret_name(&self, name: &str) -> bool {
         self.on
-            && (is_secret_name(name) || self.params.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            && ((self.defaults && is_secret_name(name))
+                || self.params.iter().any(|p| p.eq_ignore_ascii_case(name)))
     }
 
     /// A header's value as it may leave rf-tap.

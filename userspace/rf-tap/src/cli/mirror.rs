@@ -171,9 +171,15 @@ pub struct StartArgs {
     #[arg(short = 'H', long = "header", value_name = "'NAME: VALUE'", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
 
-    /// Remove a header from every mirrored request; repeatable
-    #[arg(long, value_name = "NAME")]
+    /// Remove a header from every mirrored request (also --strip-header: tokens and
+    /// personal data a shadow must not get); repeatable
+    #[arg(long, value_name = "NAME", visible_alias = "strip-header")]
     pub remove_header: Vec<String>,
+
+    /// Replace this JSON body field's value with **** in what is sent to the shadows
+    /// ('$.user.ssn', '$..email'); repeatable
+    #[arg(long, value_name = "JSONPATH")]
+    pub scrub_field: Vec<rf_tap_engine::compare::JsonPath>,
 
     /// Send this Host header (default: the shadow's host[:port])
     #[arg(long, conflicts_with = "keep_host")]
@@ -469,6 +475,7 @@ fn foreground(
         });
         tr.set = a.headers.clone();
         tr.remove = a.remove_header.clone();
+        tr.scrub = rf_tap_engine::redact::Redaction::only_fields(&a.scrub_field);
         tr.path_prefix = target.path_prefix.clone();
         transforms.push(tr);
         connectors.push(Arc::new(Connector::new(target, None, false)?));

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, str::FromStr, time::Duration};
 use regex::Regex;
 
 use super::plan::ReplayRequest;
-use crate::query::rfc3339;
+use crate::{query::rfc3339, redact::Redaction};
 
 /// Headers that belong to one connection, or that rf-tap recomputes: never copied.
 const HOP_BY_HOP: &[&str] = &[
@@ -144,6 +144,9 @@ pub struct Transform {
     /// Prepended to every request target (the path of the `--target` URL, without its
     /// trailing slash).
     pub path_prefix: String,
+    /// JSON body fields whose values are replaced by `****` before sending
+    /// (`--scrub-field`: personal data that a staging target must not get).
+    pub scrub: Redaction,
 }
 
 impl Transform {
@@ -154,6 +157,7 @@ impl Transform {
             remove: Vec::new(),
             rewrite_url: Vec::new(),
             path_prefix: String::new(),
+            scrub: Redaction::only_fields(&[]),
         }
     }
 
@@ -239,15 +243,21 @@ impl Transform {
         for (n, v) in &self.set {
             header(out, n, vars.expand(v).as_bytes());
         }
-        let needs_length = !req.body.is_empty()
+        let body = if self.scrub.is_on() {
+            let ct = req.headers.get_str("content-type");
+            self.scrub.body(ct.as_deref(), &req.body)
+        } else {
+            std::borrow::Cow::Borrowed(&req.body[..])
+        };
+        let needs_length = !body.is_empty()
             || ["POST", "PUT", "PATCH"]
                 .iter()
                 .any(|m| m.eq_ignore_ascii_case(&req.method));
         if needs_length {
-            header(out, "Content-Length", req.body.len().to_string().as_bytes());
+            header(out, "Content-Length", body.len().to_string().as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&req.body);
+        out.extend_from_slice(&body);
     }
 }
 
@@ -316,6 +326,30 @@ mod tests {
         let empty = req("PUT", "/x", &[], b"");
         assert!(text(&t, &empty).ends_with("Content-Length: 0\r\n\r\n"));
         assert!(!text(&t, &req("GET", "/", &[], b"")).contains("Content-Length"));
+    }
+
+    #[test]
+    fn scrubbed_fields_are_masked_in_what_is_sent_with_the_length_to_match() {
+        let body = br#"{"user":"ann","ssn":"123-45-6789","password":"kept"}"#;
+        let r = req(
+            "POST",
+            "/signup",
+            &[("Host", "prod"), ("Content-Type", "application/json")],
+            body,
+        );
+        let mut t = Transform::new(HostHeader::Original);
+        let mut out = Vec::new();
+        t.build(&r, &vars(), &mut out);
+        assert!(out.ends_with(body), "nothing scrubbed unless asked");
+        t.scrub = Redaction::only_fields(&["$.ssn".parse().unwrap()]);
+        t.build(&r, &vars(), &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        let (head, sent) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(sent, r#"{"password":"kept","ssn":"****","user":"ann"}"#);
+        assert!(
+            head.contains(&format!("Content-Length: {}", sent.len())),
+            "{head}"
+        );
     }
 
     #[test]

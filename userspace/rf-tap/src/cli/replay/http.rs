@@ -79,9 +79,20 @@ pub struct HttpArgs {
           requires = "target")]
     pub headers: Vec<(String, String)>,
 
-    /// Remove a header from every request (repeatable)
-    #[arg(long, value_name = "NAME", requires = "target")]
+    /// Remove a header from every request sent (repeatable; also --strip-header: tokens
+    /// and personal data a staging target must not get)
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "target",
+        visible_alias = "strip-header"
+    )]
     pub remove_header: Vec<String>,
+
+    /// Replace this JSON body field's value with **** in what is sent ('$.user.ssn',
+    /// '$..email'); repeatable
+    #[arg(long, value_name = "JSONPATH", requires = "target")]
+    pub scrub_field: Vec<JsonPath>,
 
     /// Rewrite request targets, REGEX:REPLACEMENT ('^/v1/(.*):/v2/$1'); repeatable
     #[arg(long, value_name = "REGEX:REPLACEMENT", requires = "target")]
@@ -425,6 +436,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     transform.set = h.headers.clone();
     transform.remove = h.remove_header.clone();
+    transform.scrub = rf_tap_engine::redact::Redaction::only_fields(&h.scrub_field);
     transform.rewrite_url = h.rewrite_url.clone();
     transform.path_prefix = target.path_prefix.clone();
 
