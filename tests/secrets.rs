@@ -439,3 +439,129 @@ fn without_rights_privileged_commands_say_what_to_run_them_with() {
         assert!(err.contains("sudo"), "{args:?}: {err}");
     }
 }
+
+/// The `Uid:` and `CapEff:` lines of a process.
+fn uid_and_caps(pid: i32) -> (u32, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    (
+        field("Uid:").parse().unwrap(),
+        u64::from_str_radix(&field("CapEff:"), 16).unwrap(),
+    )
+}
+
+#[test]
+fn attach_gives_up_root_once_attached_and_still_captures_everything() {
+    if !privileged("attach_gives_up_root_once_attached_and_still_captures_everything") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("privs");
+    let _srv = in_netns(&pair.server_ns, {
+        let addr = format!("{}:8080", pair.server_ip);
+        move || TestServer::start_on(&addr, |_| Reply::json(200, "{}"))
+    });
+    let nobody = 65534;
+    // A plain capture: no capabilities left at all.
+    let pcap = dir.path("p.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "8080",
+            "-w",
+            pcap.to_str().unwrap(),
+            "-q",
+            "--json",
+        ],
+    );
+    tap.wait_attached();
+    assert_eq!(uid_and_caps(tap.pid()), (nobody, 0), "as nobody, CapEff 0");
+    for i in 0..5 {
+        curl(&pair, &[&format!("http://{}:8080/p{i}", pair.server_ip)]);
+    }
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    assert_eq!(
+        tcx_program_count(&pair.client_ns, &pair.client_if),
+        0,
+        "detached at exit"
+    );
+    let summary = fin.json();
+    let written = summary["written"].as_u64().unwrap();
+    assert!(written >= 5 * 8, "{summary}");
+    let (records, torn) = read_pcap(&pcap);
+    assert!(!torn);
+    assert_eq!(records.len() as u64, written, "every packet written");
+    assert_eq!(get_paths(&records).len(), 5);
+    // The kernel counters were read after root was gone.
+    assert_eq!(summary["captured"].as_u64(), Some(written), "{summary}");
+    assert!(summary["seen"].as_u64().unwrap() >= written, "{summary}");
+
+    // Rotation into a directory only root can write keeps exactly CAP_DAC_OVERRIDE.
+    let private = dir.path("root-only");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let rot = private.join("r.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "8080",
+            "-w",
+            rot.to_str().unwrap(),
+            "--rotate-size",
+            "1KiB",
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    assert_eq!(
+        uid_and_caps(tap.pid()),
+        (nobody, 1 << 1),
+        "CAP_DAC_OVERRIDE only"
+    );
+    for i in 0..5 {
+        curl(&pair, &[&format!("http://{}:8080/r{i}", pair.server_ip)]);
+    }
+    let fin = tap.stop();
+    assert!(fin.status.success(), "{}", fin.stderr);
+    let files = std::fs::read_dir(&private).unwrap().count();
+    assert!(files >= 2, "rotated into {files} files");
+
+    // -Z root keeps root, as asked.
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "8080",
+            "-w",
+            dir.path("k.pcap").to_str().unwrap(),
+            "-q",
+            "-Z",
+            "root",
+        ],
+    );
+    tap.wait_attached();
+    assert_eq!(uid_and_caps(tap.pid()).0, 0);
+    assert!(tap.stop().status.success());
+}

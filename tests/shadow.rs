@@ -561,6 +561,19 @@ fn a_killed_mirror_leaves_nothing_attached_and_its_stats_survive() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(st.join("run/k.json")).unwrap()).unwrap();
     let pid = state["pid"].as_u64().unwrap() as i32;
+    // The mirror gave up root once attached: it has run as nobody, with no capabilities,
+    // through everything above (mirroring, stats on disk, /metrics).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("Uid:"), "65534", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
     // SAFETY: the PID the mirror recorded for itself, a child of this test's command.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(eventually(Duration::from_secs(5), || {

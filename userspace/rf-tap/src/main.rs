@@ -4,6 +4,7 @@ mod cli;
 mod mirror;
 mod output;
 mod pipeline;
+mod privs;
 mod replay;
 mod report;
 mod shadow;

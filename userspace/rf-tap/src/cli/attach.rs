@@ -3,7 +3,7 @@
 use std::{
     io::IsTerminal,
     os::fd::RawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -180,6 +180,16 @@ pub struct AttachArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// Once attached and with its outputs open, run as this user with no capabilities
+    /// (as tcpdump -Z); `-Z root` keeps root
+    #[arg(
+        short = 'Z',
+        long = "relinquish-privileges",
+        value_name = "USER",
+        default_value = "nobody"
+    )]
+    pub user: String,
+
     /// For --jsonl and --har (the rfcap archive keeps the original bytes)
     #[command(flatten)]
     pub redact: crate::cli::redaction::RedactArgs,
@@ -296,6 +306,19 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
 
 pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::process::ExitCode> {
     args.validate()?;
+    let account = crate::privs::account(&args.user)?;
+    // Where rotation will open new files once root is gone.
+    let rotate_dir = args
+        .write
+        .as_ref()
+        .filter(|_| args.rotate_size.is_some() || args.rotate_seconds.is_some())
+        .map(|w| {
+            Path::new(w)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()
+        });
     let pipeline = args.exchanges() || !extra.sinks.is_empty();
     let user_rules = args.filter.rule_set()?;
     let facts = capture::interface_facts(&args.iface)?;
@@ -501,8 +524,31 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
     if target_name.is_empty() {
         target_name = "requests to the live mirror".into();
     }
+    if let Some(f) = extra.on_attached.take() {
+        f(&facts.name);
+    }
+    // Everything that needs root is done: the programs are attached, the rings mapped, the
+    // outputs open. Rotation into a directory the user cannot write keeps CAP_DAC_OVERRIDE
+    // (on this thread, which opens the files), and nothing else.
+    let keep = if rotate_dir
+        .as_ref()
+        .is_some_and(|d| !crate::privs::can_create_in(&account, d))
+    {
+        1 << crate::privs::CAP_DAC_OVERRIDE
+    } else {
+        0
+    };
+    crate::privs::become_user(&account, keep)?;
+    let running_as = match (account.uid, keep) {
+        (0, _) => String::new(),
+        (_, 0) => format!(", as {} with no capabilities", account.name),
+        _ => format!(
+            ", as {} with CAP_DAC_OVERRIDE only (for rotation)",
+            account.name
+        ),
+    };
     eprintln!(
-        "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}; Ctrl-C to stop",
+        "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}{running_as}; Ctrl-C to stop",
         facts.name,
         kernel.attach_detail,
         rules.rules().len(),
@@ -515,9 +561,6 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
         },
         target_name,
     );
-    if let Some(f) = extra.on_attached.take() {
-        f(&facts.name);
-    }
 
     let show_status = !args.quiet && std::io::stderr().is_terminal();
     let mut status = StatusLine::new(show_status);

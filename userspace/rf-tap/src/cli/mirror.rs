@@ -213,6 +213,16 @@ pub struct StartArgs {
     #[arg(long)]
     pub foreground: bool,
 
+    /// Once attached, run as this user with no capabilities (its stats directory is handed
+    /// to it); `-Z root` keeps root
+    #[arg(
+        short = 'Z',
+        long = "relinquish-privileges",
+        value_name = "USER",
+        default_value = "nobody"
+    )]
+    pub user: String,
+
     /// Read the mirror's settings from this YAML file (see below)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -552,6 +562,8 @@ fn foreground(
         "-q".into(),
         "--flow-timeout".into(),
         format!("{}s", (timeout.as_secs() + 55).max(60)),
+        "-Z".into(),
+        a.user.clone(),
     ];
     for r in &a.filter.rules {
         argv.push("--rule".into());
@@ -589,6 +601,12 @@ fn foreground(
             let _ = emit(&banner_text);
         }
     });
+    // Once attached the mirror runs as `attach.user` (-Z, default nobody): its data
+    // directory becomes that user's, so that the stats and diffs go on being written.
+    let account = crate::privs::account(&attach.user)?;
+    if account.uid != 0 {
+        store::hand_over(name, account.uid, account.gid)?;
+    }
     let result = crate::cli::attach::run_with(
         attach,
         Extra {
@@ -608,6 +626,7 @@ fn foreground(
     if let Some(t) = metrics_thread {
         let _ = t.join();
     }
+    store::mark_stopped(name, std::process::id());
     store::remove_state(name);
     result
 }
@@ -626,6 +645,12 @@ fn list(json: bool) -> anyhow::Result<std::process::ExitCode> {
     let mut rows = Vec::new();
     for s in store::all_states() {
         let alive = store::alive(s.pid);
+        if !alive && store::stopped_cleanly(&s) {
+            // It stopped (a signal to a --foreground mirror) but could not remove its
+            // state once unprivileged.
+            store::remove_state(&s.name);
+            continue;
+        }
         let b = BucketFile::read_window(&s.name, s.started_unix / 60)?.unwrap_or_default();
         rows.push((s, alive, b));
     }

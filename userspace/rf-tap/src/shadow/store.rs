@@ -89,6 +89,35 @@ pub fn remove_state(name: &str) {
 }
 
 /// Every mirror with a state file.
+/// Gives the mirror's data directory and what is in it to the account the mirror will run
+/// as once attached (it keeps writing its stats and diffs there without root). Links are
+/// changed themselves, never followed.
+pub fn hand_over(name: &str, uid: u32, gid: u32) -> anyhow::Result<()> {
+    let dir = data_dir(name);
+    std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
+        .with_context(|| format!("cannot hand {} over to uid {uid}", dir.display()))?;
+    for e in std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+    {
+        std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))
+            .with_context(|| format!("cannot hand {} over to uid {uid}", e.path().display()))?;
+    }
+    Ok(())
+}
+
+/// Written by a mirror as it ends (it may no longer be allowed to remove its state file):
+/// its PID, so that `list` tells a mirror that stopped from one that died.
+pub fn mark_stopped(name: &str, pid: u32) {
+    let _ = std::fs::write(data_dir(name).join("stopped"), pid.to_string());
+}
+
+/// Whether the mirror of `s` ended by itself (see [`mark_stopped`]).
+pub fn stopped_cleanly(s: &MirrorState) -> bool {
+    std::fs::read_to_string(data_dir(&s.name).join("stopped"))
+        .is_ok_and(|p| p.trim() == s.pid.to_string())
+}
+
 pub fn all_states() -> Vec<MirrorState> {
     let Ok(rd) = std::fs::read_dir(roots().0) else {
         return Vec::new();
