@@ -693,3 +693,44 @@ fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
         assert!(f.status.success(), "{args:?}: {}", f.stderr);
     }
 }
+
+#[test]
+fn argument_mistakes_are_one_line_and_exit_2() {
+    for (args, words) in [
+        (
+            vec!["attach", "lo", "--duration", "xyz"],
+            "`xyz` is not a duration",
+        ),
+        (
+            vec!["attach", "lo", "--mode", "bogus"],
+            "possible values: tc, xdp, afxdp",
+        ),
+        (
+            vec![
+                "replay",
+                "x.pcap",
+                "--target",
+                "http://127.0.0.1:9",
+                "--fail-if",
+                "bogus>1",
+            ],
+            "unknown metric `bogus`",
+        ),
+        (vec!["extract"], "<INPUT>"),
+        (vec!["requests", "show"], "<ID> <FILE>"),
+        (
+            vec!["attach", "lo", "--bogus"],
+            "unexpected argument '--bogus'",
+        ),
+    ] {
+        let f = rf_tap_run(None, &args);
+        assert_eq!(f.status.code(), Some(2), "{args:?}: {}", f.stderr);
+        assert_eq!(f.stderr.trim().lines().count(), 1, "{args:?}: {}", f.stderr);
+        assert!(f.stderr.contains(words), "{args:?}: {}", f.stderr);
+        assert!(f.stdout.is_empty());
+    }
+    // Help is not a mistake.
+    let f = rf_tap_run(None, &["extract", "--help"]);
+    assert!(f.status.success());
+    assert!(String::from_utf8_lossy(&f.stdout).contains("Usage: rf-tap extract"));
+}
