@@ -530,3 +530,70 @@ fn mtu_and_link_state_on_a_real_interface() {
     assert!(!f.status.success());
     assert!(f.stderr.contains("is down"), "{}", f.stderr);
 }
+
+/// `InCsumErrors` of the Tcp line of /proc/net/snmp in a namespace.
+fn tcp_csum_errors(ns: &str) -> u64 {
+    let text = sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let names: Vec<&str> = tcp[0].split_whitespace().collect();
+    let values: Vec<&str> = tcp[1].split_whitespace().collect();
+    let at = names.iter().position(|n| *n == "InCsumErrors").unwrap();
+    values[at].parse().unwrap()
+}
+
+#[test]
+fn offloaded_checksums_are_fixed_when_sending_onto_an_interface() {
+    if !privileged("offloaded_checksums_are_fixed_when_sending_onto_an_interface") {
+        return;
+    }
+    // The committed capture was made on a veth: the TCP checksums were left to the NIC.
+    // The receiver takes the capture's server address and MAC, so its TCP checks them.
+    let pair = NetPair::new();
+    sh(&[
+        "ip",
+        "-n",
+        &pair.server_ns,
+        "link",
+        "set",
+        &pair.server_if,
+        "address",
+        "02:00:00:00:00:02",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pair.server_ns,
+        "addr",
+        "add",
+        "10.9.0.2/24",
+        "dev",
+        &pair.server_if,
+    ]);
+    let input = committed();
+    let send = |extra: &[&str]| -> (Finished, u64) {
+        let before = tcp_csum_errors(&pair.server_ns);
+        let mut args = vec![
+            "replay",
+            input.to_str().unwrap(),
+            "--iface",
+            &pair.client_if,
+            "--direction",
+            "client",
+            "--topspeed",
+        ];
+        args.extend_from_slice(extra);
+        let f = rf_tap_run(Some(&pair.client_ns), &args);
+        assert!(f.status.success(), "{args:?}: {}", f.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        (f, tcp_csum_errors(&pair.server_ns) - before)
+    };
+    let (f, errors) = send(&[]);
+    assert!(f.stderr.contains("left to the NIC"), "{}", f.stderr);
+    assert_eq!(
+        errors, 0,
+        "fixed by default: the receiver counts no checksum errors"
+    );
+    let (f, errors) = send(&["--keep-checksums"]);
+    assert!(!f.stderr.contains("left to the NIC"), "{}", f.stderr);
+    assert!(errors > 0, "as captured, the receiver drops them");
+}

@@ -541,6 +541,25 @@ fn to_ethernet(linktype: u32, data: &[u8], out: &mut Vec<u8>) -> Result<(), Unse
     Ok(())
 }
 
+/// Whether a whole frame's IPv4, TCP or UDP checksums are wrong as captured: what a capture
+/// taken where the NIC computes checksums (offload: veth, most NICs) holds for outgoing
+/// packets. A frame cut by the snap length cannot be checked and counts as sound.
+pub fn checksums_left_to_nic(linktype: u32, data: &[u8], orig_len: u32) -> bool {
+    if (orig_len as usize) > data.len() {
+        return false;
+    }
+    let mut plain = Vec::new();
+    if to_ethernet(linktype, data, &mut plain).is_err() {
+        return false;
+    }
+    let mut fixed = Vec::new();
+    let mut fix = Rewriter::new(RewriteConfig {
+        fix_checksums: true,
+        ..RewriteConfig::default()
+    });
+    fix.apply(linktype, data, orig_len, 0, &mut fixed).is_ok() && fixed != plain
+}
+
 /// One's-complement sum of big-endian 16-bit words (an odd last byte is padded).
 pub fn ones_sum(data: &[u8], init: u32) -> u32 {
     let mut sum = u64::from(init);
@@ -775,6 +794,31 @@ mod tests {
         );
         assert_eq!(out, vec![1, 2, 3]);
         assert_eq!(r.stats.skipped_truncated, 1);
+    }
+
+    #[test]
+    fn offloaded_checksums_are_detected() {
+        let good = tcp4(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!checksums_left_to_nic(
+            wire::LINKTYPE_ETHERNET,
+            &good,
+            good.len() as u32
+        ));
+        // As a capture on a veth holds it: the TCP checksum is the pseudo-header's partial
+        // sum the NIC was to complete.
+        let mut offloaded = good.clone();
+        offloaded[50] ^= 0x5a;
+        assert!(checksums_left_to_nic(
+            wire::LINKTYPE_ETHERNET,
+            &offloaded,
+            offloaded.len() as u32
+        ));
+        // Cut by the snap length: cannot be checked.
+        assert!(!checksums_left_to_nic(
+            wire::LINKTYPE_ETHERNET,
+            &offloaded[..40],
+            offloaded.len() as u32
+        ));
     }
 
     #[test]

@@ -18,7 +18,10 @@ use rf_tap_engine::{
     pcap::{reader::CaptureReader, CaptureFormat, FrameEncoder, InterfaceInfo},
     replay::{
         player::{Player, PlayerConfig, ReplayStats, Stop},
-        rewrite::{Fixlen, IpMap, RewriteConfig, RewriteStats, Rewriter, Unsendable, VlanEdit},
+        rewrite::{
+            checksums_left_to_nic, Fixlen, IpMap, RewriteConfig, RewriteStats, Rewriter,
+            Unsendable, VlanEdit,
+        },
         schedule::{ScheduleConfig, Timing},
         select::{Selector, Side},
     },
@@ -118,9 +121,15 @@ pub struct PacketArgs {
     #[arg(long, value_enum)]
     pub fixlen: Option<FixlenArg>,
 
-    /// Recompute IP/TCP/UDP checksums even when nothing else is rewritten
+    /// Recompute IP/TCP/UDP checksums even when nothing else is rewritten (with --iface this
+    /// is the default for a capture whose checksums were left to the NIC)
     #[arg(long)]
     pub fixcsum: bool,
+
+    /// With --iface, send the checksums as captured even when they were left to the NIC
+    /// (the receiver drops such packets)
+    #[arg(long, conflicts_with = "fixcsum")]
+    pub keep_checksums: bool,
 
     /// Replay only the packets sent by this side of each connection
     #[arg(long, value_enum)]
@@ -372,7 +381,30 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give --iface IFACE to send on, or -w FILE to write a pcap"),
     };
 
-    let mut rewriter = Rewriter::new(args.packet.rewrite());
+    let mut rewrite = args.packet.rewrite();
+    if args.packet.iface.is_some() && !rewrite.fix_checksums && !args.packet.keep_checksums {
+        // A capture taken where the NIC computes checksums holds wrong ones for the packets
+        // the host sent; sent as they are, the receiver drops them. Look at the first frames.
+        let (mut looked, mut bad) = (0u32, 0u32);
+        for f in CaptureReader::new(&map)
+            .with_context(|| input.clone())?
+            .take(1000)
+        {
+            let Ok(f) = f else { break };
+            looked += 1;
+            if checksums_left_to_nic(f.linktype, f.data, f.orig_len) {
+                bad += 1;
+            }
+        }
+        if bad > 0 {
+            rewrite.fix_checksums = true;
+            eprintln!(
+                "rf-tap: {input}: {bad} of the first {looked} frames carry checksums left to the \
+                 NIC (offload); fixing them (--keep-checksums sends them as captured)"
+            );
+        }
+    }
+    let mut rewriter = Rewriter::new(rewrite);
     let mut selector = Selector::new(
         args.packet.filter.given().then_some(&rules),
         args.packet.direction.map(|d| match d {
