@@ -476,6 +476,14 @@ fn bad_sessions_are_refused_and_leave_nothing_behind() {
         &["create", "--iface", "sapp", "--target", "192.0.2.55"],
         "no route to the target",
     );
+    // An on-link address nobody answers ARP for: refused within a few seconds.
+    let silent = lab.target_ip.replace(".2.2", ".2.77");
+    let asked = std::time::Instant::now();
+    refused(
+        &["create", "--iface", "sapp", "--target", &silent],
+        "does not answer ARP",
+    );
+    assert!(asked.elapsed() < std::time::Duration::from_secs(8));
     refused(
         &["create", "--iface", "sapp", "--target", &lab.server_ip],
         "mirror loop",

@@ -218,6 +218,98 @@ pub fn source_port_range() -> (u16, u16) {
         .unwrap_or((32768, 60999))
 }
 
+/// Longest wait for the next hop to answer ARP or neighbour discovery (the kernel gives up
+/// on an on-link address after about 3 s).
+const NEIGHBOUR_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The neighbour-table state of `addr` on `dev` (`REACHABLE`, `INCOMPLETE`, `FAILED`, ...),
+/// None when there is no entry.
+fn neighbour_state(addr: IpAddr, dev: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "neigh", "show", &addr.to_string(), "dev", dev])
+        .output()
+        .ok()?;
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    let states = v.first()?.get("state")?.as_array()?.clone();
+    states.first()?.as_str().map(str::to_string)
+}
+
+/// Waits (bounded) until the next hop towards `target` answers ARP or neighbour discovery,
+/// so that a target that never will is refused instead of silently getting nothing. A device
+/// without neighbours (loopback, a tunnel) has nothing to wait for.
+fn wait_for_neighbour(target: IpAddr) -> anyhow::Result<()> {
+    let family = if target.is_ipv4() { "-4" } else { "-6" };
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-j", family, "route", "get", &target.to_string()])
+        .output()
+    else {
+        return Ok(());
+    };
+    let routes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let Some(route) = routes.first() else {
+        return Ok(());
+    };
+    let Some(dev) = route.get("dev").and_then(|d| d.as_str()) else {
+        return Ok(());
+    };
+    if route
+        .get("type")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| t != "unicast")
+    {
+        return Ok(()); // local, broadcast: no neighbour
+    }
+    let link = std::process::Command::new("ip")
+        .args(["-j", "link", "show", "dev", dev])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).ok())
+        .unwrap_or_default();
+    let no_neighbours = link
+        .first()
+        .and_then(|l| l.get("flags"))
+        .and_then(|f| f.as_array())
+        .is_some_and(|f| {
+            f.iter()
+                .any(|x| matches!(x.as_str(), Some("NOARP" | "LOOPBACK" | "POINTOPOINT")))
+        });
+    if no_neighbours {
+        return Ok(());
+    }
+    let hop: IpAddr = match route
+        .get("gateway")
+        .and_then(|g| g.as_str())
+        .and_then(|g| g.parse().ok())
+    {
+        Some(g) => g,
+        None => target,
+    };
+    let deadline = std::time::Instant::now() + NEIGHBOUR_WAIT;
+    loop {
+        match neighbour_state(hop, dev).as_deref() {
+            Some("REACHABLE" | "STALE" | "DELAY" | "PROBE" | "PERMANENT" | "NOARP") => {
+                return Ok(())
+            }
+            Some("FAILED") => break,
+            _ if std::time::Instant::now() >= deadline => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    let what = if hop == target {
+        format!("the target {target}")
+    } else {
+        format!("the gateway {hop} towards the target {target}")
+    };
+    bail!(
+        "{what} does not answer {} on {dev}: check the address, or that it is up",
+        if hop.is_ipv4() {
+            "ARP"
+        } else {
+            "neighbour discovery"
+        }
+    )
+}
+
 /// Checks there is a route to `target` and finds its MTU, the way the VXLAN device will
 /// route the copies (a connected UDP socket does the same route lookup).
 pub fn route_to(target: IpAddr, port: u16) -> anyhow::Result<PathFacts> {
@@ -248,6 +340,7 @@ pub fn route_to(target: IpAddr, port: u16) -> anyhow::Result<PathFacts> {
             _ => {}
         }
     }
+    wait_for_neighbour(target)?;
     let (level, opt) = match target {
         IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
         IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
