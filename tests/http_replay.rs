@@ -518,6 +518,14 @@ fn gates_exit_codes_and_junit() {
         std::fs::File::open(&junit).unwrap(),
     ))
     .unwrap();
+    // What stricter consumers require of a suite: when it ran, and where.
+    for s in &suites.suites {
+        assert!(s.timestamp.is_some(), "timestamp");
+        assert!(
+            s.hostname.as_deref().is_some_and(|h| !h.is_empty()),
+            "hostname"
+        );
+    }
     let cases: Vec<_> = suites.suites.iter().flat_map(|s| s.cases.iter()).collect();
     let names: Vec<&str> = cases.iter().map(|c| c.original_name.as_str()).collect();
     assert_eq!(names.len(), 3, "{names:?}");

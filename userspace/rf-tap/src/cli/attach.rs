@@ -547,12 +547,16 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
             account.name
         ),
     };
+    // With no rule given, an accept-all rule is loaded: say what that means.
+    let rule_words = match rules.rules().len() {
+        _ if !args.filter.given() && !args.vxlan => "no rules (every packet)".to_string(),
+        1 => "1 rule".to_string(),
+        n => format!("{n} rules"),
+    };
     eprintln!(
-        "rf-tap: attached to {} ({}), {} rule{}, packet length {}{}, writing {}{running_as}; Ctrl-C to stop",
+        "rf-tap: attached to {} ({}), {rule_words}, packet length {}{}, writing {}{running_as}; Ctrl-C to stop",
         facts.name,
         kernel.attach_detail,
-        rules.rules().len(),
-        if rules.rules().len() == 1 { "" } else { "s" },
         args.packet_length,
         if args.sample_rate < 100.0 {
             format!(", sampling {}% of flows", args.sample_rate)

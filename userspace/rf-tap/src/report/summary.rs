@@ -175,9 +175,9 @@ impl CaptureSummary {
                 "undecodable or unwritable records",
             ),
             (
-                "not written",
+                "over limit",
                 self.over_limit,
-                "left in the ring after the capture stopped",
+                "not written: left in the ring after the capture stopped",
             ),
             (
                 "left out",
@@ -192,6 +192,10 @@ impl CaptureSummary {
             ),
         ];
         for (name, v, what) in rows {
+            // `left out` only means something with --vxlan.
+            if name == "left out" && self.vxlan.is_none() {
+                continue;
+            }
             let _ = writeln!(s, "  {name:<18}{v:>14}  {what}");
         }
         if let Some(v) = &self.vxlan {

@@ -319,7 +319,9 @@ impl Summary {
 
     /// A JUnit XML report: one test suite, one test case per endpoint group, failed when a
     /// request of the group failed or differed from production.
-    pub fn junit(&self) -> String {
+    /// The JUnit XML report: one test case per endpoint. `started` (Unix time) and `host` go
+    /// into the suite's `timestamp` and `hostname`, which stricter consumers require.
+    pub fn junit(&self, started: Duration, host: &str) -> String {
         let problems = self
             .endpoints
             .iter()
@@ -334,10 +336,12 @@ impl Summary {
         );
         let _ = writeln!(
             x,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{problems}\" errors=\"0\" skipped=\"0\" time=\"{:.3}\">",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{problems}\" errors=\"0\" skipped=\"0\" time=\"{:.3}\" timestamp=\"{}\" hostname=\"{}\">",
             xml_escape(&format!("replay against {}", self.target)),
             self.endpoints.len(),
-            self.elapsed_s
+            self.elapsed_s,
+            crate::query::format_utc(started, 'T', 0),
+            xml_escape(host)
         );
         for e in &self.endpoints {
             let t = &e.tally;
@@ -351,9 +355,13 @@ impl Summary {
                 x.push_str("/>\n");
                 continue;
             }
+            let plural =
+                |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
             let message = format!(
-                "{} of {} requests failed, {} responses differed from production",
-                t.failed, t.requests, t.diffs
+                "{} of {} requests failed, {} from production",
+                t.failed,
+                t.requests,
+                plural(t.diffs, "response differed", "responses differed")
             );
             let _ = writeln!(
                 x,
@@ -501,7 +509,14 @@ mod tests {
             &answered(201, 1, true),
             Some("\"200\" → 201 \u{1}".into()),
         );
-        let x = Summary::new("http://t", &t, Duration::from_secs(1), None).junit();
+        let x = Summary::new("http://t", &t, Duration::from_secs(1), None)
+            .junit(Duration::from_secs(1_795_000_000), "ci-1");
+        assert!(x.contains("timestamp=\"2026-11-18T11:06:40\""), "{x}");
+        assert!(x.contains("hostname=\"ci-1\""), "{x}");
+        assert!(
+            x.contains("0 of 1 requests failed, 1 response differed from production"),
+            "{x}"
+        );
         assert_eq!(x.matches("<testcase ").count(), 2);
         assert_eq!(x.matches("<failure ").count(), 1);
         assert!(x.contains("name=\"GET /a?&lt;x&gt;&amp;y\""));

@@ -198,6 +198,9 @@ struct ProgressBar {
     line: StatusLine,
     span: Option<(Duration, Duration)>,
     live: Arc<Progress>,
+    /// `--limit N` and `--duration D`: the run ends at whichever comes first.
+    limit: Option<u64>,
+    duration: Option<Duration>,
 }
 
 impl ProgressBar {
@@ -206,12 +209,13 @@ impl ProgressBar {
             return;
         }
         let el = self.started.elapsed().as_secs_f64();
-        let fraction = self.span.and_then(|(a, b)| {
+        let through_capture = self.span.and_then(|(a, b)| {
             let at = Duration::from_nanos(self.live.capture_ns.load(Ordering::Relaxed));
             (b > a).then(|| {
                 ((at.saturating_sub(a)).as_secs_f64() / (b - a).as_secs_f64()).clamp(0.0, 1.0)
             })
         });
+        let fraction = progress(through_capture, t.sent, self.limit, el, self.duration);
         let width = 24;
         let (bar, eta) = match fraction {
             Some(f) if f > 0.0 => {
@@ -238,6 +242,27 @@ impl ProgressBar {
             t.sent as f64 / el.max(1e-3)
         ));
     }
+}
+
+/// How far a run is: it ends at the first of the capture's end (`through_capture`),
+/// `--limit` requests and `--duration`, so the furthest along of the three.
+fn progress(
+    through_capture: Option<f64>,
+    sent: u64,
+    limit: Option<u64>,
+    elapsed_s: f64,
+    duration: Option<Duration>,
+) -> Option<f64> {
+    let through_limit = limit
+        .filter(|n| *n > 0)
+        .map(|n| (sent as f64 / n as f64).clamp(0.0, 1.0));
+    let through_time = duration
+        .filter(|d| !d.is_zero())
+        .map(|d| (elapsed_s / d.as_secs_f64()).clamp(0.0, 1.0));
+    [through_capture, through_limit, through_time]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max)
 }
 
 fn clock_text(secs: f64) -> String {
@@ -418,7 +443,22 @@ fn print_results(
     print!("{o}");
 }
 
+/// This host's name (JUnit `hostname`).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most the given length into the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|c| *c == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let run_started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let h = &args.http;
     let Some(url) = &h.target else {
         bail!("--target URL is required for an HTTP replay");
@@ -468,6 +508,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         line: StatusLine::every(true, Duration::from_millis(200)),
         span: source.span(),
         live: Arc::clone(&live),
+        limit: args.limit,
+        duration: args.duration,
     });
     let mut saver = Saver {
         out,
@@ -580,7 +622,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(path) = &h.junit {
-        std::fs::write(path, summary.junit())
+        std::fs::write(path, summary.junit(run_started, &hostname()))
             .with_context(|| format!("cannot write the JUnit report {}", path.display()))?;
     }
     if let Some(e) = &end.read_error {
@@ -653,4 +695,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_follows_the_first_limit_to_end_the_run() {
+        // 2,000 of a 2,000 limit sent while a third of the capture's time went by.
+        assert_eq!(progress(Some(0.32), 2000, Some(2000), 1.0, None), Some(1.0));
+        assert_eq!(progress(Some(0.5), 100, Some(1000), 1.0, None), Some(0.5));
+        let d = Some(Duration::from_secs(10));
+        assert_eq!(progress(Some(0.1), 5, None, 5.0, d), Some(0.5));
+        assert_eq!(progress(None, 5, None, 1.0, None), None);
+    }
 }
