@@ -734,3 +734,26 @@ fn argument_mistakes_are_one_line_and_exit_2() {
     assert!(f.status.success());
     assert!(String::from_utf8_lossy(&f.stdout).contains("Usage: rf-tap extract"));
 }
+
+#[test]
+fn requests_json_and_extract_give_the_same_exchange_records() {
+    let dir = TempDir::new("one-shape");
+    let pcap = sample(&dir);
+    let p = pcap.to_str().unwrap();
+    let archive = dir.path("s.rfcap");
+    let done = rf_tap_run(None, &["extract", "-q", p, "-o", archive.to_str().unwrap()]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let extract = lines(&rf_tap_run(None, &["extract", "-q", p]).stdout);
+    assert_eq!(extract.len(), 3);
+    for file in [p, archive.to_str().unwrap()] {
+        let requests = lines(&rf_tap_run(None, &["requests", file, "--json"]).stdout);
+        assert_eq!(
+            requests, extract,
+            "requests --json on {file}: the extract records"
+        );
+    }
+    // `path` is `uri` without its query, in both.
+    assert!(extract
+        .iter()
+        .all(|x| x["path"] == x["uri"].as_str().unwrap().split('?').next().unwrap()));
+}

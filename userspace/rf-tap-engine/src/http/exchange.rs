@@ -120,6 +120,8 @@ pub struct ExchangeJson<'a> {
     pub method: Option<&'a str>,
     /// The request target; sinks mask secret query parameters in it.
     pub uri: Option<Cow<'a, str>>,
+    /// The target before its query (`?`).
+    pub path: Option<&'a str>,
     pub version: Option<&'a str>,
     pub host: Option<Cow<'a, str>>,
     pub status: Option<u16>,
@@ -186,6 +188,7 @@ impl Exchange {
             ts: secs(&self.start()),
             method: q.map(|q| q.method.as_str()),
             uri: q.map(|q| Cow::Borrowed(q.target.as_str())),
+            path: q.map(|q| q.target.split('?').next().unwrap_or("")),
             version: q
                 .map(|q| q.version.as_str())
                 .or(r.map(|r| r.version.as_str())),

@@ -71,9 +71,14 @@ pub struct RequestsArgs {
     #[arg(long, value_parser = parse_time)]
     pub until: Option<Duration>,
 
-    /// One JSON object per line instead of the table
+    /// One JSON object per line instead of the table: the exchange records `extract` writes
+    /// (docs/jsonl.md)
     #[arg(long)]
     pub json: bool,
+
+    /// For --json (secret query parameters in `uri`)
+    #[command(flatten)]
+    pub redact: crate::cli::redaction::RedactArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,16 +300,27 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
             "ID", "TIME", "METHOD", "PATH", "STATUS", "DURATION", "SIZE"
         )?;
     }
-    let damaged = src.each(&|_| false, &mut |s, _| {
+    let policy = args.redact.policy();
+    let damaged = src.each(&|s| args.json && filter.matches(s), &mut |s, x| {
         if !filter.matches(s) {
             return true;
         }
-        rows += 1;
         let res = if args.json {
-            serde_json::to_string(s)
+            // The one exchange record (the archive's summary is what the table shows).
+            let Some(x) = x else {
+                // Its block did not decode: reported as damage by the reader.
+                return true;
+            };
+            rows += 1;
+            let mut record = x.to_json();
+            if let Some(u) = record.uri.take() {
+                record.uri = Some(std::borrow::Cow::Owned(policy.target(&u).into_owned()));
+            }
+            serde_json::to_string(&record)
                 .map_err(std::io::Error::other)
                 .and_then(|j| writeln!(out, "{j}"))
         } else {
+            rows += 1;
             let status = if s.status == 0 {
                 "-".to_string()
             } else {
