@@ -757,3 +757,40 @@ fn requests_json_and_extract_give_the_same_exchange_records() {
         .iter()
         .all(|x| x["path"] == x["uri"].as_str().unwrap().split('?').next().unwrap()));
 }
+
+#[test]
+fn runtime_mistakes_are_one_line_naming_the_thing_once() {
+    let dir = TempDir::new("mistakes");
+    let pcap = sample(&dir);
+    let p = pcap.to_str().unwrap();
+    let d = dir.path("");
+    let dir_arg = d.to_str().unwrap();
+    let missing = dir.path("no/such/dir/out.rfcap");
+    for (args, words) in [
+        (vec!["extract", dir_arg], "is a directory"),
+        (vec!["requests", dir_arg], "is a directory"),
+        (vec!["requests", "/dev/null"], "not a regular file"),
+        (
+            vec!["extract", "/nonexistent.pcap"],
+            "cannot open /nonexistent.pcap",
+        ),
+        (
+            vec!["extract", "-q", p, "-o", missing.to_str().unwrap()],
+            "cannot write",
+        ),
+    ] {
+        let f = rf_tap_run(None, &args);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {}", f.stderr);
+        let err = f.stderr.trim();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(words), "{args:?}: {err}");
+        // The cause is said once.
+        for cause in ["No such file or directory", "os error"] {
+            assert!(err.matches(cause).count() <= 1, "{args:?}: {err}");
+        }
+    }
+    // -o names the file asked for, not the temporary name beside it.
+    let f = rf_tap_run(None, &["extract", "-q", p, "-o", missing.to_str().unwrap()]);
+    assert!(f.stderr.contains(missing.to_str().unwrap()), "{}", f.stderr);
+    assert!(!f.stderr.contains(".tmp"), "{}", f.stderr);
+}

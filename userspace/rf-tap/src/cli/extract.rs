@@ -89,12 +89,7 @@ pub struct ExtractArgs {
 }
 
 pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
-    let file = std::fs::File::open(&args.input)
-        .with_context(|| format!("cannot open {}", args.input.display()))?;
-    // SAFETY: the map is read-only; a file changed underneath could only yield odd bytes,
-    // which the reader treats like any other untrusted input.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", args.input.display()))?;
+    let map = crate::cli::mapped::open(&args.input)?;
     let reader = CaptureReader::new(&map).with_context(|| format!("{}", args.input.display()))?;
     let mut config = ExtractConfig {
         max_flows: args.max_flows.max(1),

@@ -1,5 +1,32 @@
 //! Reading large inputs through a memory map without letting them fill the resident set.
 
+use anyhow::Context as _;
+
+/// Opens and maps an input file (a capture or an archive), read-only. A directory or a
+/// special file is refused by name.
+pub fn open(path: &std::path::Path) -> anyhow::Result<memmap2::Mmap> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        anyhow::bail!(
+            "{} is a directory, not a capture or an archive",
+            path.display()
+        );
+    }
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{} is not a regular file (a pipe or a device cannot be mapped; save it to a file first)",
+            path.display()
+        );
+    }
+    // SAFETY: the map is read-only; a file changed underneath could only yield odd bytes,
+    // which the readers treat like any other untrusted input.
+    unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
+}
+
 /// How much is parsed between two releases.
 const RELEASE_EVERY: usize = 64 << 20;
 

@@ -103,12 +103,7 @@ pub(crate) struct Source {
 
 impl Source {
     pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: read-only map; odd bytes from a concurrently changed file are handled like
-        // any other untrusted input.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("cannot map {}", path.display()))?;
+        let map = crate::cli::mapped::open(path)?;
         let archive = ArchiveReader::sniff(&map);
         if !archive {
             CaptureReader::new(&map).with_context(|| {

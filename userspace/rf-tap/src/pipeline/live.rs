@@ -212,8 +212,9 @@ impl PendingArchive {
         crate::output::refuse_symlink(dest)
             .with_context(|| format!("cannot write {}", dest.display()))?;
         let tmp = crate::output::temp_beside(dest)?;
+        // The error names what the user asked for, not the temporary name beside it.
         let file = crate::output::create_new(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+            .with_context(|| format!("cannot write {}", dest.display()))?;
         Ok(Self {
             writer: Some(archive_on(file, dest)?),
             tmp,

@@ -41,11 +41,11 @@ impl Rotation {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
+/// The cause is part of the message (and not a `source` too, which would print it twice).
+#[error("cannot write {path}: {error}")]
 pub struct SinkError {
     pub path: String,
-    #[source]
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 enum Out {
@@ -92,9 +92,9 @@ pub fn rotated_name(base: &Path, index: u32) -> PathBuf {
 }
 
 fn create(path: &Path) -> Result<File, SinkError> {
-    crate::output::create(path).map_err(|source| SinkError {
+    crate::output::create(path).map_err(|error| SinkError {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
@@ -141,10 +141,10 @@ impl CaptureFileSink {
         Ok(sink)
     }
 
-    fn err(&self, source: io::Error) -> SinkError {
+    fn err(&self, error: io::Error) -> SinkError {
         SinkError {
             path: self.current_path.clone(),
-            source,
+            error,
         }
     }
 
@@ -173,7 +173,7 @@ impl CaptureFileSink {
         if let Out::File(old) = &mut self.out {
             old.sync_data().map_err(|e| SinkError {
                 path: self.current_path.clone(),
-                source: e,
+                error: e,
             })?;
         }
         self.out = Out::File(file);
@@ -281,7 +281,7 @@ impl CaptureFileSink {
         if let Out::File(f) = &mut self.out {
             f.sync_data().map_err(|e| SinkError {
                 path: self.current_path.clone(),
-                source: e,
+                error: e,
             })?;
         }
         Ok(())

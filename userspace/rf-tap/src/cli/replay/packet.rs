@@ -290,11 +290,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let timing = timing(&args)?;
     let rules = args.packet.filter.rule_set()?;
-    let file = std::fs::File::open(&input_path)
-        .with_context(|| format!("cannot open {}", input_path.display()))?;
-    // SAFETY: read-only map; bytes changed underneath are untrusted input like any other.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", input_path.display()))?;
+    let map = crate::cli::mapped::open(&input_path)?;
     let input = input_path.display().to_string();
     let mut probe = CaptureReader::new(&map).with_context(|| input.clone())?;
     match probe.next() {
