@@ -161,3 +161,51 @@ fn readme_examples_on_the_repositorys_captures_run() {
     }
     assert!(ran >= 3, "only {ran} examples ran");
 }
+
+/// Every option of the everyday commands is in the README, long or short.
+#[test]
+fn every_option_in_help_is_in_the_readme() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut missing = Vec::new();
+    for chain in [
+        "attach",
+        "extract",
+        "requests",
+        "replay",
+        "session create",
+        "mirror start",
+    ] {
+        let chain: Vec<String> = chain.split(' ').map(str::to_string).collect();
+        let text = help(&chain);
+        for line in text.lines().map(str::trim_start) {
+            // `-w, --write <FILE>` or `--force`
+            let (short, rest) = match line.strip_prefix('-') {
+                Some(r) if !r.starts_with('-') && r.len() > 2 && &r[1..3] == ", " => {
+                    (Some(format!("-{}", &r[..1])), &r[3..])
+                }
+                _ => (None, line),
+            };
+            let Some(long) = rest.strip_prefix("--") else {
+                continue;
+            };
+            let name: String = long
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if name == "help" || name.is_empty() {
+                continue;
+            }
+            let long = format!("--{name}");
+            let found = readme.contains(&long)
+                || short.as_ref().is_some_and(|s| {
+                    readme.contains(&format!("`{s} "))
+                        || readme.contains(&format!("`{s}/"))
+                        || readme.contains(&format!(" {s} "))
+                });
+            if !found {
+                missing.push(format!("{} {long}", chain.join(" ")));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "options only in --help: {missing:?}");
+}
