@@ -560,6 +560,32 @@ fn bad_sessions_are_refused_and_leave_nothing_behind() {
     let s = session_of(&lab.list(), 1);
     assert!(s["counters"]["mtu_truncated"].as_u64().unwrap() >= 3, "{s}");
     assert_eq!(s["counters"]["mirrored"], got.len() as u64, "{s}");
+    assert!(s["next_hop_failed"].is_null(), "{s}");
+
+    // The target goes away: once its address stops answering ARP, `list` says so.
+    let addr = format!("{}/24", lab.target_ip);
+    sh(&["ip", "-n", &lab.tgt, "addr", "del", &addr, "dev", "tmir"]);
+    sh(&["ip", "-n", &lab.src, "neigh", "flush", "dev", "smir"]);
+    // One datagram makes the kernel ask ARP again.
+    let poke = format!("echo x > /dev/udp/{}/9", lab.target_ip);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.src, "bash", "-c", &poke])
+        .output();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = String::from_utf8_lossy(&lab.session(&["list"]).stdout).into_owned();
+        if text.contains("no longer answers ARP") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(text.contains("no longer answers ARP"), "{text}");
+    assert_eq!(
+        session_of(&lab.list(), 1)["next_hop_failed"],
+        lab.target_ip.as_str()
+    );
+    sh(&["ip", "-n", &lab.tgt, "link", "set", "tmir", "up"]);
 
     // State files are named by the namespace's inode, which a new namespace reuses once the
     // old one is gone. A state whose namespace cookie is not ours is such a dead namespace's:

@@ -301,6 +301,8 @@ struct Listed<'a> {
     interface_present: bool,
     /// The route to the target now differs from the one the copies are sent along.
     route_changed: bool,
+    /// The next hop that stopped answering ARP or neighbour discovery, if it did.
+    next_hop_failed: Option<IpAddr>,
     counters: SessionCounters,
 }
 
@@ -327,6 +329,7 @@ fn list(json: bool) -> anyhow::Result<std::process::ExitCode> {
             session: s,
             interface_present: capture::ifindex(&s.iface) == Some(s.ifindex),
             route_changed,
+            next_hop_failed: host::next_hop_failed(s.target),
             counters,
         });
     }
@@ -403,6 +406,15 @@ fn list(json: bool) -> anyhow::Result<std::process::ExitCode> {
              copies still go the old way; delete and re-create the session",
             r.session.number, r.session.target
         );
+    }
+    for r in &rows {
+        if let Some(hop) = r.next_hop_failed {
+            println!(
+                "session {}: the next hop {hop} towards {} no longer answers ARP or neighbour \
+                 discovery: its copies are dropped",
+                r.session.number, r.session.target
+            );
+        }
     }
     for (d, n) in device_drops.iter().filter(|(_, n)| *n > 0) {
         println!("{d}: {n} copies dropped after encapsulation (no route or neighbour to a target)");

@@ -234,33 +234,26 @@ fn neighbour_state(addr: IpAddr, dev: &str) -> Option<String> {
     states.first()?.as_str().map(str::to_string)
 }
 
-/// Waits (bounded) until the next hop towards `target` answers ARP or neighbour discovery,
-/// so that a target that never will is refused instead of silently getting nothing. A device
-/// without neighbours (loopback, a tunnel) has nothing to wait for.
-fn wait_for_neighbour(target: IpAddr) -> anyhow::Result<()> {
+/// The next hop towards `target` and the device it is on, when that device resolves
+/// neighbours (not loopback, a tunnel, or a local or broadcast route).
+fn next_hop(target: IpAddr) -> Option<(IpAddr, String)> {
     let family = if target.is_ipv4() { "-4" } else { "-6" };
-    let Ok(out) = std::process::Command::new("ip")
+    let out = std::process::Command::new("ip")
         .args(["-j", family, "route", "get", &target.to_string()])
         .output()
-    else {
-        return Ok(());
-    };
-    let routes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let Some(route) = routes.first() else {
-        return Ok(());
-    };
-    let Some(dev) = route.get("dev").and_then(|d| d.as_str()) else {
-        return Ok(());
-    };
+        .ok()?;
+    let routes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    let route = routes.first()?;
+    let dev = route.get("dev")?.as_str()?.to_string();
     if route
         .get("type")
         .and_then(|t| t.as_str())
         .is_some_and(|t| t != "unicast")
     {
-        return Ok(()); // local, broadcast: no neighbour
+        return None;
     }
     let link = std::process::Command::new("ip")
-        .args(["-j", "link", "show", "dev", dev])
+        .args(["-j", "link", "show", "dev", &dev])
         .output()
         .ok()
         .and_then(|o| serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).ok())
@@ -274,16 +267,31 @@ fn wait_for_neighbour(target: IpAddr) -> anyhow::Result<()> {
                 .any(|x| matches!(x.as_str(), Some("NOARP" | "LOOPBACK" | "POINTOPOINT")))
         });
     if no_neighbours {
-        return Ok(());
+        return None;
     }
-    let hop: IpAddr = match route
+    let hop = route
         .get("gateway")
         .and_then(|g| g.as_str())
         .and_then(|g| g.parse().ok())
-    {
-        Some(g) => g,
-        None => target,
+        .unwrap_or(target);
+    Some((hop, dev))
+}
+
+/// The next hop towards `target` stopped answering ARP or neighbour discovery (its entry is
+/// `FAILED`): what `session list` warns about.
+pub fn next_hop_failed(target: IpAddr) -> Option<IpAddr> {
+    let (hop, dev) = next_hop(target)?;
+    (neighbour_state(hop, &dev).as_deref() == Some("FAILED")).then_some(hop)
+}
+
+/// Waits (bounded) until the next hop towards `target` answers ARP or neighbour discovery,
+/// so that a target that never will is refused instead of silently getting nothing. A device
+/// without neighbours (loopback, a tunnel) has nothing to wait for.
+fn wait_for_neighbour(target: IpAddr) -> anyhow::Result<()> {
+    let Some((hop, dev)) = next_hop(target) else {
+        return Ok(());
     };
+    let dev = dev.as_str();
     let deadline = std::time::Instant::now() + NEIGHBOUR_WAIT;
     loop {
         match neighbour_state(hop, dev).as_deref() {
