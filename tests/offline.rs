@@ -5,7 +5,7 @@
 
 use std::{path::Path, time::Duration};
 
-use rf_tap_tests::{rf_tap_run, TempDir};
+use rf_tap_tests::{extract_archive, rf_tap_run, TempDir};
 
 /// Writes a pcap of one TCP connection carrying `client` then `server` bytes per exchange,
 /// with handshake, data segments of at most `mss` bytes, and FINs.
@@ -632,17 +632,7 @@ fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
     let cut = dir.path("cut.pcap");
     std::fs::write(&cut, &whole[..whole.len() - 20]).unwrap();
     let archive = dir.path("a.rfcap");
-    let done = rf_tap_run(
-        None,
-        &[
-            "extract",
-            "-q",
-            pcap.to_str().unwrap(),
-            "-o",
-            archive.to_str().unwrap(),
-        ],
-    );
-    assert!(done.status.success(), "{}", done.stderr);
+    extract_archive(&pcap, &archive);
     let bytes = std::fs::read(&archive).unwrap();
     let cut_archive = dir.path("cut.rfcap");
     std::fs::write(&cut_archive, &bytes[..bytes.len() - 40]).unwrap();
@@ -655,25 +645,19 @@ fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
         vec!["requests", c],
         vec!["requests", a],
         vec!["replay", c, "-q", "-w", replayed.to_str().unwrap()],
+    ]
+    .into_iter()
+    .chain([c, a].map(|f| {
         vec![
             "replay",
-            c,
+            f,
             "-q",
             "--target",
             &url,
             "--allow-writes",
             "--no-save",
-        ],
-        vec![
-            "replay",
-            a,
-            "-q",
-            "--target",
-            &url,
-            "--allow-writes",
-            "--no-save",
-        ],
-    ] {
+        ]
+    })) {
         let f = rf_tap_run(None, &args);
         assert_eq!(f.status.code(), Some(1), "{args:?}: {}", f.stderr);
         // The warning says where.
@@ -741,8 +725,7 @@ fn requests_json_and_extract_give_the_same_exchange_records() {
     let pcap = sample(&dir);
     let p = pcap.to_str().unwrap();
     let archive = dir.path("s.rfcap");
-    let done = rf_tap_run(None, &["extract", "-q", p, "-o", archive.to_str().unwrap()]);
-    assert!(done.status.success(), "{}", done.stderr);
+    extract_archive(&pcap, &archive);
     let extract = lines(&rf_tap_run(None, &["extract", "-q", p]).stdout);
     assert_eq!(extract.len(), 3);
     for file in [p, archive.to_str().unwrap()] {

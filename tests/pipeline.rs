@@ -433,17 +433,7 @@ fn live_sinks_give_the_records_extract_gives_for_the_same_packets() {
         )
     };
     let offline = dir.path("o.rfcap");
-    let done = rf_tap_run(
-        None,
-        &[
-            "extract",
-            "-q",
-            pcap.to_str().unwrap(),
-            "-o",
-            offline.to_str().unwrap(),
-        ],
-    );
-    assert!(done.status.success(), "{}", done.stderr);
+    extract_archive(&pcap, &offline);
     assert_eq!(
         summaries(&rfcap),
         summaries(&offline),

@@ -55,6 +55,23 @@ fn secrets() -> Vec<String> {
     v
 }
 
+/// `rf-tap attach` on the client's veth, port 8080, into `file` (and `extra`), attached.
+fn capture(pair: &NetPair, file: &std::path::Path, extra: &[&str]) -> RfTap {
+    let mut args = vec![
+        "attach",
+        &pair.client_if,
+        "--port",
+        "8080",
+        "-w",
+        file.to_str().unwrap(),
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let mut tap = RfTap::spawn(&pair.client_ns, &args);
+    tap.wait_attached();
+    tap
+}
+
 fn curl(pair: &NetPair, args: &[&str]) {
     let out = Command::new("ip")
         .args([
@@ -158,19 +175,7 @@ fn credentials_never_leave_rf_tap_unless_asked() {
         })
     });
     let pcap = dir.path("cap.pcap");
-    let mut tap = RfTap::spawn(
-        &pair.client_ns,
-        &[
-            "attach",
-            &pair.client_if,
-            "--port",
-            "8080",
-            "-w",
-            pcap.to_str().unwrap(),
-            "-q",
-        ],
-    );
-    tap.wait_attached();
+    let tap = capture(&pair, &pcap, &[]);
     let base = format!("http://{}:8080", pair.server_ip);
     let bearer = format!("Authorization: Bearer {BEARER}");
     let cookie = format!("Cookie: sid={COOKIE}; theme=dark");
@@ -473,20 +478,7 @@ fn attach_gives_up_root_once_attached_and_still_captures_everything() {
     let nobody = 65534;
     // A plain capture: no capabilities left at all.
     let pcap = dir.path("p.pcap");
-    let mut tap = RfTap::spawn(
-        &pair.client_ns,
-        &[
-            "attach",
-            &pair.client_if,
-            "--port",
-            "8080",
-            "-w",
-            pcap.to_str().unwrap(),
-            "-q",
-            "--json",
-        ],
-    );
-    tap.wait_attached();
+    let tap = capture(&pair, &pcap, &["--json"]);
     assert_eq!(uid_and_caps(tap.pid()), (nobody, 0), "as nobody, CapEff 0");
     for i in 0..5 {
         curl(&pair, &[&format!("http://{}:8080/p{i}", pair.server_ip)]);
@@ -518,21 +510,7 @@ fn attach_gives_up_root_once_attached_and_still_captures_everything() {
     )
     .unwrap();
     let rot = private.join("r.pcap");
-    let mut tap = RfTap::spawn(
-        &pair.client_ns,
-        &[
-            "attach",
-            &pair.client_if,
-            "--port",
-            "8080",
-            "-w",
-            rot.to_str().unwrap(),
-            "--rotate-size",
-            "1KiB",
-            "-q",
-        ],
-    );
-    tap.wait_attached();
+    let tap = capture(&pair, &rot, &["--rotate-size", "1KiB"]);
     assert_eq!(
         uid_and_caps(tap.pid()),
         (nobody, 1 << 1),
@@ -547,21 +525,7 @@ fn attach_gives_up_root_once_attached_and_still_captures_everything() {
     assert!(files >= 2, "rotated into {files} files");
 
     // -Z root keeps root, as asked.
-    let mut tap = RfTap::spawn(
-        &pair.client_ns,
-        &[
-            "attach",
-            &pair.client_if,
-            "--port",
-            "8080",
-            "-w",
-            dir.path("k.pcap").to_str().unwrap(),
-            "-q",
-            "-Z",
-            "root",
-        ],
-    );
-    tap.wait_attached();
+    let tap = capture(&pair, &dir.path("k.pcap"), &["-Z", "root"]);
     assert_eq!(uid_and_caps(tap.pid()).0, 0);
     assert!(tap.stop().status.success());
 }

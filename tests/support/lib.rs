@@ -674,3 +674,18 @@ pub fn udp_frame(
     b.write(&mut v, &payload).unwrap();
     v
 }
+
+/// `rf-tap extract -q PCAP -o ARCHIVE`, which must succeed.
+pub fn extract_archive(pcap: &Path, archive: &Path) {
+    let done = rf_tap_run(
+        None,
+        &[
+            "extract",
+            "-q",
+            pcap.to_str().unwrap(),
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+}

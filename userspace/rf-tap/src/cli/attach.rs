@@ -5,7 +5,7 @@ use std::{
     os::fd::RawFd,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -180,15 +180,8 @@ pub struct AttachArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Once attached and with its outputs open, run as this user with no capabilities
-    /// (as tcpdump -Z); `-Z root` keeps root
-    #[arg(
-        short = 'Z',
-        long = "relinquish-privileges",
-        value_name = "USER",
-        default_value = "nobody"
-    )]
-    pub user: String,
+    #[command(flatten)]
+    pub run_as: RunAs,
 
     /// For --jsonl and --har (the rfcap archive keeps the original bytes)
     #[command(flatten)]
@@ -281,6 +274,20 @@ fn poll_readable(fds: &[RawFd], timeout: Duration) {
     };
 }
 
+/// `-Z USER`: who a command that keeps running once attached becomes (see `privs`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunAs {
+    /// Once attached and with its outputs open, run as this user with no capabilities (as
+    /// tcpdump -Z); `-Z root` keeps root
+    #[arg(
+        short = 'Z',
+        long = "relinquish-privileges",
+        value_name = "USER",
+        default_value = "nobody"
+    )]
+    pub user: String,
+}
+
 /// Called once the programs are attached, with the interface's name.
 pub type OnAttached = Box<dyn FnOnce(&str)>;
 
@@ -306,7 +313,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<std::process::ExitCode> {
 
 pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::process::ExitCode> {
     args.validate()?;
-    let account = crate::privs::account(&args.user)?;
+    let account = crate::privs::account(&args.run_as.user)?;
     // Where rotation will open new files once root is gone.
     let rotate_dir = args
         .write
@@ -434,14 +441,9 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
         None
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = crate::cli::stop_on_signals()?;
     let signal = Arc::new(AtomicUsize::new(0));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    for sig in crate::cli::STOP_SIGNALS {
         signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
     }
 

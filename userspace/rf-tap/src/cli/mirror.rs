@@ -213,15 +213,9 @@ pub struct StartArgs {
     #[arg(long)]
     pub foreground: bool,
 
-    /// Once attached, run as this user with no capabilities (its stats directory is handed
-    /// to it); `-Z root` keeps root
-    #[arg(
-        short = 'Z',
-        long = "relinquish-privileges",
-        value_name = "USER",
-        default_value = "nobody"
-    )]
-    pub user: String,
+    /// (its stats directory is handed to the user first)
+    #[command(flatten)]
+    pub run_as: crate::cli::attach::RunAs,
 
     /// Read the mirror's settings from this YAML file (see below)
     #[arg(long, value_name = "FILE")]
@@ -563,7 +557,7 @@ fn foreground(
         "--flow-timeout".into(),
         format!("{}s", (timeout.as_secs() + 55).max(60)),
         "-Z".into(),
-        a.user.clone(),
+        a.run_as.user.clone(),
     ];
     for r in &a.filter.rules {
         argv.push("--rule".into());
@@ -603,7 +597,7 @@ fn foreground(
     });
     // Once attached the mirror runs as `attach.user` (-Z, default nobody): its data
     // directory becomes that user's, so that the stats and diffs go on being written.
-    let account = crate::privs::account(&attach.user)?;
+    let account = crate::privs::account(&attach.run_as.user)?;
     if account.uid != 0 {
         store::hand_over(name, account.uid, account.gid)?;
     }

@@ -10,7 +10,25 @@ pub mod rules;
 pub mod session;
 pub mod units;
 
+use std::sync::{atomic::AtomicBool, Arc};
+
 use clap::{Parser, Subcommand};
+
+/// The signals that end a long-running command cleanly (flush, close, detach).
+pub const STOP_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
+/// A flag the [`STOP_SIGNALS`] set.
+pub fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in STOP_SIGNALS {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
 
 /// rf-tap: packet-level traffic capture, mirroring and replay.
 ///

@@ -7,10 +7,7 @@ use std::{
     io::{BufWriter, IsTerminal, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -480,14 +477,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     transform.rewrite_url = h.rewrite_url.clone();
     transform.path_prefix = target.path_prefix.clone();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
+    let stop = crate::cli::stop_on_signals()?;
 
     let (out, saved) = if h.no_save {
         (None, None)

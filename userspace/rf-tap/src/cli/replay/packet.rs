@@ -5,10 +5,7 @@ use std::{
     io::{IsTerminal, Write as _},
     path::PathBuf,
     process::ExitCode,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -304,14 +301,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(Ok(_)) => {}
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
+    let stop = crate::cli::stop_on_signals()?;
 
     let (sink, output): (ReplayBackend, String) = match (&args.packet.iface, &args.packet.write) {
         (Some(iface), _) => {
