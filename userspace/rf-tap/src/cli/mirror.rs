@@ -13,7 +13,7 @@ use rf_tap_engine::{
     compare::{CompareOptions, JsonPath},
     replay::http::{
         plan::{RequestPattern, Selection},
-        transform::{parse_header, HostHeader, Transform},
+        transform::parse_header,
     },
 };
 
@@ -472,16 +472,16 @@ fn foreground(
     let mut transforms = Vec::new();
     for target in targets {
         let target = Arc::new(target);
-        let mut tr = Transform::new(match (&a.host, a.keep_host) {
-            (Some(v), _) => HostHeader::Fixed(v.clone()),
-            (None, true) => HostHeader::Original,
-            (None, false) => HostHeader::Target(target.authority.clone()),
-        });
-        tr.set = a.headers.clone();
-        tr.remove = a.remove_header.clone();
-        tr.scrub = rf_tap_engine::redact::Redaction::only_fields(&a.scrub_field);
-        tr.path_prefix = target.path_prefix.clone();
-        transforms.push(tr);
+        transforms.push(
+            crate::replay::http::client::Sending {
+                host: a.host.as_deref(),
+                keep_host: a.keep_host,
+                set: &a.headers,
+                remove: &a.remove_header,
+                scrub_fields: &a.scrub_field,
+            }
+            .transform(&target),
+        );
         connectors.push(Arc::new(Connector::new(target, None, false)?));
     }
     let (judge_tx, judge_rx) = crossbeam::channel::unbounded();

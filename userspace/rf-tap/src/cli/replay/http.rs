@@ -20,7 +20,7 @@ use rf_tap_engine::{
         plan::{RequestPattern, Selection, SkipReason},
         record::{ResultRecord, RunRecord},
         report::{FailKind, Latency, Summary, Tally},
-        transform::{parse_header, HostHeader, Transform, UrlRewrite},
+        transform::{parse_header, UrlRewrite},
     },
 };
 use serde_json::{json, Value};
@@ -466,16 +466,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(capture)?;
     let target = Arc::new(Target::parse(url)?);
     let connector = Connector::new(Arc::clone(&target), h.ca_file.as_deref(), h.insecure)?;
-    let mut transform = Transform::new(match (&h.host, h.keep_host) {
-        (Some(v), _) => HostHeader::Fixed(v.clone()),
-        (None, true) => HostHeader::Original,
-        (None, false) => HostHeader::Target(target.authority.clone()),
-    });
-    transform.set = h.headers.clone();
-    transform.remove = h.remove_header.clone();
-    transform.scrub = rf_tap_engine::redact::Redaction::only_fields(&h.scrub_field);
+    let mut transform = crate::replay::http::client::Sending {
+        host: h.host.as_deref(),
+        keep_host: h.keep_host,
+        set: &h.headers,
+        remove: &h.remove_header,
+        scrub_fields: &h.scrub_field,
+    }
+    .transform(&target);
     transform.rewrite_url = h.rewrite_url.clone();
-    transform.path_prefix = target.path_prefix.clone();
 
     let stop = crate::cli::stop_on_signals()?;
 

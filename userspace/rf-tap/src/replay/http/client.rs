@@ -39,6 +39,33 @@ pub struct Target {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// What `replay --target` and `mirror --to` change in each request they send: the Host
+/// header (`--host`, `--keep-host`, else the target's own), headers set and removed, JSON
+/// fields scrubbed, and the target URL's path prefix.
+pub struct Sending<'a> {
+    pub host: Option<&'a str>,
+    pub keep_host: bool,
+    pub set: &'a [(String, String)],
+    pub remove: &'a [String],
+    pub scrub_fields: &'a [rf_tap_engine::compare::JsonPath],
+}
+
+impl Sending<'_> {
+    pub fn transform(&self, target: &Target) -> rf_tap_engine::replay::http::transform::Transform {
+        use rf_tap_engine::replay::http::transform::{HostHeader, Transform};
+        let mut t = Transform::new(match (self.host, self.keep_host) {
+            (Some(v), _) => HostHeader::Fixed(v.to_string()),
+            (None, true) => HostHeader::Original,
+            (None, false) => HostHeader::Target(target.authority.clone()),
+        });
+        t.set = self.set.to_vec();
+        t.remove = self.remove.to_vec();
+        t.scrub = rf_tap_engine::redact::Redaction::only_fields(self.scrub_fields);
+        t.path_prefix = target.path_prefix.clone();
+        t
+    }
+}
+
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         Self::parse_flag("--target", url)
