@@ -440,3 +440,55 @@ fn live_sinks_give_the_records_extract_gives_for_the_same_packets() {
         "rfcap: live and file pipelines agree"
     );
 }
+
+#[test]
+fn a_snap_length_loses_bodies_not_exchanges() {
+    if !privileged("a_snap_length_loses_bodies_not_exchanges") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("pipe-snap");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("page"), "x".repeat(5000)).unwrap();
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    for snap in ["96", "200", "400"] {
+        let pcap = dir.path(&format!("s{snap}.pcap"));
+        let mut tap = RfTap::spawn(
+            &pair.client_ns,
+            &[
+                "attach",
+                &pair.client_if,
+                "--port",
+                "80",
+                "-s",
+                snap,
+                "-w",
+                pcap.to_str().unwrap(),
+                "-q",
+            ],
+        );
+        tap.wait_attached();
+        for _ in 0..5 {
+            assert_eq!(pair.curl(&format!("http://{}/page", pair.server_ip)), 200);
+        }
+        assert!(tap.stop().status.success());
+        let out = rf_tap_run(None, &["extract", "-q", pcap.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", out.stderr);
+        let xs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(xs.len(), 5, "-s {snap}: every exchange");
+        for x in &xs {
+            assert_eq!(x["method"], "GET", "-s {snap}: {x}");
+            assert_eq!(
+                x["status"], 200,
+                "-s {snap}: the status line was captured: {x}"
+            );
+            assert!(x["latency_ms"].as_f64().is_some(), "-s {snap}: {x}");
+            let flags = x["flags"].as_array().unwrap();
+            assert!(flags.iter().any(|f| f == "truncated"), "-s {snap}: {x}");
+        }
+    }
+}

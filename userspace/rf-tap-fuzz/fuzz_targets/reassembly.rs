@@ -41,12 +41,19 @@ fuzz_target!(|data: &[u8]| {
             frame,
         };
         let seq = base.wrapping_add(offset);
-        r.segment(
+        // Bit 64: the capture cut this packet, `ack`'s low byte of it missing.
+        let missing = if flags & 64 != 0 {
+            u32::from(head[4])
+        } else {
+            0
+        };
+        r.segment_cut(
             seq,
             flags & 1 != 0,
             flags & 2 != 0,
             flags & 4 != 0 && flags & 8 != 0,
             payload,
+            missing,
             origin,
             &mut emit,
         );

@@ -109,6 +109,7 @@ impl ExtractStats {
         r.retransmitted_bytes += x.retransmitted_bytes;
         r.conflicting_overlaps += x.conflicting_overlaps;
         r.out_of_order_segments += x.out_of_order_segments;
+        r.cut_bytes += x.cut_bytes;
     }
 }
 
@@ -612,12 +613,13 @@ impl Extractor {
         {
             let mut emit =
                 |e: StreamEvent<'_>| dl.event(app, tunneled, from_client, e, &mut gap[d]);
-            this.segment(
+            this.segment_cut(
                 seg.seq,
                 seg.has(tcp_flags::SYN),
                 seg.has(tcp_flags::FIN),
                 seg.has(tcp_flags::RST),
                 seg.payload,
+                seg.missing,
                 origin,
                 &mut emit,
             );
@@ -791,6 +793,7 @@ fn add_stats(total: &mut ReassemblyStats, s: &ReassemblyStats) {
     total.retransmitted_bytes += s.retransmitted_bytes;
     total.conflicting_overlaps += s.conflicting_overlaps;
     total.out_of_order_segments += s.out_of_order_segments;
+    total.cut_bytes += s.cut_bytes;
 }
 
 fn make_exchange(next: &mut u64, conn: Conn, p: Paired) -> Exchange {

@@ -76,6 +76,8 @@ anomalies! {
         ["request line accepted leniently"];
     IncompleteMessageAtEnd = "incomplete_message_at_end",
         "stream ended inside a message head", ["incomplete message at end of stream"];
+    HeadCut = "head_cut",
+        "message head cut by a gap or the capture's packet length (what was whole is kept)", [];
 }
 
 impl Anomaly {

@@ -214,6 +214,8 @@ pub struct MessageParser {
     http09: bool,
     /// Bytes that came past the point where this stream became a tunnel.
     after_tunnel: Vec<u8>,
+    /// Where the bytes held in `buf` began.
+    buf_origin: Origin,
 }
 
 const MAX_HEADERS: usize = 256;
@@ -256,6 +258,7 @@ impl MessageParser {
             current: None,
             http09: false,
             after_tunnel: Vec::new(),
+            buf_origin: Origin::default(),
         }
     }
 
@@ -296,6 +299,7 @@ impl MessageParser {
             let used = self.run(bytes, origin, methods, out);
             if !matches!(self.state, State::Tunnel) {
                 self.buf.extend_from_slice(&bytes[used.min(bytes.len())..]);
+                self.buf_origin = origin;
             }
         } else {
             let mut buf = std::mem::take(&mut self.buf);
@@ -680,6 +684,25 @@ impl MessageParser {
                 }
                 self.complete(false, out);
             }
+            State::Head if self.current.is_none() && !self.buf.is_empty() => {
+                // A head cut short (a snap length, a lost segment): keep its start line and
+                // every whole header line, then look for the next message.
+                if let Some((head, mut anomalies)) = partial_head(self.side, &self.buf) {
+                    anomalies.push(Anomaly::HeadCut);
+                    let mut body = BodyState::new(None, 0);
+                    body.gap = true;
+                    self.current = Some(InProgress {
+                        head,
+                        body,
+                        start: self.buf_origin,
+                        end: self.buf_origin,
+                        anomalies,
+                    });
+                    self.complete(true, out);
+                }
+                self.buf.clear();
+                self.state = State::Resync;
+            }
             _ => {
                 // The gap hides a message boundary: close what is open, then resync.
                 if self.current.is_some() {
@@ -819,6 +842,21 @@ fn normalized_first_line(b: &[u8]) -> Option<Vec<u8>> {
     let mut v = b.to_vec();
     v[at..at + 4].copy_from_slice(b"HTTP");
     Some(v)
+}
+
+/// The start line and whole header lines of a head that a gap cut: what is before the last
+/// line break, parsed as if the head ended there. None when not even the start line is whole
+/// or it does not parse.
+fn partial_head(side: Side, b: &[u8]) -> Option<(Head, Vec<Anomaly>)> {
+    let nl = b.iter().rposition(|c| *c == b'\n')?;
+    let mut whole = b[..=nl].to_vec();
+    whole.extend_from_slice(b"\r\n");
+    match parse_head(side, &whole) {
+        HeadResult::Complete {
+            head, anomalies, ..
+        } => Some((head, anomalies)),
+        _ => None,
+    }
 }
 
 /// Most messages have few headers: try a small table first (cheaper to set up), and the
@@ -1045,6 +1083,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_head_cut_by_a_gap_keeps_its_status_and_whole_headers() {
+        let mut p = MessageParser::new(Side::Server, Limits::default());
+        let m: VecDeque<String> = ["GET".to_string(), "GET".to_string()].into();
+        let mut out = Vec::new();
+        // A snap length cut the response inside its headers, then the stream goes on with
+        // the next response.
+        p.data(
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/ht",
+            Origin::default(),
+            &m,
+            &mut out,
+        );
+        p.gap(900, &mut out);
+        p.data(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            Origin::default(),
+            &m,
+            &mut out,
+        );
+        let statuses: Vec<_> = out
+            .iter()
+            .filter_map(|x| match x {
+                Parsed::Response(r) => {
+                    Some((r.status, r.incomplete, r.headers.len(), r.anomalies.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                (200, true, 1, vec![Anomaly::HeadCut]),
+                (404, false, 1, vec![])
+            ]
+        );
+        // Not even a whole start line: nothing to keep.
+        let mut p = MessageParser::new(Side::Server, Limits::default());
+        let mut out = Vec::new();
+        p.data(b"HTTP/1.1 20", Origin::default(), &m, &mut out);
+        p.gap(10, &mut out);
+        assert!(out.is_empty());
+    }
+
     fn parse_all(side: Side, chunks: &[&[u8]], methods: &[&str]) -> Vec<String> {
         let mut p = MessageParser::new(side, Limits::default());
         let m: VecDeque<String> = methods.iter().map(|s| s.to_string()).collect();
@@ -1194,7 +1276,9 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(reqs, vec!["/b"]);
+        // The cut head keeps its request line (flagged `head_cut`, incomplete); the next
+        // request is found again.
+        assert_eq!(reqs, vec!["/a", "/b"]);
     }
 
     proptest::proptest! {

@@ -37,6 +37,8 @@ pub struct ReassemblyStats {
     pub retransmitted_bytes: u64,
     pub conflicting_overlaps: u64,
     pub out_of_order_segments: u64,
+    /// Bytes the capture cut (snap length): gaps known at once, not counted in `gap_bytes`.
+    pub cut_bytes: u64,
 }
 
 /// Signed distance from `b` to `a` in sequence space.
@@ -64,8 +66,18 @@ pub struct Reassembler {
     finished: bool,
     /// Highest stream offset the peer acknowledged.
     acked: Option<u64>,
+    /// Stream ranges (start offset → length) known to be missing because the capture cut
+    /// their packets (a snap length): they come out as gaps in their place, at once, with
+    /// no wait for an acknowledgement.
+    cut: BTreeMap<u64, u64>,
+    /// The packet the last cut range came with.
+    cut_origin: Origin,
     pub stats: ReassemblyStats,
 }
+
+/// Most cut ranges remembered ahead of the delivered point (beyond, a cut range is an
+/// ordinary hole, declared as such).
+const MAX_CUT_RANGES: usize = 4096;
 
 impl Reassembler {
     /// `limit`: most out-of-order bytes held before a gap is declared.
@@ -80,6 +92,8 @@ impl Reassembler {
             fin_origin: Origin::default(),
             finished: false,
             acked: None,
+            cut: BTreeMap::new(),
+            cut_origin: Origin::default(),
             stats: ReassemblyStats::default(),
         }
     }
@@ -109,6 +123,23 @@ impl Reassembler {
         origin: Origin,
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) {
+        self.segment_cut(seq, syn, fin, rst, payload, 0, origin, emit)
+    }
+
+    /// [`Self::segment`] for a packet the capture cut: `missing` bytes of its payload, after
+    /// `payload`, were not captured (the record's original length says how many).
+    #[allow(clippy::too_many_arguments)]
+    pub fn segment_cut(
+        &mut self,
+        seq: u32,
+        syn: bool,
+        fin: bool,
+        rst: bool,
+        payload: &[u8],
+        missing: u32,
+        origin: Origin,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) {
         if self.finished {
             return;
         }
@@ -117,10 +148,10 @@ impl Reassembler {
                 self.next_seq = Some(seq.wrapping_add(1));
             }
             // SYN data (TCP Fast Open) starts after the SYN's own sequence number.
-            return self.data(seq.wrapping_add(1), payload, fin, origin, emit);
+            return self.data(seq.wrapping_add(1), payload, missing, fin, origin, emit);
         }
         if self.next_seq.is_none() {
-            if payload.is_empty() && !fin {
+            if payload.is_empty() && missing == 0 && !fin {
                 if rst {
                     self.finished = true;
                     emit(StreamEvent::Reset(origin));
@@ -129,7 +160,7 @@ impl Reassembler {
             }
             self.next_seq = Some(seq);
         }
-        self.data(seq, payload, fin, origin, emit);
+        self.data(seq, payload, missing, fin, origin, emit);
         if rst {
             self.close(origin, emit, true);
         }
@@ -139,6 +170,7 @@ impl Reassembler {
         &mut self,
         seq: u32,
         payload: &[u8],
+        missing: u32,
         fin: bool,
         origin: Origin,
         emit: &mut dyn FnMut(StreamEvent<'_>),
@@ -147,9 +179,17 @@ impl Reassembler {
             return;
         };
         let end = off + payload.len() as i128;
-        if fin && self.fin_at.is_none() && end >= self.delivered as i128 {
-            self.fin_at = Some(end as u64);
+        let cut_end = end + i128::from(missing);
+        if fin && self.fin_at.is_none() && cut_end >= self.delivered as i128 {
+            self.fin_at = Some(cut_end as u64);
             self.fin_origin = origin;
+        }
+        if missing > 0 && cut_end > self.delivered as i128 && self.cut.len() < MAX_CUT_RANGES {
+            let start = end.max(self.delivered as i128) as u64;
+            let len = cut_end as u64 - start;
+            let e = self.cut.entry(start).or_insert(0);
+            *e = (*e).max(len);
+            self.cut_origin = origin;
         }
         if end <= self.delivered as i128 {
             self.stats.retransmitted_bytes += payload.len() as u64;
@@ -161,12 +201,14 @@ impl Reassembler {
             if start == self.delivered {
                 self.deliver(bytes, origin, emit);
                 self.drain(emit);
-            } else {
+            } else if !bytes.is_empty() {
                 self.hold(start, bytes, origin);
                 self.stats.out_of_order_segments += 1;
                 self.check_gap(emit);
             }
         }
+        // A cut range where the stream stands now comes out as its gap.
+        self.drain(emit);
         self.check_fin(emit);
     }
 
@@ -236,9 +278,33 @@ impl Reassembler {
         }
     }
 
-    /// Delivers held pieces that have become contiguous.
+    /// Delivers held pieces that have become contiguous, and the cut ranges reached.
     fn drain(&mut self, emit: &mut dyn FnMut(StreamEvent<'_>)) {
-        while let Some((&start, _)) = self.held.first_key_value() {
+        loop {
+            // Cut ranges wholly behind the stream are done with.
+            while let Some((&s, &l)) = self.cut.first_key_value() {
+                if s + l <= self.delivered {
+                    self.cut.pop_first();
+                } else {
+                    break;
+                }
+            }
+            if let Some((&s, &l)) = self.cut.first_key_value() {
+                if s <= self.delivered {
+                    self.cut.pop_first();
+                    let len = s + l - self.delivered;
+                    self.stats.cut_bytes += len;
+                    self.delivered += len;
+                    if let Some(n) = self.next_seq.as_mut() {
+                        *n = n.wrapping_add(len as u32);
+                    }
+                    emit(StreamEvent::Gap(len, self.cut_origin));
+                    continue;
+                }
+            }
+            let Some((&start, _)) = self.held.first_key_value() else {
+                break;
+            };
             if start > self.delivered {
                 break;
             }
@@ -379,6 +445,28 @@ mod tests {
             Origin::default(),
             &mut emit,
         );
+    }
+
+    #[test]
+    fn bytes_the_capture_cut_are_a_gap_in_place_at_once() {
+        let mut r = Reassembler::new(1 << 16);
+        let mut sink = Sink::default();
+        let mut emit = |e: StreamEvent<'_>| match e {
+            StreamEvent::Data(d, _) => sink.0.push_str(&String::from_utf8_lossy(d)),
+            StreamEvent::Gap(n, _) => sink.0.push_str(&format!("<gap {n}>")),
+            StreamEvent::Fin(_) => sink.0.push_str("<fin>"),
+            StreamEvent::Reset(_) => sink.0.push_str("<rst>"),
+        };
+        let o = Origin::default();
+        r.segment(99, true, false, false, b"", o, &mut emit);
+        // 3 bytes captured of 8: the next segment follows without waiting for an ACK.
+        r.segment_cut(100, false, false, false, b"abc", 5, o, &mut emit);
+        r.segment(108, false, false, false, b"xyz", o, &mut emit);
+        // Cut, then the FIN after the missing bytes.
+        r.segment_cut(111, false, true, false, b"12", 4, o, &mut emit);
+        assert_eq!(sink.0, "abc<gap 5>xyz12<gap 4><fin>");
+        assert_eq!(r.stats.cut_bytes, 9);
+        assert_eq!((r.stats.gaps, r.stats.out_of_order_segments), (0, 0));
     }
 
     fn ack(r: &mut Reassembler, sink: &mut Sink, ack: u32) {
