@@ -772,3 +772,65 @@ fn live_rfcap_holds_the_same_exchanges_as_the_pcap() {
     assert_eq!(live, offline, "live and offline extraction agree");
     assert!(live.contains(&("GET".into(), "/nope".into(), 404)));
 }
+
+#[test]
+fn loopback_packets_are_captured_once_as_tcpdump_sees_them() {
+    if !privileged("loopback_packets_are_captured_once_as_tcpdump_sees_them") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("lo");
+    let ns = pair.server_ns.clone();
+    let _srv = in_netns(&ns, || {
+        http_server::TestServer::start_on("127.0.0.1:8099", |_| {
+            http_server::Reply::json(200, "{\"ok\":true}")
+        })
+    });
+    let (ours, theirs) = (dir.path("rf.pcap"), dir.path("td.pcap"));
+    let td = tcpdump(&ns, "lo", &theirs, &["tcp", "port", "8099"]);
+    let mut tap = RfTap::spawn(
+        &ns,
+        &[
+            "attach",
+            "lo",
+            "--port",
+            "8099",
+            "-w",
+            ours.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    for i in 0..5 {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("http://127.0.0.1:8099/r{i}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tap.stop().status.success());
+    stop_tcpdump(td);
+    let (a, _) = read_pcap(&ours);
+    let (b, _) = read_pcap(&theirs);
+    assert!(b.len() >= 5 * 8, "tcpdump saw {}", b.len());
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "rf-tap and tcpdump -i lo record the same packets"
+    );
+    let data = |r: &[Record]| r.iter().map(|x| x.data.clone()).collect::<Vec<_>>();
+    assert_eq!(data(&a), data(&b));
+    assert_eq!(get_paths(&a).len(), 5, "each request once");
+}

@@ -5,10 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
 };
 
 use rf_tap_tests::*;
@@ -154,75 +152,6 @@ impl Drop for Lab {
     }
 }
 
-/// tcpdump writing `iface` in `ns` to `path`, started (it has said "listening").
-fn tcpdump(ns: &str, iface: &str, path: &std::path::Path, filter: &[&str]) -> Proc {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "tcpdump",
-            "--immediate-mode",
-            "-i",
-            iface,
-            "-U",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(path)
-        .args(filter)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump not installed: run `cargo xtask setup`");
-    let err = child.stderr.take().unwrap();
-    // Owned by the guard from here on: it is killed and waited for on every path.
-    let mut guard = Proc {
-        child: Some(child),
-        name: "tcpdump".into(),
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            if l.contains("listening on") {
-                return std::mem::replace(
-                    &mut guard,
-                    Proc {
-                        child: None,
-                        name: String::new(),
-                    },
-                );
-            }
-        }
-    }
-    panic!("tcpdump on {iface} in {ns} did not start");
-}
-
-/// Stops a tcpdump by PID with SIGINT (it flushes and exits) and waits for it.
-fn stop(mut p: Proc) {
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(p.pid(), libc::SIGINT) };
-    if let Some(mut c) = p.child.take() {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if c.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
 /// (src port, dst port, captured length) of each IPv4 TCP frame of a pcap, read by hand:
 /// mirror copies may be cut, which strict parsers refuse.
 fn tcp_ports(path: &std::path::Path) -> Vec<(u16, u16, usize)> {
@@ -331,8 +260,8 @@ fn a_session_mirrors_matching_http_once_in_standard_vxlan() {
             (200, 6)
         );
     }
-    stop(truth);
-    stop(standard);
+    stop_tcpdump(truth);
+    stop_tcpdump(standard);
     let received = receiver.stop();
     assert!(received.status.success(), "{}", received.stderr);
 
@@ -420,9 +349,9 @@ fn overlapping_sessions_mirror_each_packet_once_to_the_lowest_number() {
         assert_eq!(lab.curl(&format!("http://{}/", lab.server_ip)).0, 200);
         assert_eq!(lab.curl(&format!("http://{}:8080/", lab.server_ip)).0, 200);
     }
-    stop(truth);
-    stop(v10);
-    stop(v20);
+    stop_tcpdump(truth);
+    stop_tcpdump(v10);
+    stop_tcpdump(v20);
     let truth = tcp_ports(&dir.path("src.pcap"));
     let v10 = tcp_ports(&dir.path("v10.pcap"));
     let v20 = tcp_ports(&dir.path("v20.pcap"));
@@ -553,7 +482,7 @@ fn bad_sessions_are_refused_and_leave_nothing_behind() {
             (200, 6000)
         );
     }
-    stop(seen);
+    stop_tcpdump(seen);
     let got = tcp_ports(&dir.path("v7.pcap"));
     assert!(!got.is_empty(), "{}", lab.list());
     assert!(got.iter().all(|(_, _, len)| *len <= 564), "{got:?}");
@@ -678,9 +607,9 @@ fn ipv6_targets_go_through_the_vxlan_device_and_moved_routes_are_reported() {
             );
         }
     }
-    stop(truth);
-    stop(got6);
-    stop(got4);
+    stop_tcpdump(truth);
+    stop_tcpdump(got6);
+    stop_tcpdump(got4);
     let truth = tcp_ports(&dir.path("src.pcap"));
     let web = truth
         .iter()

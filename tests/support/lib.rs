@@ -689,3 +689,72 @@ pub fn extract_archive(pcap: &Path, archive: &Path) {
     );
     assert!(done.status.success(), "{}", done.stderr);
 }
+
+/// tcpdump writing `iface` in `ns` to `path`, started (it has said "listening").
+pub fn tcpdump(ns: &str, iface: &str, path: &std::path::Path, filter: &[&str]) -> Proc {
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            iface,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(path)
+        .args(filter)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump not installed: run `cargo xtask setup`");
+    let err = child.stderr.take().unwrap();
+    // Owned by the guard from here on: it is killed and waited for on every path.
+    let mut guard = Proc {
+        child: Some(child),
+        name: "tcpdump".into(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            if l.contains("listening on") {
+                return std::mem::replace(
+                    &mut guard,
+                    Proc {
+                        child: None,
+                        name: String::new(),
+                    },
+                );
+            }
+        }
+    }
+    panic!("tcpdump on {iface} in {ns} did not start");
+}
+
+/// Stops a tcpdump by PID with SIGINT (it flushes and exits) and waits for it.
+pub fn stop_tcpdump(mut p: Proc) {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(p.pid(), libc::SIGINT) };
+    if let Some(mut c) = p.child.take() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if c.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

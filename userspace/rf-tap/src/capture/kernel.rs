@@ -50,6 +50,9 @@ pub struct KernelSetup<'a> {
     pub ring_bytes: u32,
     /// `Afxdp`: the socket of each receive queue, in queue order.
     pub xsk_fds: &'a [std::os::fd::RawFd],
+    /// A loopback device: each packet crosses it on egress and again on ingress, so only
+    /// egress is hooked (each packet captured once, as `tcpdump -i lo` does).
+    pub loopback: bool,
 }
 
 /// Sums of the per-CPU counters.
@@ -118,10 +121,15 @@ impl KernelCapture {
 
         let attach_detail = match setup.mode {
             HookMode::Tc => {
-                for (name, kind) in [
-                    (names::TC_INGRESS, TcAttachType::Ingress),
-                    (names::TC_EGRESS, TcAttachType::Egress),
-                ] {
+                let hooks: &[(&str, TcAttachType)] = if setup.loopback {
+                    &[(names::TC_EGRESS, TcAttachType::Egress)]
+                } else {
+                    &[
+                        (names::TC_INGRESS, TcAttachType::Ingress),
+                        (names::TC_EGRESS, TcAttachType::Egress),
+                    ]
+                };
+                for &(name, kind) in hooks {
                     let prog: &mut SchedClassifier = bpf
                         .program_mut(name)
                         .ok_or(CaptureError::MissingObject(name))?
@@ -135,7 +143,11 @@ impl KernelCapture {
                     )
                     .map_err(|e| CaptureError::attach(setup.iface, name, e))?;
                 }
-                "tcx ingress+egress".to_string()
+                if setup.loopback {
+                    "tcx egress (loopback: each packet once)".to_string()
+                } else {
+                    "tcx ingress+egress".to_string()
+                }
             }
             HookMode::Xdp => attach_xdp(&mut bpf, names::XDP_INGRESS, setup.iface)?,
             HookMode::Afxdp => {

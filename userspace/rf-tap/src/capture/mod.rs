@@ -51,6 +51,8 @@ pub struct InterfaceFacts {
     pub link_kind: u32,
     /// The pcap link type of the frames.
     pub datalink: DataLink,
+    /// A loopback device, which every packet crosses twice (out, then back in).
+    pub loopback: bool,
 }
 
 /// The index of the interface of this name in this network namespace, if there is one.
@@ -91,6 +93,7 @@ pub fn interface_facts(name: &str) -> Result<InterfaceFacts, CaptureError> {
         ifindex,
         link_kind,
         datalink,
+        loopback: kind == 772,
     })
 }
 

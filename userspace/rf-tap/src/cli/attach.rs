@@ -480,6 +480,7 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
         config,
         ring_bytes: if xsk.is_some() { 4096 } else { ring_bytes },
         xsk_fds: &xsk_fds,
+        loopback: facts.loopback,
     })?;
     if let Some(x) = &xsk {
         kernel.attach_detail = format!(
