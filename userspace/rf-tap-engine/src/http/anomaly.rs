@@ -76,6 +76,8 @@ anomalies! {
         ["request line accepted leniently"];
     IncompleteMessageAtEnd = "incomplete_message_at_end",
         "stream ended inside a message head", ["incomplete message at end of stream"];
+    BadStatusCode = "bad_status_code",
+        "status code that is not three digits (kept as status_text)", [];
     HeadCut = "head_cut",
         "message head cut by a gap or the capture's packet length (what was whole is kept)", [];
 }

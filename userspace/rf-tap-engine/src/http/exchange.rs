@@ -124,7 +124,10 @@ pub struct ExchangeJson<'a> {
     pub path: Option<&'a str>,
     pub version: Option<&'a str>,
     pub host: Option<Cow<'a, str>>,
+    /// Null without a response, and when its code was not three digits (see `status_text`).
     pub status: Option<u16>,
+    /// The status code as sent when it was not three digits (`2XX`).
+    pub status_text: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub info_code: Option<u16>,
     pub request_body_len: u64,
@@ -193,7 +196,8 @@ impl Exchange {
                 .map(|q| q.version.as_str())
                 .or(r.map(|r| r.version.as_str())),
             host: q.and_then(|q| q.headers.get_str("host")),
-            status: r.map(|r| r.status),
+            status: r.filter(|r| r.status_text.is_none()).map(|r| r.status),
+            status_text: r.and_then(|r| r.status_text.as_deref()),
             reason: r.map(|r| r.reason.as_str()),
             info_code: r.and_then(|r| r.interim.last().copied()),
             request_body_len: q.map(|q| q.body.len).unwrap_or(0),

@@ -132,6 +132,8 @@ pub struct Response {
     pub interim: Vec<u16>,
     pub anomalies: Vec<Anomaly>,
     pub incomplete: bool,
+    /// The status code as sent when it is not three digits (`2XX`); `status` is then 0.
+    pub status_text: Option<String>,
 }
 
 /// What the parser produced.
@@ -177,6 +179,7 @@ enum Head {
         status: u16,
         reason: String,
         headers: Headers,
+        status_text: Option<String>,
     },
 }
 
@@ -371,6 +374,7 @@ impl MessageParser {
                                 status: 0,
                                 reason: String::new(),
                                 headers: Headers::default(),
+                                status_text: None,
                             },
                             body,
                             start: origin,
@@ -639,6 +643,7 @@ impl MessageParser {
                 status,
                 reason,
                 headers,
+                status_text,
             } => out.push(Parsed::Response(Box::new(Response {
                 version,
                 status,
@@ -650,6 +655,7 @@ impl MessageParser {
                 interim: Vec::new(),
                 anomalies: c.anomalies,
                 incomplete,
+                status_text,
             }))),
         }
     }
@@ -909,6 +915,7 @@ fn parse_head_with<const N: usize>(side: Side, b: &[u8]) -> HeadResult {
                         status: res.code.unwrap_or(0),
                         reason: res.reason.unwrap_or("").to_string(),
                         headers: collect_headers(res.headers),
+                        status_text: None,
                     },
                     anomalies: Vec::new(),
                 },
@@ -916,6 +923,11 @@ fn parse_head_with<const N: usize>(side: Side, b: &[u8]) -> HeadResult {
                 Err(e) => {
                     if let Some(fixed) = lower_case_retry(side, b) {
                         return fixed;
+                    }
+                    if e == httparse::Error::Status {
+                        if let Some(odd) = odd_status(b) {
+                            return odd;
+                        }
                     }
                     HeadResult::Error(Anomaly::of_head_error(false, e))
                 }
@@ -1014,6 +1026,44 @@ fn lenient_request(b: &[u8]) -> Option<HeadResult> {
                 headers: collect_headers(headers),
             },
             anomalies: vec![Anomaly::LenientRequestLine],
+        }),
+        Ok(httparse::Status::Partial) => Some(HeadResult::Partial),
+        Err(_) => None,
+    }
+}
+
+/// A status line whose code is not three digits (`HTTP/1.1 2XX OK`): the response is kept,
+/// with the code as sent in `status_text`, status 0 and an anomaly. The code is the first
+/// word after the version, of at most 16 visible characters; headers go through httparse.
+fn odd_status(b: &[u8]) -> Option<HeadResult> {
+    let nl = b.iter().position(|c| *c == b'\n')?;
+    let line = b[..nl].strip_suffix(b"\r").unwrap_or(&b[..nl]);
+    let rest = line.strip_prefix(b"HTTP/")?;
+    let (version, rest) = rest.split_at(rest.iter().position(|c| *c == b' ')?);
+    if version.is_empty()
+        || version.len() > 4
+        || !version.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+    {
+        return None;
+    }
+    let rest = rest.trim_ascii_start();
+    let end = rest.iter().position(|c| *c == b' ').unwrap_or(rest.len());
+    let (code, reason) = rest.split_at(end);
+    if code.is_empty() || code.len() > 16 || !code.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&b[nl + 1..], &mut storage) {
+        Ok(httparse::Status::Complete((used, headers))) => Some(HeadResult::Complete {
+            len: nl + 1 + used,
+            head: Head::Response {
+                version: escaped(version),
+                status: 0,
+                reason: escaped(reason.trim_ascii()),
+                headers: collect_headers(headers),
+                status_text: Some(escaped(code)),
+            },
+            anomalies: vec![Anomaly::BadStatusCode],
         }),
         Ok(httparse::Status::Partial) => Some(HeadResult::Partial),
         Err(_) => None,
@@ -1125,6 +1175,45 @@ mod tests {
         p.data(b"HTTP/1.1 20", Origin::default(), &m, &mut out);
         p.gap(10, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_status_code_that_is_not_three_digits_keeps_the_response() {
+        let mut p = MessageParser::new(Side::Server, Limits::default());
+        let m: VecDeque<String> = ["GET".to_string(), "GET".to_string()].into();
+        let mut out = Vec::new();
+        p.data(
+            b"HTTP/1.1 2XX OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 204 No Content\r\n\r\n",
+            Origin::default(),
+            &m,
+            &mut out,
+        );
+        let rs: Vec<_> = out
+            .iter()
+            .filter_map(|x| match x {
+                Parsed::Response(r) => Some((
+                    r.status,
+                    r.status_text.clone(),
+                    r.reason.clone(),
+                    r.body.len,
+                    r.anomalies.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rs,
+            [
+                (
+                    0,
+                    Some("2XX".to_string()),
+                    "OK".to_string(),
+                    2,
+                    vec![Anomaly::BadStatusCode]
+                ),
+                (204, None, "No Content".to_string(), 0, vec![])
+            ]
+        );
     }
 
     fn parse_all(side: Side, chunks: &[&[u8]], methods: &[&str]) -> Vec<String> {
