@@ -777,3 +777,76 @@ fn runtime_mistakes_are_one_line_naming_the_thing_once() {
     assert!(f.stderr.contains(missing.to_str().unwrap()), "{}", f.stderr);
     assert!(!f.stderr.contains(".tmp"), "{}", f.stderr);
 }
+
+#[test]
+fn wifi_ppp_and_hdlc_captures_give_the_ethernet_exchanges_and_unknown_links_are_named() {
+    use rf_tap_tests::{read_pcap, write_pcap};
+    let dir = TempDir::new("links");
+    let pcap = sample(&dir);
+    let (records, _) = read_pcap(&pcap);
+    let want: Vec<serde_json::Value> =
+        lines(&rf_tap_run(None, &["extract", "-q", pcap.to_str().unwrap()]).stdout);
+    assert_eq!(want.len(), 3);
+    let dot11 = {
+        let mut h = vec![0x88, 0x02];
+        h.extend_from_slice(&[0; 22]);
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(&[0xaa, 0xaa, 0x03, 0, 0, 0, 0x08, 0x00]);
+        h
+    };
+    for (linktype, head) in [
+        (
+            127u32,
+            [vec![0, 0, 8, 0, 0, 0, 0, 0], dot11.clone()].concat(),
+        ), // radiotap
+        (105, dot11.clone()), // 802.11
+        (
+            192,
+            [vec![0, 0, 8, 0, 105, 0, 0, 0], dot11.clone()].concat(),
+        ), // PPI
+        (104, vec![0x0f, 0x00, 0x08, 0x00]), // Cisco HDLC
+        (9, vec![0xff, 0x03, 0x21]), // PPP, compressed
+    ] {
+        let converted: Vec<(u64, Vec<u8>, u32)> = records
+            .iter()
+            .map(|r| {
+                let frame = [head.clone(), r.data[14..].to_vec()].concat();
+                let len = frame.len() as u32;
+                (r.ts_ns, frame, len)
+            })
+            .collect();
+        let path = dir.path(&format!("l{linktype}.pcap"));
+        write_pcap(&path, linktype, &converted);
+        let got = lines(&rf_tap_run(None, &["extract", "-q", path.to_str().unwrap()]).stdout);
+        let key = |x: &serde_json::Value| {
+            (
+                x["method"].clone(),
+                x["uri"].clone(),
+                x["status"].clone(),
+                x["response_body_len"].clone(),
+            )
+        };
+        assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            want.iter().map(key).collect::<Vec<_>>(),
+            "link type {linktype}"
+        );
+    }
+    // A link type rf-tap does not decode: named, with its count, never a silent zero.
+    let converted: Vec<(u64, Vec<u8>, u32)> = records
+        .iter()
+        .map(|r| (r.ts_ns, r.data.clone(), r.data.len() as u32))
+        .collect();
+    let odd = dir.path("odd.pcap");
+    write_pcap(&odd, 147, &converted);
+    let f = rf_tap_run(None, &["extract", odd.to_str().unwrap()]);
+    assert!(
+        f.stderr.contains(&format!(
+            "{} frames of link types rf-tap does not decode, left out: 147 ({} frames)",
+            records.len(),
+            records.len()
+        )),
+        "{}",
+        f.stderr
+    );
+}

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 use rf_tap_engine::wire::{self, Transport};
 
-const LINKS: [u32; 9] = wire::DECODED_LINKTYPES;
+const LINKS: [u32; 14] = wire::DECODED_LINKTYPES;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, frame)) = data.split_first() else {

@@ -80,6 +80,40 @@ pub struct ExtractStats {
     pub tunneled: ProtocolCounts,
     /// Anomalies on the exchanges, per kind.
     pub anomalies: AnomalyCounts,
+    /// Frames per link type that is not decoded (`unsupported_link` in all).
+    pub unsupported_links: LinkCounts,
+}
+
+/// Frames per link type, for the first 8 link types seen (more are counted in the total
+/// only).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkCounts([(u32, u64); 8]);
+
+impl LinkCounts {
+    pub fn count(&mut self, linktype: u32, n: u64) {
+        if let Some(slot) = self.0.iter_mut().find(|(l, c)| *l == linktype && *c > 0) {
+            slot.1 += n;
+        } else if let Some(slot) = self.0.iter_mut().find(|(_, c)| *c == 0) {
+            *slot = (linktype, n);
+        }
+    }
+
+    pub fn add(&mut self, o: &LinkCounts) {
+        for (l, n) in o.seen() {
+            self.count(l, n);
+        }
+    }
+
+    /// `(link type, frames)`, in the order first seen.
+    pub fn seen(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.0.iter().copied().filter(|(_, n)| *n > 0)
+    }
+}
+
+impl Serialize for LinkCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.seen().map(|(l, n)| (l.to_string(), n)))
+    }
 }
 
 impl ExtractStats {
@@ -102,6 +136,7 @@ impl ExtractStats {
         self.protocols.add(&o.protocols);
         self.tunneled.add(&o.tunneled);
         self.anomalies.add(&o.anomalies);
+        self.unsupported_links.add(&o.unsupported_links);
         let (r, x) = (&mut self.reassembly, &o.reassembly);
         r.delivered_bytes += x.delivered_bytes;
         r.gap_bytes += x.gap_bytes;
@@ -428,7 +463,10 @@ impl Extractor {
             Ok(ip) => self.ip(ip, origin, 0, out),
             Err(Skip::NotTcp) => self.stats.not_tcp += 1,
             Err(Skip::Malformed(_)) => self.stats.malformed += 1,
-            Err(Skip::UnsupportedLink(_)) => self.stats.unsupported_link += 1,
+            Err(Skip::UnsupportedLink(l)) => {
+                self.stats.unsupported_link += 1;
+                self.stats.unsupported_links.count(l, 1);
+            }
         }
         self.expire(out);
     }

@@ -12,6 +12,11 @@ pub mod vxlan;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const LINKTYPE_NULL: u32 = 0;
+pub const LINKTYPE_PPP: u32 = 9;
+pub const LINKTYPE_C_HDLC: u32 = 104;
+pub const LINKTYPE_IEEE802_11: u32 = 105;
+pub const LINKTYPE_IEEE802_11_RADIOTAP: u32 = 127;
+pub const LINKTYPE_PPI: u32 = 192;
 pub const LINKTYPE_ETHERNET: u32 = 1;
 pub const LINKTYPE_RAW: u32 = 101;
 pub const LINKTYPE_LOOP: u32 = 108;
@@ -22,8 +27,13 @@ pub const LINKTYPE_NFLOG: u32 = 239;
 pub const LINKTYPE_LINUX_SLL2: u32 = 276;
 
 /// Every link type [`ip_packet`] decodes.
-pub const DECODED_LINKTYPES: [u32; 9] = [
+pub const DECODED_LINKTYPES: [u32; 14] = [
     LINKTYPE_NULL,
+    LINKTYPE_PPP,
+    LINKTYPE_C_HDLC,
+    LINKTYPE_IEEE802_11,
+    LINKTYPE_IEEE802_11_RADIOTAP,
+    LINKTYPE_PPI,
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
     LINKTYPE_LOOP,
@@ -131,9 +141,99 @@ pub fn ip_packet(linktype: u32, data: &[u8], orig_len: u32) -> Result<IpPacket<'
             l3_or_tags(et, rest)?
         }
         LINKTYPE_NFLOG => nflog(data)?,
+        LINKTYPE_PPP => {
+            // With HDLC-like framing the protocol follows address 0xff and control 0x03.
+            let b = data.strip_prefix(&[0xff, 0x03]).unwrap_or(data);
+            ppp(b)?
+        }
+        LINKTYPE_C_HDLC => {
+            // Address, control, then an Ethernet type.
+            let et = be16(data, 2).ok_or(Skip::Malformed("Cisco HDLC header"))?;
+            l3_or_tags(
+                et,
+                data.get(4..).ok_or(Skip::Malformed("Cisco HDLC header"))?,
+            )?
+        }
+        LINKTYPE_IEEE802_11 => wifi(data)?,
+        LINKTYPE_IEEE802_11_RADIOTAP => {
+            let len = data
+                .get(2..4)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                .ok_or(Skip::Malformed("radiotap header"))?;
+            wifi(data.get(len..).ok_or(Skip::Malformed("radiotap header"))?)?
+        }
+        LINKTYPE_PPI => {
+            let len = data
+                .get(2..4)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                .ok_or(Skip::Malformed("PPI header"))?;
+            let dlt = data
+                .get(4..8)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or(Skip::Malformed("PPI header"))?;
+            let inner = data.get(len..).ok_or(Skip::Malformed("PPI header"))?;
+            match dlt {
+                LINKTYPE_IEEE802_11 => wifi(inner)?,
+                LINKTYPE_ETHERNET => ethernet(inner)?,
+                other => return Err(Skip::UnsupportedLink(other)),
+            }
+        }
         other => return Err(Skip::UnsupportedLink(other)),
     };
     ip_layer(ethertype, rest, cut)
+}
+
+/// A PPP frame from its protocol field: two bytes, or one with protocol-field compression
+/// (RFC 1661: an odd first byte is the whole field).
+fn ppp(b: &[u8]) -> Result<(u16, &[u8]), Skip> {
+    let first = *b.first().ok_or(Skip::Malformed("PPP header"))?;
+    let (proto, rest) = if first & 1 == 1 {
+        (u16::from(first), &b[1..])
+    } else {
+        (
+            be16(b, 0).ok_or(Skip::Malformed("PPP header"))?,
+            b.get(2..).ok_or(Skip::Malformed("PPP header"))?,
+        )
+    };
+    match proto {
+        0x0021 => Ok((0x0800, rest)),
+        0x0057 => Ok((0x86dd, rest)),
+        _ => Err(Skip::NotTcp),
+    }
+}
+
+/// An IEEE 802.11 data frame: the MAC header (24 bytes; 30 with a fourth address, then QoS
+/// and HT control when present), then LLC/SNAP with an Ethernet type. Protected (encrypted)
+/// frames and management or control frames hold no IP to read.
+fn wifi(b: &[u8]) -> Result<(u16, &[u8]), Skip> {
+    let fc0 = *b.first().ok_or(Skip::Malformed("802.11 header"))?;
+    let fc1 = *b.get(1).ok_or(Skip::Malformed("802.11 header"))?;
+    if (fc0 >> 2) & 3 != 2 {
+        return Err(Skip::NotTcp); // not a data frame
+    }
+    if fc1 & 0x40 != 0 {
+        return Err(Skip::NotTcp); // protected: encrypted payload
+    }
+    let subtype = fc0 >> 4;
+    if subtype & 4 != 0 {
+        return Err(Skip::NotTcp); // null data: no payload
+    }
+    let mut len = 24;
+    if fc1 & 3 == 3 {
+        len += 6; // to and from the distribution system: a fourth address
+    }
+    if subtype & 8 != 0 {
+        len += 2; // QoS control
+        if fc1 & 0x80 != 0 {
+            len += 4; // HT control (the order bit of a QoS frame)
+        }
+    }
+    let llc = b.get(len..).ok_or(Skip::Malformed("802.11 header"))?;
+    if llc.get(..3) != Some(&[0xaa, 0xaa, 0x03]) {
+        return Err(Skip::NotTcp);
+    }
+    let et = be16(llc, 6).ok_or(Skip::Malformed("LLC/SNAP header"))?;
+    l3_or_tags(et, llc.get(8..).ok_or(Skip::Malformed("LLC/SNAP header"))?)
 }
 
 fn by_version(data: &[u8]) -> Result<u16, Skip> {
@@ -169,14 +269,9 @@ fn l3_or_tags(mut et: u16, mut rest: &[u8]) -> Result<(u16, &[u8]), Skip> {
                 return Ok((by_version(rest)?, rest));
             }
             0x8864 => {
-                // PPPoE session: 6-byte header, then the PPP protocol.
-                let proto = be16(rest, 6).ok_or(Skip::Malformed("PPPoE header"))?;
-                rest = rest.get(8..).ok_or(Skip::Malformed("PPPoE header"))?;
-                et = match proto {
-                    0x0021 => 0x0800,
-                    0x0057 => 0x86dd,
-                    _ => return Err(Skip::NotTcp),
-                };
+                // PPPoE session: 6-byte header, then a PPP frame (its protocol field maybe
+                // compressed to one byte).
+                return ppp(rest.get(6..).ok_or(Skip::Malformed("PPPoE header"))?);
             }
             _ => return Ok((et, rest)),
         }
@@ -389,6 +484,79 @@ mod tests {
         let mut v = Vec::new();
         builder.write(&mut v, payload).unwrap();
         v
+    }
+
+    #[test]
+    fn ppp_hdlc_and_wifi_link_layers() {
+        let mut inner = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 80, 1, 1000)
+            .write(&mut inner, b"hi")
+            .unwrap();
+        let with = |head: &[u8]| {
+            let mut v = head.to_vec();
+            v.extend_from_slice(&inner);
+            v
+        };
+        // PPPoE with the PPP protocol field compressed to one byte, and not.
+        let mut eth = vec![0; 12];
+        eth.extend_from_slice(&[0x88, 0x64, 0x11, 0, 0, 1, 0, 0]);
+        assert_eq!(
+            tcp_of(
+                LINKTYPE_ETHERNET,
+                &with(&[eth.clone(), vec![0x21]].concat())
+            )
+            .payload,
+            b"hi"
+        );
+        assert_eq!(
+            tcp_of(LINKTYPE_ETHERNET, &with(&[eth, vec![0x00, 0x21]].concat())).payload,
+            b"hi"
+        );
+        // Raw PPP: with HDLC-like framing, compressed, plain.
+        assert_eq!(
+            tcp_of(LINKTYPE_PPP, &with(&[0xff, 0x03, 0x00, 0x21])).payload,
+            b"hi"
+        );
+        assert_eq!(tcp_of(LINKTYPE_PPP, &with(&[0x21])).payload, b"hi");
+        assert_eq!(tcp_of(LINKTYPE_PPP, &with(&[0x00, 0x21])).payload, b"hi");
+        // Cisco HDLC: address, control, Ethernet type.
+        assert_eq!(
+            tcp_of(LINKTYPE_C_HDLC, &with(&[0x0f, 0x00, 0x08, 0x00])).payload,
+            b"hi"
+        );
+        // 802.11: a QoS data frame from the distribution system, LLC/SNAP.
+        let mut dot11 = vec![0x88, 0x02];
+        dot11.extend_from_slice(&[0; 22]); // duration, three addresses, sequence
+        dot11.extend_from_slice(&[0, 0]); // QoS control
+        dot11.extend_from_slice(&[0xaa, 0xaa, 0x03, 0, 0, 0, 0x08, 0x00]);
+        assert_eq!(tcp_of(LINKTYPE_IEEE802_11, &with(&dot11)).payload, b"hi");
+        // The same behind radiotap (8-byte header) and PPI (8-byte header, DLT 105).
+        let radiotap = [vec![0, 0, 8, 0, 0, 0, 0, 0], dot11.clone()].concat();
+        assert_eq!(
+            tcp_of(LINKTYPE_IEEE802_11_RADIOTAP, &with(&radiotap)).payload,
+            b"hi"
+        );
+        let ppi = [vec![0, 0, 8, 0, 105, 0, 0, 0], dot11.clone()].concat();
+        assert_eq!(tcp_of(LINKTYPE_PPI, &with(&ppi)).payload, b"hi");
+        // Protected (encrypted) and management frames hold no IP to read.
+        let mut protected = dot11.clone();
+        protected[1] |= 0x40;
+        assert_eq!(
+            ip_packet(LINKTYPE_IEEE802_11, &with(&protected), 0).err(),
+            Some(Skip::NotTcp)
+        );
+        let beacon = [0x80u8, 0x00, 0, 0];
+        assert!(ip_packet(LINKTYPE_IEEE802_11, &beacon, 4).is_err());
+        // Cut short anywhere: an error, never a panic.
+        let whole = with(&radiotap);
+        for n in 0..whole.len() {
+            let _ = ip_packet(
+                LINKTYPE_IEEE802_11_RADIOTAP,
+                &whole[..n],
+                whole.len() as u32,
+            );
+        }
     }
 
     fn tcp_of(linktype: u32, data: &[u8]) -> TcpSegment<'_> {

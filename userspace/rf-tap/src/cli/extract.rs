@@ -30,12 +30,13 @@ pub enum ExtractFormat {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Reads pcap or pcapng (any byte order, micro- or nanosecond timestamps; Ethernet, raw IP,
-Linux SLL/SLL2, BSD loopback, NFLOG; VLAN, MPLS, PPPoE, VXLAN and Teredo decapsulated; IP
-fragments reassembled), reassembles TCP in both directions and pairs HTTP/1.x requests with
-their responses. Each connection's protocol is detected from its first bytes; HTTP/2, TLS and
-other protocols are counted (--stats), not decoded. With -o, the archive is written beside
-OUT and renamed over it once complete. Bad checksums are accepted. Body lengths are those of
-the decoded body (after chunked and gzip/deflate/br), as Zeek's http.log counts them.
+Linux SLL/SLL2, BSD loopback, NFLOG, PPP, Cisco HDLC, 802.11 (bare, radiotap, PPI); VLAN,
+MPLS, PPPoE, VXLAN and Teredo decapsulated; IP fragments reassembled), reassembles TCP in
+both directions and pairs HTTP/1.x requests with their responses. Each connection's protocol
+is detected from its first bytes; HTTP/2, TLS and other protocols are counted (--stats), not
+decoded. With -o, the archive is written beside OUT and renamed over it once complete. Bad
+checksums are accepted. Body lengths are those of the decoded body (after chunked and
+gzip/deflate/br), as Zeek's http.log counts them.
 Credentials are masked in JSONL and HAR (see Redaction below); an .rfcap keeps the original
 bytes. Output files are created 0600 (--file-mode), never through a symbolic link.
 
@@ -167,6 +168,22 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
             .collect();
         if !seen.is_empty() {
             eprintln!("rf-tap: anomalies: {}", seen.join(", "));
+        }
+        let links: Vec<String> = s
+            .unsupported_links
+            .seen()
+            .map(|(l, n)| format!("{l} ({n} frames)"))
+            .collect();
+        if s.unsupported_link > 0 {
+            eprintln!(
+                "rf-tap: warning: {} frames of link types rf-tap does not decode, left out: {}",
+                s.unsupported_link,
+                if links.is_empty() {
+                    "?".to_string()
+                } else {
+                    links.join(", ")
+                }
+            );
         }
     }
     if let (Some(bytes), Some(path)) = (archive_bytes, &args.output) {
