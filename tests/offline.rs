@@ -850,3 +850,60 @@ fn wifi_ppp_and_hdlc_captures_give_the_ethernet_exchanges_and_unknown_links_are_
         f.stderr
     );
 }
+
+#[test]
+fn strict_refuses_damaged_input_before_doing_anything() {
+    use rf_tap_tests::http_server::{Reply, TestServer};
+    let dir = TempDir::new("strict");
+    let pcap = sample(&dir);
+    let whole = std::fs::read(&pcap).unwrap();
+    let cut = dir.path("cut.pcap");
+    std::fs::write(&cut, &whole[..whole.len() - 20]).unwrap();
+    let archive = dir.path("a.rfcap");
+    extract_archive(&pcap, &archive);
+    let bytes = std::fs::read(&archive).unwrap();
+    let cut_archive = dir.path("cut.rfcap");
+    std::fs::write(&cut_archive, &bytes[..bytes.len() - 40]).unwrap();
+    let server = TestServer::start(|_| Reply::json(200, "{}"));
+    let url = server.url();
+    let (c, a) = (cut.to_str().unwrap(), cut_archive.to_str().unwrap());
+    let out = dir.path("never.rfcap");
+    let replayed = dir.path("never.pcap");
+    for args in [
+        vec!["extract", "-q", "--strict", c, "-o", out.to_str().unwrap()],
+        vec!["extract", "--strict", c],
+        vec!["requests", "--strict", a],
+        vec![
+            "replay",
+            c,
+            "--strict",
+            "-q",
+            "-w",
+            replayed.to_str().unwrap(),
+        ],
+        vec![
+            "replay",
+            a,
+            "--strict",
+            "-q",
+            "--target",
+            &url,
+            "--allow-writes",
+            "--no-save",
+        ],
+    ] {
+        let f = rf_tap_run(None, &args);
+        assert_eq!(f.status.code(), Some(1), "{args:?}: {}", f.stderr);
+        assert!(
+            f.stderr.contains("--strict: nothing was done"),
+            "{args:?}: {}",
+            f.stderr
+        );
+        assert!(f.stdout.is_empty(), "{args:?}");
+    }
+    assert!(!out.exists() && !replayed.exists(), "nothing written");
+    assert!(server.requests().is_empty(), "nothing sent");
+    // Whole input passes --strict.
+    let f = rf_tap_run(None, &["requests", "--strict", archive.to_str().unwrap()]);
+    assert!(f.status.success(), "{}", f.stderr);
+}

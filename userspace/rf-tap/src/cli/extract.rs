@@ -41,7 +41,8 @@ Credentials are masked in JSONL and HAR (see Redaction below); an .rfcap keeps t
 bytes. Output files are created 0600 (--file-mode), never through a symbolic link.
 
 Damaged input (a torn or corrupt capture or archive): everything readable is used, a warning
-names where the damage is, and the exit status is 1.
+names where the damage is, and the exit status is 1; --strict refuses it before anything is
+done.
 
 Example:
   rf-tap extract capture.pcap | jq -r 'select(.status >= 500) | .uri'
@@ -50,6 +51,11 @@ Example:
 pub struct ExtractArgs {
     /// The capture to read
     pub input: PathBuf,
+
+    /// Refuse damaged input (a torn or corrupt capture) before doing anything, instead of
+    /// extracting what is readable and exiting 1
+    #[arg(long)]
+    pub strict: bool,
 
     /// Output format (to standard output)
     #[arg(long, value_enum, default_value_t = ExtractFormat::Jsonl)]
@@ -91,6 +97,9 @@ pub struct ExtractArgs {
 
 pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
     let map = crate::cli::mapped::open(&args.input)?;
+    if args.strict {
+        crate::cli::mapped::refuse_damaged(&args.input, &map)?;
+    }
     let reader = CaptureReader::new(&map).with_context(|| format!("{}", args.input.display()))?;
     let mut config = ExtractConfig {
         max_flows: args.max_flows.max(1),

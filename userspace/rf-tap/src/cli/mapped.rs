@@ -27,6 +27,34 @@ pub fn open(path: &std::path::Path) -> anyhow::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
 }
 
+/// `--strict`: reads the whole input first (a capture's records, an archive's frames and
+/// their checksums) and refuses it at its first damage, before anything is done.
+pub fn refuse_damaged(path: &std::path::Path, map: &memmap2::Mmap) -> anyhow::Result<()> {
+    use rf_tap_engine::{archive::ArchiveReader, pcap::reader::CaptureReader};
+    let damage = if ArchiveReader::sniff(map) {
+        let mut r = ArchiveReader::new(map)?;
+        for block in r.by_ref() {
+            block.exchanges()?;
+        }
+        r.damage()
+            .first()
+            .map(ToString::to_string)
+            .or_else(|| r.stopped.as_ref().map(ToString::to_string))
+            .or_else(|| {
+                r.incomplete()
+                    .then(|| "no end frame (cut, or still being written)".to_string())
+            })
+    } else {
+        CaptureReader::new(map)?
+            .find_map(Result::err)
+            .map(|e| e.to_string())
+    };
+    match damage {
+        Some(d) => anyhow::bail!("{}: {d} (--strict: nothing was done)", path.display()),
+        None => Ok(()),
+    }
+}
+
 /// How much is parsed between two releases.
 const RELEASE_EVERY: usize = 64 << 20;
 

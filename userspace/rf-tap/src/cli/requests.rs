@@ -31,7 +31,8 @@ use crate::{
     args_conflicts_with_subcommands = true,
     after_help = "\
 Damaged input (a torn or corrupt capture or archive): everything readable is used, a warning
-names where the damage is, and the exit status is 1.
+names where the damage is, and the exit status is 1; --strict refuses it before anything is
+done.
 
 Examples:
   rf-tap requests capture.rfcap --status 5xx
@@ -76,6 +77,10 @@ pub struct RequestsArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Refuse damaged input (a torn or corrupt file) before showing anything
+    #[arg(long)]
+    pub strict: bool,
+
     /// For --json (secret query parameters in `uri`)
     #[command(flatten)]
     pub redact: crate::cli::redaction::RedactArgs,
@@ -96,7 +101,7 @@ pub enum RequestsCommand {
 
 /// A file of exchanges, memory-mapped.
 pub(crate) struct Source {
-    map: memmap2::Mmap,
+    pub(crate) map: memmap2::Mmap,
     path: PathBuf,
     archive: bool,
 }
@@ -268,6 +273,9 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
         bail!("which file? `rf-tap requests FILE` (an .rfcap or a pcap)");
     };
     let src = Source::open(file)?;
+    if args.strict {
+        crate::cli::mapped::refuse_damaged(file, &src.map)?;
+    }
     let mut filter = Filter {
         status: args.status,
         method: args.method.clone(),

@@ -464,6 +464,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         bail!("give the capture to replay");
     };
     let source = Source::open(capture)?;
+    if args.strict {
+        crate::cli::mapped::refuse_damaged(capture, &source.map)?;
+    }
     let target = Arc::new(Target::parse(url)?);
     let connector = Connector::new(Arc::clone(&target), h.ca_file.as_deref(), h.insecure)?;
     let mut transform = crate::replay::http::client::Sending {

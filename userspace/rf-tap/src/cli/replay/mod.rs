@@ -47,7 +47,8 @@ Examples:
   rf-tap replay diff capture.rfcap --show 5
 
 Damaged input (a torn or corrupt capture or archive): everything readable is used, a warning
-names where the damage is, and the exit status is 1."
+names where the damage is, and the exit status is 1; --strict refuses it before anything is
+done."
 )]
 pub struct ReplayArgs {
     #[command(subcommand)]
@@ -77,6 +78,10 @@ pub struct ReplayArgs {
     /// Print the report as one JSON object on standard output
     #[arg(long)]
     pub json: bool,
+
+    /// Refuse damaged input (a torn or corrupt capture or archive) before sending anything
+    #[arg(long)]
+    pub strict: bool,
 
     /// No progress line
     #[arg(short, long)]

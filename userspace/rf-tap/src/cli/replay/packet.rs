@@ -288,6 +288,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let timing = timing(&args)?;
     let rules = args.packet.filter.rule_set()?;
     let map = crate::cli::mapped::open(&input_path)?;
+    if args.strict {
+        crate::cli::mapped::refuse_damaged(&input_path, &map)?;
+    }
     let input = input_path.display().to_string();
     let mut probe = CaptureReader::new(&map).with_context(|| input.clone())?;
     match probe.next() {
