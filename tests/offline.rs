@@ -622,13 +622,18 @@ fn outputs_are_private_and_never_written_through_a_link() {
     }
 }
 
-#[test]
-fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
-    use rf_tap_tests::http_server::{Reply, TestServer};
-    let dir = TempDir::new("damaged");
-    let pcap = sample(&dir);
+/// The sample capture and its archive, whole, and each cut: the capture inside its last
+/// record, the archive inside its last frame. `(pcap, archive, cut pcap, cut archive)`.
+fn damaged_inputs(
+    dir: &TempDir,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let pcap = sample(dir);
     let whole = std::fs::read(&pcap).unwrap();
-    // A capture cut inside its last record, and an archive cut inside its last frame.
     let cut = dir.path("cut.pcap");
     std::fs::write(&cut, &whole[..whole.len() - 20]).unwrap();
     let archive = dir.path("a.rfcap");
@@ -636,6 +641,14 @@ fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
     let bytes = std::fs::read(&archive).unwrap();
     let cut_archive = dir.path("cut.rfcap");
     std::fs::write(&cut_archive, &bytes[..bytes.len() - 40]).unwrap();
+    (pcap, archive, cut, cut_archive)
+}
+
+#[test]
+fn damaged_input_is_used_warned_about_and_exits_1_in_every_command() {
+    use rf_tap_tests::http_server::{Reply, TestServer};
+    let dir = TempDir::new("damaged");
+    let (pcap, _, cut, cut_archive) = damaged_inputs(&dir);
     let server = TestServer::start(|_| Reply::json(200, "{}"));
     let url = server.url();
     let (c, a) = (cut.to_str().unwrap(), cut_archive.to_str().unwrap());
@@ -855,15 +868,7 @@ fn wifi_ppp_and_hdlc_captures_give_the_ethernet_exchanges_and_unknown_links_are_
 fn strict_refuses_damaged_input_before_doing_anything() {
     use rf_tap_tests::http_server::{Reply, TestServer};
     let dir = TempDir::new("strict");
-    let pcap = sample(&dir);
-    let whole = std::fs::read(&pcap).unwrap();
-    let cut = dir.path("cut.pcap");
-    std::fs::write(&cut, &whole[..whole.len() - 20]).unwrap();
-    let archive = dir.path("a.rfcap");
-    extract_archive(&pcap, &archive);
-    let bytes = std::fs::read(&archive).unwrap();
-    let cut_archive = dir.path("cut.rfcap");
-    std::fs::write(&cut_archive, &bytes[..bytes.len() - 40]).unwrap();
+    let (_, archive, cut, cut_archive) = damaged_inputs(&dir);
     let server = TestServer::start(|_| Reply::json(200, "{}"));
     let url = server.url();
     let (c, a) = (cut.to_str().unwrap(), cut_archive.to_str().unwrap());

@@ -875,7 +875,7 @@ fn make_exchange(next: &mut u64, conn: Conn, p: Paired) -> Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::anomaly::Anomaly;
+    use crate::{http::anomaly::Anomaly, redact::Redaction};
 
     fn frame(data: &[u8], n: u64) -> RawFrame<'_> {
         RawFrame {
@@ -949,7 +949,7 @@ mod tests {
         assert_eq!(x.len(), 1);
         assert_eq!(x[0].client_by, Some(ClientBy::Syn));
         assert_eq!(x[0].traffic, Some(Traffic::Outbound));
-        let json = serde_json::to_value(x[0].to_json()).unwrap();
+        let json = serde_json::to_value(x[0].to_json(&Redaction::default())).unwrap();
         assert_eq!(json["direction"], "outbound");
         assert_eq!(json["client_by"], "syn");
         // On the server's host, and seen from the server's first packet on.
@@ -969,7 +969,7 @@ mod tests {
         let x = exchanges_seen(&plain);
         assert_eq!(x[0].traffic, None);
         assert_eq!(
-            serde_json::to_value(x[0].to_json()).unwrap()["direction"],
+            serde_json::to_value(x[0].to_json(&Redaction::default())).unwrap()["direction"],
             serde_json::Value::Null
         );
         // Copies inside a VXLAN mirror session all arrive on ingress: that is the

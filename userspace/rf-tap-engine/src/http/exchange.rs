@@ -10,6 +10,7 @@ use crate::{
     analyzer::{AppOut, Switch},
     packet::PacketDirection,
     reassembly::Origin,
+    redact::Redaction,
 };
 
 /// Flags of an exchange (JSONL `flags`, as a list of names).
@@ -118,7 +119,7 @@ pub struct ExchangeJson<'a> {
     pub server: SocketAddr,
     pub ts: f64,
     pub method: Option<&'a str>,
-    /// The request target; sinks mask secret query parameters in it.
+    /// The request target, secret query parameters masked by the redaction policy.
     pub uri: Option<Cow<'a, str>>,
     /// The target before its query (`?`).
     pub path: Option<&'a str>,
@@ -171,7 +172,8 @@ impl Exchange {
         Some(((secs(&r.start) - secs(&q.end)) * 1000.0).max(0.0))
     }
 
-    pub fn to_json(&self) -> ExchangeJson<'_> {
+    /// The JSONL record (docs/jsonl.md), `uri` masked by `redaction`.
+    pub fn to_json(&self, redaction: &Redaction) -> ExchangeJson<'_> {
         let q = self.request.as_ref();
         let r = self.response.as_ref();
         let frames = [
@@ -190,7 +192,7 @@ impl Exchange {
             server: self.server,
             ts: secs(&self.start()),
             method: q.map(|q| q.method.as_str()),
-            uri: q.map(|q| Cow::Borrowed(q.target.as_str())),
+            uri: q.map(|q| redaction.target(&q.target)),
             path: q.map(|q| q.target.split('?').next().unwrap_or("")),
             version: q
                 .map(|q| q.version.as_str())

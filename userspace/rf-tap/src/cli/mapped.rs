@@ -33,12 +33,12 @@ pub fn refuse_damaged(path: &std::path::Path, map: &memmap2::Mmap) -> anyhow::Re
     use rf_tap_engine::{archive::ArchiveReader, pcap::reader::CaptureReader};
     let damage = if ArchiveReader::sniff(map) {
         let mut r = ArchiveReader::new(map)?;
-        for block in r.by_ref() {
-            block.exchanges()?;
-        }
+        // A frame whose checksums hold but whose payload does not decode is damage too.
+        let undecodable = r.by_ref().find_map(|block| block.exchanges().err());
         r.damage()
             .first()
             .map(ToString::to_string)
+            .or_else(|| undecodable.map(|e| e.to_string()))
             .or_else(|| r.stopped.as_ref().map(ToString::to_string))
             .or_else(|| {
                 r.incomplete()

@@ -315,10 +315,7 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
                 return true;
             };
             rows += 1;
-            let mut record = x.to_json();
-            if let Some(u) = record.uri.take() {
-                record.uri = Some(std::borrow::Cow::Owned(policy.target(&u).into_owned()));
-            }
+            let record = x.to_json(&policy);
             serde_json::to_string(&record)
                 .map_err(std::io::Error::other)
                 .and_then(|j| writeln!(out, "{j}"))

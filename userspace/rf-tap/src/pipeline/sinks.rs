@@ -203,13 +203,7 @@ impl Sink for Jsonl {
     }
 
     fn exchange(&mut self, x: &Exchange) -> Result<(), SinkError> {
-        let mut record = x.to_json();
-        if let Some(u) = record.uri.take() {
-            record.uri = Some(match u {
-                std::borrow::Cow::Borrowed(t) => self.redaction.target(t),
-                owned => owned,
-            });
-        }
+        let record = x.to_json(&self.redaction);
         if self.events {
             self.text.json(&Tagged {
                 event: "exchange",
