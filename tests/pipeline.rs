@@ -492,3 +492,146 @@ fn a_snap_length_loses_bodies_not_exchanges() {
         }
     }
 }
+
+/// What a client sent and got back on one keep-alive connection: `(path, status, body
+/// length)` per request, read with httparse (the truth for a capture of it, never rf-tap).
+fn keep_alive_client(server: String, batches: &[Vec<String>]) -> Vec<(String, u16, usize)> {
+    let mut conn = TcpStream::connect(server).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    for batch in batches {
+        // A batch is pipelined: all its requests written before any answer is read.
+        let mut out = String::new();
+        for p in batch {
+            out.push_str(&format!("GET {p} HTTP/1.1\r\nHost: test\r\n\r\n"));
+        }
+        conn.write_all(out.as_bytes()).unwrap();
+        for p in batch {
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut res = httparse::Response::new(&mut headers);
+                if let Ok(httparse::Status::Complete(n)) = res.parse(&buf) {
+                    let len: usize = res
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                        .unwrap();
+                    if buf.len() >= n + len {
+                        got.push((p.clone(), res.code.unwrap(), len));
+                        buf.drain(..n + len);
+                        break;
+                    }
+                }
+                let mut chunk = [0u8; 65536];
+                let k = conn.read(&mut chunk).unwrap();
+                assert!(k > 0, "the server closed early");
+                buf.extend_from_slice(&chunk[..k]);
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn reordered_duplicated_copies_of_pipelined_traffic_lose_nothing() {
+    if !privileged("reordered_duplicated_copies_of_pipelined_traffic_lose_nothing") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("pipe-reorder");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let sizes = [1usize, 300, 3000, 9000, 20000, 45000];
+    for (i, n) in sizes.iter().enumerate() {
+        std::fs::write(www.join(format!("p{i}")), "y".repeat(*n)).unwrap();
+    }
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let pcap = dir.path("clean.pcap");
+    let dump = tcpdump(
+        &pair.client_ns,
+        &pair.client_if,
+        &pcap,
+        &["tcp", "port", "80"],
+    );
+    let server = format!("{}:80", pair.server_ip);
+    let mut truth = Vec::new();
+    for c in 0..3 {
+        let pipelined: Vec<String> = (0..sizes.len())
+            .map(|i| format!("/p{}", (i + c) % sizes.len()))
+            .chain(["/none".to_string()])
+            .collect();
+        let one_by_one: Vec<Vec<String>> = (0..4)
+            .map(|i| vec![format!("/p{}", (i * 2 + c) % sizes.len())])
+            .collect();
+        let batches: Vec<Vec<String>> = std::iter::once(pipelined)
+            .chain(one_by_one)
+            .chain(std::iter::once(vec!["/p5".into(), "/p1".into()]))
+            .collect();
+        let server = server.clone();
+        truth.extend(in_netns(&pair.client_ns, move || {
+            keep_alive_client(server, &batches)
+        }));
+    }
+    stop_tcpdump(dump);
+    assert_eq!(truth.len(), 3 * 13);
+
+    let (records, torn) = read_pcap(&pcap);
+    assert!(!torn);
+    let bad = impair(&records, 1448);
+    assert!(
+        bad.reordered > 30 && bad.duplicated > 10 && bad.overlapping > 10,
+        "the copy is disordered: {} reordered, {} duplicated, {} overlapping",
+        bad.reordered,
+        bad.duplicated,
+        bad.overlapping
+    );
+    let messy = dir.path("messy.pcap");
+    write_pcap(
+        &messy,
+        1,
+        &bad.records
+            .iter()
+            .map(|r| (r.ts_ns, r.data.clone(), r.orig_len))
+            .collect::<Vec<_>>(),
+    );
+
+    let mut want: Vec<String> = truth
+        .iter()
+        .map(|(p, s, n)| format!("{p} {s} {n}"))
+        .collect();
+    want.sort();
+    for (name, file) in [("clean", &pcap), ("reordered", &messy)] {
+        let out = rf_tap_run(None, &["extract", "-q", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", out.stderr);
+        let xs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut seen: Vec<String> = xs
+            .iter()
+            .map(|x| format!("{} {} {}", x["uri"], x["status"], x["response_body_len"]))
+            .map(|s| s.replace('"', ""))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, want, "{name}: every exchange the clients saw");
+        for x in &xs {
+            assert_eq!(x["flags"], serde_json::json!([]), "{name}: {x}");
+            assert!(x["latency_ms"].as_f64().is_some(), "{name}: {x}");
+        }
+        let stats = rf_tap_run(None, &["extract", "--stats", file.to_str().unwrap()]);
+        let v: serde_json::Value = stats
+            .stderr
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{}", stats.stderr));
+        assert_eq!(v["reassembly"]["gaps"], 0, "{name}: no false gap: {v}");
+        if name == "reordered" {
+            assert!(
+                json_u64(&v["reassembly"], "after_ack_segments") > 0,
+                "{name}: data came after its ACK: {v}"
+            );
+        }
+    }
+}

@@ -758,3 +758,223 @@ pub fn stop_tcpdump(mut p: Proc) {
         let _ = c.wait();
     }
 }
+
+/// One TCP/IPv4-in-Ethernet frame taken apart: where its payload starts, its flow and
+/// direction, sequence number.
+struct TcpFrame {
+    payload_at: usize,
+    key: (u32, u16, u32, u16),
+    seq: u32,
+}
+
+fn tcp_frame(frame: &[u8]) -> Option<TcpFrame> {
+    let s = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+        return None;
+    };
+    let Some(etherparse::TransportSlice::Tcp(t)) = &s.transport else {
+        return None;
+    };
+    let h = ip.header();
+    Some(TcpFrame {
+        payload_at: frame.len() - t.payload().len(),
+        key: (
+            u32::from(h.source_addr()),
+            t.source_port(),
+            u32::from(h.destination_addr()),
+            t.destination_port(),
+        ),
+        seq: t.sequence_number(),
+    })
+}
+
+/// `frame` (TCP/IPv4 in Ethernet) with payload `payload` at sequence number `seq`, lengths
+/// and both checksums recomputed.
+fn with_payload(frame: &[u8], at: usize, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame[..at].to_vec();
+    f.extend_from_slice(payload);
+    let ip = 14;
+    let ihl = usize::from(f[ip] & 0x0f) * 4;
+    let tcp = ip + ihl;
+    let total = (f.len() - ip) as u16;
+    f[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    f[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+    let sum = |bytes: &[u8], mut acc: u32| {
+        for c in bytes.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        acc
+    };
+    let fold = |mut acc: u32| {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        !(acc as u16)
+    };
+    f[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let c = fold(sum(&f[ip..tcp], 0));
+    f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    f[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
+    let tcp_len = (f.len() - tcp) as u32;
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&f[ip + 12..ip + 20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let c = fold(sum(&f[tcp..], sum(&pseudo, 0)));
+    f[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// What [`impair`] did to a capture.
+#[derive(Debug, Default)]
+pub struct Impaired {
+    pub records: Vec<Record>,
+    /// Data segments that ended up after a later segment of their own direction.
+    pub reordered: usize,
+    pub duplicated: usize,
+    pub overlapping: usize,
+}
+
+/// A mirror copy's disorder applied to a capture of TCP/IPv4 in Ethernet, deterministically:
+/// data is cut into segments of at most `mss` bytes (what the wire carried before the
+/// capture point's offloads joined them), the data segments of each direction of each
+/// connection are shuffled inside windows of 2 to 4 segments while every other packet (the
+/// peer's ACKs among them) keeps its place, so ACKs often come before the data they
+/// acknowledge; every 7th data segment comes again later (a duplicate), and every 5th is
+/// followed by a copy of its second half joined to the next segment's first half (a
+/// retransmission overlapping two segments). Timestamps stay with positions, as a copy
+/// arriving out of order is stamped when it arrives.
+pub fn impair(records: &[Record], mss: usize) -> Impaired {
+    // Cut into segments.
+    let mut cut: Vec<Record> = Vec::new();
+    for r in records {
+        let Some(t) = tcp_frame(&r.data) else {
+            cut.push(r.clone());
+            continue;
+        };
+        let payload = &r.data[t.payload_at..];
+        if payload.len() <= mss || r.orig_len as usize != r.data.len() {
+            cut.push(r.clone());
+            continue;
+        }
+        for (i, piece) in payload.chunks(mss).enumerate() {
+            let seq = t.seq.wrapping_add((i * mss) as u32);
+            let data = with_payload(&r.data, t.payload_at, seq, piece);
+            cut.push(Record {
+                orig_len: data.len() as u32,
+                data,
+                ts_ns: r.ts_ns,
+            });
+        }
+    }
+    // Positions of each direction's data segments, in runs: a run ends where the other
+    // direction sends data (a request is never moved past its answer).
+    let mut last_dir: std::collections::BTreeMap<(u32, u16, u32, u16), (u32, u16)> =
+        Default::default();
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut open_run: std::collections::BTreeMap<(u32, u16, u32, u16), usize> = Default::default();
+    for (i, r) in cut.iter().enumerate() {
+        if let Some(t) = tcp_frame(&r.data) {
+            if r.data.len() > t.payload_at {
+                let (a, b) = ((t.key.0, t.key.1), (t.key.2, t.key.3));
+                let conn = if a < b {
+                    (a.0, a.1, b.0, b.1)
+                } else {
+                    (b.0, b.1, a.0, a.1)
+                };
+                let same = last_dir.get(&conn) == Some(&a);
+                last_dir.insert(conn, a);
+                match open_run.get(&conn) {
+                    Some(&k) if same => runs[k].push(i),
+                    _ => {
+                        open_run.insert(conn, runs.len());
+                        runs.push(vec![i]);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Impaired::default();
+    let mut placed: Vec<Option<Record>> = cut.iter().cloned().map(Some).collect();
+    let mut extra: Vec<(usize, Record)> = Vec::new();
+    let mut rng = 0x2545_f491_u32;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        rng
+    };
+    for positions in &runs {
+        let mut order: Vec<usize> = positions.clone();
+        let mut i = 0;
+        while i + 1 < order.len() {
+            let w = (2 + next() as usize % 3).min(order.len() - i);
+            // A rotation or a swap inside the window, so it is never left as it was.
+            let win = &mut order[i..i + w];
+            if next() % 2 == 0 {
+                win.rotate_left(1);
+            } else {
+                win.swap(0, w - 1);
+            }
+            i += w;
+        }
+        for (k, (&at, &from)) in positions.iter().zip(&order).enumerate() {
+            let r = cut[from].clone();
+            if order[..k].iter().any(|&o| o > from) {
+                out.reordered += 1;
+            }
+            placed[at] = Some(Record {
+                ts_ns: cut[at].ts_ns,
+                ..r
+            });
+        }
+        for (k, &from) in positions.iter().enumerate() {
+            if k % 7 == 3 {
+                // The duplicate comes a few data segments later.
+                let at = positions[(k + 3).min(positions.len() - 1)];
+                extra.push((at, cut[from].clone()));
+                out.duplicated += 1;
+            }
+            if k % 5 == 2 && k + 1 < positions.len() {
+                let (a, b) = (&cut[from], &cut[positions[k + 1]]);
+                let (ta, tb) = (tcp_frame(&a.data), tcp_frame(&b.data));
+                if let (Some(ta), Some(tb)) = (ta, tb) {
+                    let pa = &a.data[ta.payload_at..];
+                    let pb = &b.data[tb.payload_at..];
+                    if pa.len() >= 2
+                        && tb.seq == ta.seq.wrapping_add(pa.len() as u32)
+                        && a.orig_len as usize == a.data.len()
+                        && b.orig_len as usize == b.data.len()
+                    {
+                        let half = pa.len() / 2;
+                        let mut joined = pa[half..].to_vec();
+                        joined.extend_from_slice(&pb[..pb.len().div_ceil(2)]);
+                        let seq = ta.seq.wrapping_add(half as u32);
+                        let data = with_payload(&a.data, ta.payload_at, seq, &joined);
+                        let at = positions[(k + 2).min(positions.len() - 1)];
+                        extra.push((
+                            at,
+                            Record {
+                                orig_len: data.len() as u32,
+                                data,
+                                ts_ns: 0,
+                            },
+                        ));
+                        out.overlapping += 1;
+                    }
+                }
+            }
+        }
+    }
+    extra.sort_by_key(|(at, _)| *at);
+    let mut extra = extra.into_iter().peekable();
+    for (i, r) in placed.into_iter().enumerate() {
+        let r = r.expect("every position is filled");
+        let ts = r.ts_ns;
+        out.records.push(r);
+        while let Some((_, x)) = extra.next_if(|(at, _)| *at == i) {
+            out.records.push(Record { ts_ns: ts, ..x });
+        }
+    }
+    out
+}

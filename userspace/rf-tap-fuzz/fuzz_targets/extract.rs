@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         max_flows: 16,
         held_budget: 32 << 10,
         idle_timeout: Duration::from_secs(30),
+        reorder_window: Default::default(),
         http: Limits {
             max_head: 4096,
             keep_body: 4096,

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
             &mut emit,
         );
         if flags & 16 != 0 {
-            r.acknowledged(base.wrapping_add(1).wrapping_add(ack), &mut emit);
+            r.acknowledged(base.wrapping_add(1).wrapping_add(ack), origin, &mut emit);
         }
         if flags & 32 != 0 {
             r.release_held(&mut emit);

@@ -25,7 +25,7 @@ use crate::{
     },
     packet::PacketDirection,
     pcap::reader::RawFrame,
-    reassembly::{Origin, Reassembler, ReassemblyStats, StreamEvent},
+    reassembly::{Origin, Reassembler, ReassemblyStats, ReorderWindow, StreamEvent},
     wire::{self, defrag::Defragmenter, tcp_flags, Skip, TcpSegment, Transport},
 };
 
@@ -40,6 +40,9 @@ pub struct ExtractConfig {
     pub held_budget: usize,
     /// A flow with no packet for this long (capture time) is closed.
     pub idle_timeout: Duration,
+    /// How long bytes the peer acknowledged may still arrive (reordered copies) before
+    /// their hole is a gap.
+    pub reorder_window: ReorderWindow,
     pub http: Limits,
 }
 
@@ -51,6 +54,7 @@ impl Default for ExtractConfig {
             max_flows: 100_000,
             held_budget: 64 << 20,
             idle_timeout: Duration::from_secs(300),
+            reorder_window: ReorderWindow::default(),
             http: Limits::default(),
         }
     }
@@ -583,8 +587,8 @@ impl Extractor {
                 client: SocketAddr::new(client.0, client.1),
                 server: SocketAddr::new(server.0, server.1),
                 dirs: [
-                    Reassembler::new(self.config.flow_buffer),
-                    Reassembler::new(self.config.flow_buffer),
+                    Reassembler::with_window(self.config.flow_buffer, self.config.reorder_window),
+                    Reassembler::with_window(self.config.flow_buffer, self.config.reorder_window),
                 ],
                 app: App::Detecting(Detector::new(syn)),
                 tunneled: false,
@@ -666,7 +670,7 @@ impl Extractor {
         if seg.has(tcp_flags::ACK) {
             let mut emit =
                 |e: StreamEvent<'_>| dl.event(app, tunneled, !from_client, e, &mut gap[od]);
-            other.acknowledged(seg.ack, &mut emit);
+            other.acknowledged(seg.ack, origin, &mut emit);
         }
         if seg.has(tcp_flags::RST) {
             let mut emit =
@@ -832,6 +836,8 @@ fn add_stats(total: &mut ReassemblyStats, s: &ReassemblyStats) {
     total.conflicting_overlaps += s.conflicting_overlaps;
     total.out_of_order_segments += s.out_of_order_segments;
     total.cut_bytes += s.cut_bytes;
+    total.after_ack_segments += s.after_ack_segments;
+    total.window_expired += s.window_expired;
 }
 
 fn make_exchange(next: &mut u64, conn: Conn, p: Paired) -> Exchange {

@@ -6,8 +6,10 @@
 //! - overlaps: the bytes that arrived first win (what Zeek and Suricata's default do); an
 //!   overlap whose bytes differ is counted as a conflict;
 //! - mid-stream pickup: without a SYN the first segment seen starts the stream;
-//! - gaps: bytes the capture never saw become `Gap(len)` when the peer has acknowledged past
-//!   them, when the out-of-order buffer exceeds its limit, or when the stream ends;
+//! - gaps: bytes the capture never saw become `Gap(len)` when the out-of-order buffer exceeds
+//!   its limit, when the stream ends (FIN reached, RST, close), or when the peer has
+//!   acknowledged past them and the bytes have still not come within the [`ReorderWindow`]
+//!   (copies arrive reordered: data seen after its own ACK is not lost);
 //! - retransmitted bytes already delivered are dropped (counted).
 
 use std::{collections::BTreeMap, time::Duration};
@@ -39,6 +41,30 @@ pub struct ReassemblyStats {
     pub out_of_order_segments: u64,
     /// Bytes the capture cut (snap length): gaps known at once, not counted in `gap_bytes`.
     pub cut_bytes: u64,
+    /// Segments that arrived after the peer had acknowledged them (reordered copies), and
+    /// were still delivered in place.
+    pub after_ack_segments: u64,
+    /// Gaps declared because acknowledged bytes did not come within the reorder window.
+    pub window_expired: u64,
+}
+
+/// How long bytes the peer has acknowledged may still arrive before they are declared lost:
+/// counted from the ACK (or from the last progress of the stream), the hole waits until more
+/// than `packets` packets of the connection or more than `time` of capture time have gone by.
+/// Beyond it, and for bytes beyond the out-of-order limit, the hole is a gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReorderWindow {
+    pub packets: u64,
+    pub time: Duration,
+}
+
+impl Default for ReorderWindow {
+    fn default() -> Self {
+        Self {
+            packets: 64,
+            time: Duration::from_millis(500),
+        }
+    }
 }
 
 /// Signed distance from `b` to `a` in sequence space.
@@ -72,6 +98,13 @@ pub struct Reassembler {
     cut: BTreeMap<u64, u64>,
     /// The packet the last cut range came with.
     cut_origin: Origin,
+    window: ReorderWindow,
+    /// Packets of the connection seen by this direction (its segments, the peer's ACKs),
+    /// and the latest capture time among them.
+    ticks: u64,
+    clock: Duration,
+    /// Since when (ticks, time) acknowledged bytes have been missing, if they are.
+    overdue: Option<(u64, Duration)>,
     pub stats: ReassemblyStats,
 }
 
@@ -82,6 +115,10 @@ const MAX_CUT_RANGES: usize = 4096;
 impl Reassembler {
     /// `limit`: most out-of-order bytes held before a gap is declared.
     pub fn new(limit: usize) -> Self {
+        Self::with_window(limit, ReorderWindow::default())
+    }
+
+    pub fn with_window(limit: usize, window: ReorderWindow) -> Self {
         Self {
             next_seq: None,
             delivered: 0,
@@ -94,8 +131,35 @@ impl Reassembler {
             acked: None,
             cut: BTreeMap::new(),
             cut_origin: Origin::default(),
+            window,
+            ticks: 0,
+            clock: Duration::ZERO,
+            overdue: None,
             stats: ReassemblyStats::default(),
         }
+    }
+
+    /// One more packet of the connection, at `origin`.
+    fn tick(&mut self, origin: Origin) {
+        self.ticks += 1;
+        self.clock = self.clock.max(origin.ts);
+    }
+
+    /// Keeps `overdue` true to the stream: set while acknowledged bytes are missing, from
+    /// the moment they became so or the stream last moved.
+    fn rearm(&mut self, progressed: bool) {
+        let missing = self.acked.is_some_and(|a| a > self.delivered);
+        if !missing {
+            self.overdue = None;
+        } else if progressed || self.overdue.is_none() {
+            self.overdue = Some((self.ticks, self.clock));
+        }
+    }
+
+    fn window_passed(&self) -> bool {
+        self.overdue.is_some_and(|(t, ts)| {
+            self.ticks - t > self.window.packets || self.clock.saturating_sub(ts) > self.window.time
+        })
     }
 
     pub fn held_bytes(&self) -> usize {
@@ -143,6 +207,7 @@ impl Reassembler {
         if self.finished {
             return;
         }
+        self.tick(origin);
         if syn {
             if self.next_seq.is_none() {
                 self.next_seq = Some(seq.wrapping_add(1));
@@ -199,6 +264,9 @@ impl Reassembler {
             let start = (off + skip as i128) as u64;
             let bytes = &payload[skip..];
             if start == self.delivered {
+                if self.acked.is_some_and(|a| a > start) {
+                    self.stats.after_ack_segments += 1;
+                }
                 self.deliver(bytes, origin, emit);
                 self.drain(emit);
             } else if !bytes.is_empty() {
@@ -209,6 +277,7 @@ impl Reassembler {
         }
         // A cut range where the stream stands now comes out as its gap.
         self.drain(emit);
+        self.check_gap(emit);
         self.check_fin(emit);
     }
 
@@ -221,6 +290,7 @@ impl Reassembler {
         if let Some(n) = self.next_seq.as_mut() {
             *n = n.wrapping_add(bytes.len() as u32);
         }
+        self.rearm(true);
         emit(StreamEvent::Data(bytes, origin));
     }
 
@@ -298,6 +368,7 @@ impl Reassembler {
                     if let Some(n) = self.next_seq.as_mut() {
                         *n = n.wrapping_add(len as u32);
                     }
+                    self.rearm(true);
                     emit(StreamEvent::Gap(len, self.cut_origin));
                     continue;
                 }
@@ -346,9 +417,18 @@ impl Reassembler {
             let Some((&first, _)) = self.held.first_key_value() else {
                 return;
             };
-            let acked_past = self.acked.is_some_and(|a| a >= first);
-            if self.held_bytes > self.limit || acked_past {
+            if self.held_bytes > self.limit {
                 self.skip_hole(emit);
+                continue;
+            }
+            // The peer has the bytes of the hole: they may still come (reordered copies)
+            // until the window has passed.
+            let acked_past = self.acked.is_some_and(|a| a >= first);
+            if acked_past && self.window_passed() {
+                self.stats.window_expired += 1;
+                self.skip_hole(emit);
+                // The stream moved: what is still missing waits a window of its own.
+                self.rearm(true);
             } else {
                 return;
             }
@@ -379,11 +459,17 @@ impl Reassembler {
 
     /// The peer acknowledged up to `ack`: anything held beyond a hole it covers means the
     /// capture missed the hole's bytes (the receiver had them).
-    pub fn acknowledged(&mut self, ack: u32, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+    pub fn acknowledged(
+        &mut self,
+        ack: u32,
+        origin: Origin,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) {
         // After the end (FIN or RST) nothing more comes out, not even bytes held beyond it.
         if self.finished {
             return;
         }
+        self.tick(origin);
         let Some(off) = self.offset_of(ack) else {
             return;
         };
@@ -394,6 +480,7 @@ impl Reassembler {
         if self.acked.is_none_or(|a| off > a) {
             self.acked = Some(off);
         }
+        self.rearm(false);
         self.check_gap(emit);
         self.check_fin(emit);
     }
@@ -470,7 +557,7 @@ mod tests {
     }
 
     fn ack(r: &mut Reassembler, sink: &mut Sink, ack: u32) {
-        r.acknowledged(ack, &mut |e| {
+        r.acknowledged(ack, Origin::default(), &mut |e| {
             if let StreamEvent::Gap(n, _) = e {
                 sink.0.push_str(&format!("<gap {n}>"))
             } else if let StreamEvent::Data(d, _) = e {
@@ -501,13 +588,16 @@ mod tests {
         feed(&mut r, &mut s, 500, "", b"far");
         feed(&mut r, &mut s, 150, "F", b"x");
         let mut emit = |e: StreamEvent<'_>| s.0.push_str(&format!("{e:?}"));
-        // The peer acknowledged the FIN's byte: the hole before it was lost.
-        r.acknowledged(152, &mut emit);
+        // The peer acknowledged the FIN's byte, and the window passed: the hole before it
+        // was lost.
+        for _ in 0..66 {
+            r.acknowledged(152, Origin::default(), &mut emit);
+        }
         assert!(r.finished(), "{}", s.0);
         let ended = s.0.clone();
         let mut emit = |e: StreamEvent<'_>| s.0.push_str(&format!("{e:?}"));
         r.release_held(&mut emit);
-        r.acknowledged(6000, &mut emit);
+        r.acknowledged(6000, Origin::default(), &mut emit);
         r.close(Origin::default(), &mut emit, false);
         assert_eq!(s.0, ended, "no event after the end");
     }
@@ -594,15 +684,69 @@ mod tests {
     }
 
     #[test]
-    fn acked_hole_becomes_a_gap_at_once() {
+    fn acked_hole_becomes_a_gap_past_the_window_in_packets() {
         let (mut r, mut s) = new();
         feed(&mut r, &mut s, 0, "S", b"");
         feed(&mut r, &mut s, 1, "", b"ab");
         feed(&mut r, &mut s, 10, "", b"jk");
         assert_eq!(s.0, "ab");
         ack(&mut r, &mut s, 12);
+        // The window: the bytes may still come, reordered, for 64 more packets.
+        for _ in 0..64 {
+            ack(&mut r, &mut s, 12);
+        }
+        assert_eq!(s.0, "ab");
+        ack(&mut r, &mut s, 12);
         assert_eq!(s.0, "ab<gap 7>jk");
         assert_eq!((r.stats.gaps, r.stats.gap_bytes), (1, 7));
+        assert_eq!(r.stats.window_expired, 1);
+    }
+
+    #[test]
+    fn acked_hole_becomes_a_gap_past_the_window_in_time() {
+        let (mut r, mut s) = new();
+        let at = |ms| Origin {
+            ts: Duration::from_millis(ms),
+            frame: 0,
+        };
+        let mut emit = |e: StreamEvent<'_>| {
+            if let StreamEvent::Gap(n, _) = e {
+                s.0.push_str(&format!("<gap {n}>"))
+            } else if let StreamEvent::Data(d, _) = e {
+                s.0.push_str(&String::from_utf8_lossy(d))
+            }
+        };
+        r.segment(0, true, false, false, b"", at(0), &mut emit);
+        r.segment(1, false, false, false, b"ab", at(0), &mut emit);
+        r.segment(10, false, false, false, b"jk", at(1), &mut emit);
+        r.acknowledged(12, at(2), &mut emit);
+        r.acknowledged(12, at(502), &mut emit);
+        r.acknowledged(12, at(503), &mut emit);
+        assert_eq!(s.0, "ab<gap 7>jk");
+    }
+
+    #[test]
+    fn reordered_copies_within_the_window_are_not_loss() {
+        // Segments of 2 bytes, shuffled within windows of 2 to 4 segments, each ACK in its
+        // original place (so often before the data it acknowledges), one duplicate.
+        let (mut r, mut s) = new();
+        feed(&mut r, &mut s, 0, "S", b"");
+        let text = b"abcdefghijklmnopqrstuvwx";
+        let order = [1usize, 0, 3, 4, 2, 5, 7, 6, 9, 10, 11, 8, 8];
+        for (i, &k) in order.iter().enumerate() {
+            feed(
+                &mut r,
+                &mut s,
+                1 + 2 * k as u32,
+                "",
+                &text[2 * k..2 * k + 2],
+            );
+            // The receiver's ACK of segment i, where it was sent.
+            ack(&mut r, &mut s, 1 + 2 * (i as u32 + 1).min(12));
+        }
+        assert_eq!(s.0, "abcdefghijklmnopqrstuvwx");
+        assert_eq!(r.stats.gaps, 0);
+        assert!(r.stats.after_ack_segments > 0);
     }
 
     #[test]
