@@ -635,3 +635,74 @@ fn reordered_duplicated_copies_of_pipelined_traffic_lose_nothing() {
         }
     }
 }
+
+#[test]
+fn cruft_after_a_request_is_an_anomaly_of_the_connection_not_an_exchange() {
+    if !privileged("cruft_after_a_request_is_an_anomaly_of_the_connection_not_an_exchange") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("pipe-cruft");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("p"), "page").unwrap();
+    let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let pcap = dir.path("cruft.pcap");
+    let dump = tcpdump(
+        &pair.client_ns,
+        &pair.client_if,
+        &pcap,
+        &["tcp", "port", "80"],
+    );
+    let server = format!("{}:80", pair.server_ip);
+    // The truth: what the client read back, a 200 and then nginx's 400 to the cruft.
+    let statuses = in_netns(&pair.client_ns, move || {
+        let mut conn = TcpStream::connect(server).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"GET /p HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).unwrap();
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        conn.write_all(b"\x16\x03 not a request at all\r\n\r\n")
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+        got.push(String::from_utf8_lossy(&rest).into_owned());
+        got.iter()
+            .map(|r| r.split(' ').nth(1).unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    });
+    stop_tcpdump(dump);
+    assert_eq!(statuses, ["200", "400"], "what nginx answered");
+
+    let out = rf_tap_run(None, &["extract", "--stats", pcap.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let xs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(xs.len(), 1, "the request is the only exchange: {xs:?}");
+    assert_eq!(
+        (xs[0]["uri"].as_str(), xs[0]["status"].as_u64()),
+        (Some("/p"), Some(200))
+    );
+    assert_eq!(xs[0]["anomalies"], serde_json::json!([]));
+    let stats: serde_json::Value = out
+        .stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap();
+    assert_eq!(
+        stats["flow_anomalies"],
+        serde_json::json!({"cruft": 1, "cruft_answered": 1}),
+        "{stats}"
+    );
+    assert!(
+        out.stderr
+            .contains("anomalies of connections, not exchanges: cruft 1, cruft_answered 1"),
+        "{}",
+        out.stderr
+    );
+}

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::{
     http::{
+        anomaly::Anomaly,
         exchange::{HttpConnection, Paired},
         message::{Limits, Request},
     },
@@ -106,6 +107,8 @@ pub struct AppOut {
     /// `want_requests` is set.
     pub requests: Vec<Request>,
     pub want_requests: bool,
+    /// Anomalies of the connection that belong to no exchange (cruft between messages).
+    pub flow_anomalies: Vec<Anomaly>,
     /// The analyzer gave the stream up (upgrade or tunnel); detection runs again on these
     /// bytes, already received past the switch, and on everything after them.
     pub switch: Option<Switch>,

@@ -82,8 +82,10 @@ pub struct ExtractStats {
     pub protocols: ProtocolCounts,
     /// The same for what ran inside CONNECT tunnels and upgraded connections.
     pub tunneled: ProtocolCounts,
-    /// Anomalies on the exchanges, per kind.
+    /// Anomalies on the exchanges, per kind (each exchange that carried it once).
     pub anomalies: AnomalyCounts,
+    /// Anomalies of connections that belong to no exchange (`cruft`, `cruft_answered`).
+    pub flow_anomalies: AnomalyCounts,
     /// Frames per link type that is not decoded (`unsupported_link` in all).
     pub unsupported_links: LinkCounts,
 }
@@ -140,6 +142,7 @@ impl ExtractStats {
         self.protocols.add(&o.protocols);
         self.tunneled.add(&o.tunneled);
         self.anomalies.add(&o.anomalies);
+        self.flow_anomalies.add(&o.flow_anomalies);
         self.unsupported_links.add(&o.unsupported_links);
         let (r, x) = (&mut self.reassembly, &o.reassembly);
         r.delivered_bytes += x.delivered_bytes;
@@ -693,6 +696,9 @@ impl Extractor {
 
     /// Hands what a flow's analyzer produced to the sink: requests, then exchanges.
     fn emit(&mut self, key: &FlowKey, out: &mut dyn EventSink) {
+        for a in self.app_out.flow_anomalies.drain(..) {
+            self.stats.flow_anomalies.count(a);
+        }
         if self.app_out.paired.is_empty() && self.app_out.requests.is_empty() {
             return;
         }
@@ -706,6 +712,9 @@ impl Extractor {
     }
 
     fn emit_for(&mut self, conn: Conn, out: &mut dyn EventSink) {
+        for a in self.app_out.flow_anomalies.drain(..) {
+            self.stats.flow_anomalies.count(a);
+        }
         for request in self.app_out.requests.drain(..) {
             out.request(RequestEvent {
                 conn: conn.id,
@@ -999,6 +1008,116 @@ mod tests {
         let x = exchanges_seen(&vxlan);
         assert_eq!(x.len(), 1);
         assert_eq!(x[0].traffic, None);
+    }
+
+    /// A connection from its handshake on: each part is sent by the client (`true`) or the
+    /// server, acknowledging everything before it.
+    fn talk(parts: &[(bool, &[u8])]) -> (Vec<Exchange>, ExtractStats) {
+        let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let (mut cseq, mut sseq) = (101u32, 501u32);
+        let mut frames = Vec::new();
+        let mut pkt = |from_client: bool, seq: u32, ack: u32, syn: bool, payload: &[u8]| {
+            let (src, dst, sp, dp) = if from_client {
+                (c, s, 41_000, 80)
+            } else {
+                (s, c, 80, 41_000)
+            };
+            let mut b = etherparse::PacketBuilder::ipv4(src, dst, 64).tcp(sp, dp, seq, 1000);
+            b = if syn { b.syn() } else { b };
+            b = if ack > 0 { b.ack(ack) } else { b };
+            let mut v = Vec::new();
+            b.write(&mut v, payload).unwrap();
+            frames.push(v);
+        };
+        pkt(true, 100, 0, true, b"");
+        pkt(false, 500, 101, true, b"");
+        for (from_client, data) in parts {
+            if *from_client {
+                pkt(true, cseq, sseq, false, data);
+                cseq += data.len() as u32;
+            } else {
+                pkt(false, sseq, cseq, false, data);
+                sseq += data.len() as u32;
+            }
+        }
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut out: Vec<Exchange> = Vec::new();
+        for (n, f) in frames.iter().enumerate() {
+            x.frame(&frame(f, n as u64 + 1), &mut out);
+        }
+        x.finish(&mut out);
+        (out, x.stats)
+    }
+
+    #[test]
+    fn cruft_after_a_message_is_an_anomaly_of_the_flow_not_an_exchange() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        // Answered by a 400, as nginx, Go and Python servers do.
+        let (x, stats) = talk(&[
+            (true, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+            (false, ok),
+            (true, b"\x16\x03junk that is no request\r\n\r\n"),
+            (false, bad),
+        ]);
+        assert_eq!(x.len(), 1, "{x:?}");
+        assert_eq!(x[0].response.as_ref().unwrap().status, 200);
+        assert!(x[0].anomalies.is_empty());
+        assert_eq!(stats.flow_anomalies.get(Anomaly::Cruft), 1);
+        assert_eq!(stats.flow_anomalies.get(Anomaly::CruftAnswered), 1);
+        assert_eq!(stats.anomalies.get(Anomaly::BadRequestLine), 0);
+
+        // Skipped by the server: the next request gets its own answer.
+        let (x, stats) = talk(&[
+            (
+                true,
+                b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nxyz\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+            ),
+            (false, ok),
+            (false, ok),
+        ]);
+        let uris: Vec<_> = x
+            .iter()
+            .map(|e| {
+                (
+                    e.request.as_ref().unwrap().target.clone(),
+                    e.response.as_ref().unwrap().status,
+                )
+            })
+            .collect();
+        assert_eq!(uris, [("/a".to_string(), 200), ("/b".to_string(), 200)]);
+        assert_eq!(stats.flow_anomalies.get(Anomaly::Cruft), 1);
+        assert_eq!(stats.flow_anomalies.get(Anomaly::CruftAnswered), 0);
+
+        // Bytes past a response's body.
+        let (x, stats) = talk(&[
+            (true, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+            (
+                false,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA\r\n",
+            ),
+            (true, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"),
+            (false, ok),
+        ]);
+        assert_eq!(x.len(), 2);
+        assert!(x.iter().all(|e| e.anomalies.is_empty()), "{x:?}");
+        assert_eq!(stats.flow_anomalies.get(Anomaly::Cruft), 1);
+
+        // A malformed request (it starts like one) answered by a 400 is still an
+        // exchange, with its anomaly.
+        let (x, _) = talk(&[
+            (true, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+            (false, ok),
+            (true, b"GET \r\n\r\n"),
+            (false, bad),
+        ]);
+        assert_eq!(x.len(), 2, "{x:?}");
+        assert_eq!(x[1].response.as_ref().unwrap().status, 400);
+        assert!(
+            x[1].anomalies.contains(&Anomaly::BadRequestLine),
+            "{:?}",
+            x[1].anomalies
+        );
     }
 
     #[test]

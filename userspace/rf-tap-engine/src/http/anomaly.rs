@@ -80,6 +80,10 @@ anomalies! {
         "status code that is not three digits (kept as status_text)", [];
     HeadCut = "head_cut",
         "message head cut by a gap or the capture's packet length (what was whole is kept)", [];
+    Cruft = "cruft",
+        "bytes after a whole message that start no message (skipped; an anomaly of the flow, not an exchange)", [];
+    CruftAnswered = "cruft_answered",
+        "the server's error response to cruft (an anomaly of the flow, not an exchange)", [];
 }
 
 impl Anomaly {

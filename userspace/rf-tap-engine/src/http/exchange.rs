@@ -225,7 +225,9 @@ pub struct HttpConnection {
     server: MessageParser,
     /// Methods of requests still waiting for their response.
     methods: VecDeque<String>,
-    pending: VecDeque<Request>,
+    /// Requests waiting for their response, in order; `None` is client cruft, which the
+    /// server may answer with an error (most servers send a 400 and close).
+    pending: VecDeque<Option<Request>>,
     interim: Vec<u16>,
     tunnel: bool,
     loose_anomalies: Vec<Anomaly>,
@@ -261,7 +263,7 @@ impl HttpConnection {
         } else {
             self.server.data(bytes, origin, &self.methods, &mut parsed);
         }
-        self.absorb(&mut parsed, out, origin);
+        self.absorb(from_client, &mut parsed, out, origin);
         self.parsed = parsed;
     }
 
@@ -272,7 +274,7 @@ impl HttpConnection {
         } else {
             self.server.gap(len, &mut parsed);
         }
-        self.absorb(&mut parsed, out, Origin::default());
+        self.absorb(from_client, &mut parsed, out, Origin::default());
         self.parsed = parsed;
     }
 
@@ -284,7 +286,7 @@ impl HttpConnection {
         } else {
             self.server.close(&mut parsed);
         }
-        self.absorb(&mut parsed, out, Origin::default());
+        self.absorb(from_client, &mut parsed, out, Origin::default());
         self.parsed = parsed;
     }
 
@@ -293,6 +295,8 @@ impl HttpConnection {
         self.end(true, out);
         self.end(false, out);
         while let Some(q) = self.pending.pop_front() {
+            // Cruft nobody answered was counted when it came.
+            let Some(q) = q else { continue };
             out.paired.push(Paired {
                 request: Some(q),
                 response: None,
@@ -302,7 +306,13 @@ impl HttpConnection {
         }
     }
 
-    fn absorb(&mut self, parsed: &mut Vec<Parsed>, out: &mut AppOut, origin: Origin) {
+    fn absorb(
+        &mut self,
+        from_client: bool,
+        parsed: &mut Vec<Parsed>,
+        out: &mut AppOut,
+        origin: Origin,
+    ) {
         for p in parsed.drain(..) {
             match p {
                 Parsed::Request(q) => {
@@ -313,9 +323,17 @@ impl HttpConnection {
                         out.requests.push((*q).clone());
                     }
                     self.methods.push_back(q.method.clone());
-                    self.pending.push_back(*q);
+                    self.pending.push_back(Some(*q));
                 }
                 Parsed::Interim(code) => self.interim.push(code),
+                Parsed::Anomaly(Anomaly::Cruft) => {
+                    out.flow_anomalies.push(Anomaly::Cruft);
+                    if from_client {
+                        // It takes a place in the line of requests: an answer may come.
+                        self.methods.push_back(String::new());
+                        self.pending.push_back(None);
+                    }
+                }
                 Parsed::Anomaly(a) => self.loose_anomalies.push(a),
                 Parsed::Tunnel => {
                     self.tunnel = true;
@@ -332,8 +350,23 @@ impl HttpConnection {
                 }
                 Parsed::Response(mut r) => {
                     r.interim = std::mem::take(&mut self.interim);
+                    // Cruft first in line: an error response is the server's answer to it
+                    // (of the flow, not an exchange); any other means the server skipped it.
+                    let mut answered_cruft = false;
+                    while matches!(self.pending.front(), Some(None)) {
+                        self.pending.pop_front();
+                        self.methods.pop_front();
+                        if r.status >= 400 {
+                            answered_cruft = true;
+                            break;
+                        }
+                    }
+                    if answered_cruft {
+                        out.flow_anomalies.push(Anomaly::CruftAnswered);
+                        continue;
+                    }
                     self.methods.pop_front();
-                    let request = self.pending.pop_front();
+                    let request = self.pending.pop_front().flatten();
                     out.paired.push(Paired {
                         request,
                         response: Some(*r),

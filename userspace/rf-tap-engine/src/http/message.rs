@@ -215,6 +215,9 @@ pub struct MessageParser {
     current: Option<InProgress>,
     /// The server side of an HTTP/0.9 exchange: the whole stream is the body.
     http09: bool,
+    /// The last thing parsed was a whole message, with no gap since: bytes that start no
+    /// message here are cruft.
+    after_message: bool,
     /// Bytes that came past the point where this stream became a tunnel.
     after_tunnel: Vec<u8>,
     /// Where the bytes held in `buf` began.
@@ -261,6 +264,7 @@ impl MessageParser {
             current: None,
             http09: false,
             after_tunnel: Vec::new(),
+            after_message: false,
             buf_origin: Origin::default(),
         }
     }
@@ -409,7 +413,12 @@ impl MessageParser {
                             })));
                         }
                         HeadResult::Error(why) => {
-                            out.push(Parsed::Anomaly(why));
+                            // After a whole message, bytes that do not even look like the
+                            // start of one are cruft (of the flow); otherwise a malformed
+                            // message (of the exchange the answer to it makes).
+                            let cruft = self.after_message && !looks_like_start(self.side, rest);
+                            out.push(Parsed::Anomaly(if cruft { Anomaly::Cruft } else { why }));
+                            self.after_message = false;
                             // Skip this line and look for the next message.
                             let nl = rest
                                 .iter()
@@ -619,6 +628,7 @@ impl MessageParser {
 
     fn complete(&mut self, incomplete: bool, out: &mut Vec<Parsed>) {
         self.state = State::Head;
+        self.after_message = !incomplete;
         let Some(c) = self.current.take() else { return };
         let body = c.body.finish();
         match c.head {
@@ -662,6 +672,7 @@ impl MessageParser {
 
     /// `len` bytes of the stream are missing here.
     pub fn gap(&mut self, len: u64, out: &mut Vec<Parsed>) {
+        self.after_message = false;
         match &mut self.state {
             State::Tunnel | State::Resync => {}
             State::Body(Framing::Length(rem)) if len < *rem => {

@@ -178,6 +178,17 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
         if !seen.is_empty() {
             eprintln!("rf-tap: anomalies: {}", seen.join(", "));
         }
+        let of_flows: Vec<String> = s
+            .flow_anomalies
+            .seen()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect();
+        if !of_flows.is_empty() {
+            eprintln!(
+                "rf-tap: anomalies of connections, not exchanges: {}",
+                of_flows.join(", ")
+            );
+        }
         let links: Vec<String> = s
             .unsupported_links
             .seen()
