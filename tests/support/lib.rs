@@ -978,3 +978,41 @@ pub fn impair(records: &[Record], mss: usize) -> Impaired {
     }
     out
 }
+
+/// `stress-ng --cpu N`: other processes keeping the cores busy, for at most `limit`, stopped
+/// by its own PID on drop (SIGTERM, so that it stops its workers, then SIGKILL).
+pub struct CpuHogs(Option<Child>);
+
+impl CpuHogs {
+    pub fn start(workers: usize, limit: Duration) -> Self {
+        let child = Command::new("stress-ng")
+            .args(["--cpu", &workers.to_string(), "--quiet"])
+            .arg("--timeout")
+            .arg(format!("{}s", limit.as_secs().max(1)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("stress-ng not installed: run `cargo xtask setup`");
+        // Let its workers start.
+        std::thread::sleep(Duration::from_millis(500));
+        Self(Some(child))
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -22,6 +22,8 @@ use rf_tap_tests::{nginx, NetPair, Proc, TempDir};
 enum Tool {
     None,
     RfTap,
+    /// rf-tap with its reader at the others' niceness (`--reader-nice 0`).
+    RfTapNice0,
     Tcpdump,
     TcpdumpBig,
     Netsniff,
@@ -32,6 +34,7 @@ impl Tool {
         match self {
             Self::None => "no capture",
             Self::RfTap => "rf-tap (tc)",
+            Self::RfTapNice0 => "rf-tap nice 0",
             Self::Tcpdump => "tcpdump -w",
             Self::TcpdumpBig => "tcpdump -B 65536",
             Self::Netsniff => "netsniff-ng",
@@ -166,6 +169,11 @@ fn one_run(
             cmd.arg(rf_tap)
                 .args(["attach", ifc, "--port", "80", "-q", "--json", "-w", file_s]);
         }
+        Tool::RfTapNice0 => {
+            cmd.arg(rf_tap)
+                .args(["attach", ifc, "--port", "80", "-q", "--json", "-w", file_s])
+                .args(["--reader-nice", "0"]);
+        }
         Tool::Tcpdump => {
             cmd.args([
                 "tcpdump", "-i", ifc, "-s", "0", "-w", file_s, "tcp", "port", "80",
@@ -231,7 +239,7 @@ fn one_run(
         let stderr = String::from_utf8_lossy(&out.stderr);
         run.captured = capinfos_count(&file)?;
         run.dropped = match tool {
-            Tool::RfTap => {
+            Tool::RfTap | Tool::RfTapNice0 => {
                 let v: serde_json::Value = serde_json::from_str(stdout.trim())
                     .with_context(|| format!("rf-tap summary: {stdout} {stderr}"))?;
                 v["dropped_kernel"].as_u64().unwrap_or(0) + v["dropped_user"].as_u64().unwrap_or(0)
@@ -276,23 +284,57 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn capture(
-    rf_tap: &Path,
-    seconds: u64,
-    rounds: usize,
-    connections: u32,
-    json: bool,
-) -> anyhow::Result<()> {
+/// What `bench capture` drives.
+pub struct CaptureLoad {
+    pub seconds: u64,
+    pub rounds: usize,
+    pub connections: u32,
+    /// Both cores kept busy by `stress-ng --cpu 2` during every run.
+    pub contended: bool,
+    /// Response body size; None is a 24-byte JSON object.
+    pub body: Option<usize>,
+}
+
+pub fn capture(rf_tap: &Path, load: CaptureLoad, json: bool) -> anyhow::Result<()> {
+    let CaptureLoad {
+        seconds,
+        rounds,
+        connections,
+        contended,
+        body,
+    } = load;
     std::env::set_var("RF_TAP_BIN", rf_tap);
     let pair = NetPair::new();
     let dir = TempDir::new("bench-capture");
     let www = dir.path("www");
     std::fs::create_dir_all(&www)?;
-    std::fs::write(www.join("small"), "{\"id\":\"u_1\",\"ok\":true}\n")?;
+    match body {
+        Some(n) => std::fs::write(www.join("small"), vec![b'x'; n])?,
+        None => std::fs::write(www.join("small"), "{\"id\":\"u_1\",\"ok\":true}\n")?,
+    }
     let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
+    let _hogs = if contended {
+        eprintln!("bench capture: both cores kept busy by stress-ng --cpu 2");
+        Some(rf_tap_tests::CpuHogs::start(2, Duration::from_secs(3600)))
+    } else {
+        None
+    };
+    let load_text = format!(
+        "{}{}",
+        match body {
+            Some(n) => format!("{n}-byte bodies"),
+            None => "24-byte bodies".into(),
+        },
+        if contended {
+            ", both cores also kept busy by stress-ng --cpu 2"
+        } else {
+            ""
+        }
+    );
     let tools = [
         Tool::None,
         Tool::RfTap,
+        Tool::RfTapNice0,
         Tool::Tcpdump,
         Tool::TcpdumpBig,
         Tool::Netsniff,
@@ -419,12 +461,14 @@ pub fn capture(
             "rf_tap_kernel_ns_per_program_run": kernel_ns,
             "rounds": rounds,
             "seconds": seconds,
+            "contended": contended,
+            "body_bytes": body,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "\ncapture benchmark: medians of {rounds} rounds, {seconds}s each, wrk -t1 -c{connections} on one veth pair (2 cores shared by wrk, nginx and the capture); cost = 1 - req/s over the same round's no-capture req/s"
+        "\ncapture benchmark: medians of {rounds} rounds, {seconds}s each, wrk -t1 -c{connections} on one veth pair (2 cores shared by wrk, nginx and the capture), {load_text}; cost = 1 - req/s over the same round's no-capture req/s"
     );
     println!(
         "{:<18} {:>10} {:>9} {:>12} {:>12} {:>8} {:>9} {:>12}",
@@ -437,11 +481,12 @@ pub fn capture(
         );
     }
     let rf = &rows[1];
-    let td = &rows[2];
+    let td = &rows[3];
     println!(
-        "\nrf-tap vs tcpdump: loss {:.2}% vs {:.2}%; production cost {:.1}% vs {:.1}%; process CPU per captured packet {:.2}x tcpdump's",
+        "\nrf-tap vs tcpdump: loss {:.2}% vs {:.2}% (rf-tap with --reader-nice 0: {:.2}%); production cost {:.1}% vs {:.1}%; process CPU per captured packet {:.2}x tcpdump's",
         rf.loss,
         td.loss,
+        rows[2].loss,
         rf.cost,
         td.cost,
         if td.cpu_us_per_pkt > 0.0 { rf.cpu_us_per_pkt / td.cpu_us_per_pkt } else { f64::NAN }

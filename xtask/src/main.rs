@@ -81,6 +81,13 @@ enum Bench {
         connections: u32,
         #[arg(long)]
         json: bool,
+        /// Keep both cores busy with `stress-ng --cpu 2` during every run (capture under
+        /// CPU pressure)
+        #[arg(long)]
+        contended: bool,
+        /// Size of the response body nginx serves, in bytes (default: a 24-byte JSON object)
+        #[arg(long)]
+        body: Option<usize>,
     },
     /// Extraction speed and memory: rf-tap vs tshark, tcpflow and httpry on one large capture
     Extract {
@@ -213,7 +220,19 @@ fn main() -> anyhow::Result<()> {
                     rounds,
                     connections,
                     json,
-                } => bench::capture(&bin, seconds, rounds.max(1), connections, json),
+                    contended,
+                    body,
+                } => bench::capture(
+                    &bin,
+                    bench::CaptureLoad {
+                        seconds,
+                        rounds: rounds.max(1),
+                        connections,
+                        contended,
+                        body,
+                    },
+                    json,
+                ),
                 Bench::Extract {
                     size_mb,
                     rounds,

@@ -26,6 +26,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("tcpflow", "tcpflow"),
     ("httpry", "httpry"),
     ("tcpreplay", "tcpreplay"),
+    ("stress-ng", "stress-ng"),
     ("bpftool", "bpftool"),
     // promtool checks the live mirror's /metrics (Debian ships it with prometheus).
     ("promtool", "prometheus"),

@@ -134,6 +134,35 @@ pub fn become_user(a: &Account, keep: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the calling thread's niceness (Linux keeps it per thread). Lowering it needs
+/// CAP_SYS_NICE: without, a warning says what that costs and the capture goes on.
+pub fn set_thread_nice(nice: i32) -> anyhow::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: getpriority/setpriority on this thread's own id.
+    let now = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
+    };
+    if now == nice {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => eprintln!(
+                "rf-tap: warning: cannot set the ring reader's niceness to {nice} (needs \
+                 CAP_SYS_NICE): when other processes keep every core busy, packets may be \
+                 dropped (counted as ring_full)"
+            ),
+            _ => bail!("cannot set the ring reader's niceness to {nice}: {e}"),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,6 +172,12 @@ pub struct AttachArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
     pub ring_size: u64,
 
+    /// Scheduling niceness of the thread that empties the ring (-20..19): at the default
+    /// -10 it keeps up when other processes keep every core busy, and it only runs while
+    /// packets wait; 0 leaves it at the others' level (as tcpdump runs)
+    #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true)]
+    pub reader_nice: i32,
+
     /// Print the final summary as one JSON object on standard output
     #[arg(long)]
     pub json: bool,
@@ -234,6 +240,9 @@ impl AttachArgs {
         }
         if !(4096..=(1 << 30)).contains(&self.ring_size) {
             bail!("--ring-size must be between 4KiB and 1GiB");
+        }
+        if !(-20..=19).contains(&self.reader_nice) {
+            bail!("--reader-nice must be between -20 and 19");
         }
         if self.force && self.mode != HookMode::Afxdp {
             bail!("--force only applies to --mode afxdp");
@@ -541,6 +550,9 @@ pub fn run_with(args: AttachArgs, mut extra: Extra) -> anyhow::Result<std::proce
     } else {
         0
     };
+    // The reader's priority, while it still may raise it (this thread alone: the live
+    // pipeline's workers, started already, stay where they are).
+    crate::privs::set_thread_nice(args.reader_nice)?;
     crate::privs::become_user(&account, keep)?;
     let running_as = match (account.uid, keep) {
         (0, _) => String::new(),
