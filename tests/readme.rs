@@ -174,6 +174,7 @@ fn every_option_in_help_is_in_the_readme() {
         "replay",
         "session create",
         "mirror start",
+        "mock",
     ] {
         let chain: Vec<String> = chain.split(' ').map(str::to_string).collect();
         let text = help(&chain);

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         cli::Command::Replay(args) => cli::replay::run(*args, cli::replay::matches_of(&matches)),
         cli::Command::Session(args) => cli::session::run(args),
         cli::Command::Mirror(args) => cli::mirror::run(args),
+        cli::Command::Mock(args) => cli::mock::run(args),
     };
     match result {
         Ok(code) => code,

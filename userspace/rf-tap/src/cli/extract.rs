@@ -82,6 +82,16 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 
+    /// Only exchanges where the captured host was the client (its calls to dependencies;
+    /// needs recorded directions: a pcapng from `attach --pcapng`)
+    #[arg(long)]
+    pub outbound: bool,
+
+    /// Only the exchanges of this dependency: its Host (with or without port) or its
+    /// address:port
+    #[arg(long, value_name = "NAME")]
+    pub dependency: Option<String>,
+
     /// Print the extraction counters as JSON on standard error at the end
     #[arg(long)]
     pub stats: bool,
@@ -93,6 +103,36 @@ pub struct ExtractArgs {
     /// For JSONL and HAR (an .rfcap archive with -o keeps the original bytes)
     #[command(flatten)]
     pub redact: crate::cli::redaction::RedactArgs,
+}
+
+/// Passes on the exchanges `--outbound` and `--dependency` select.
+struct Selected {
+    inner: Box<dyn Sink>,
+    outbound: bool,
+    dependency: Option<String>,
+}
+
+impl Sink for Selected {
+    fn exchange(&mut self, x: &rf_tap_engine::http::exchange::Exchange) -> Result<(), SinkError> {
+        let wanted = (!self.outbound || rf_tap_engine::mock::is_outbound(x))
+            && self
+                .dependency
+                .as_deref()
+                .is_none_or(|d| rf_tap_engine::mock::Dependency::of(x).is(d));
+        if wanted {
+            self.inner.exchange(x)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.inner.flush()
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64, SinkError> {
+        self.inner.finish()
+    }
 }
 
 pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -126,6 +166,13 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     };
+    if args.outbound || args.dependency.is_some() {
+        out = Box::new(Selected {
+            inner: out,
+            outbound: args.outbound,
+            dependency: args.dependency.clone(),
+        });
+    }
     let progress = !args.quiet && std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_progress = Instant::now();

@@ -3,6 +3,7 @@ pub mod attach;
 pub mod extract;
 pub mod mapped;
 pub mod mirror;
+pub mod mock;
 pub mod redaction;
 pub mod replay;
 pub mod requests;
@@ -64,4 +65,7 @@ pub enum Command {
     /// Live shadow mirroring: send production's requests to shadow services as they happen
     /// and compare their answers with production's (`mirror start|list|stop|stats|diff`)
     Mirror(mirror::MirrorArgs),
+    /// Serve a dependency from captured exchanges (a service's outbound calls), matched by
+    /// request signature
+    Mock(mock::MockArgs),
 }

@@ -13,6 +13,7 @@ use rf_tap_engine::{
     archive::{ArchiveReader, Summary},
     flow::ExtractConfig,
     http::exchange::Exchange,
+    mock::{is_outbound, Dependency},
     pcap::reader::CaptureReader,
     query::{format_utc, parse_time, Filter, StatusFilter},
     redact::Redaction,
@@ -71,6 +72,17 @@ pub struct RequestsArgs {
     /// Only until this time
     #[arg(long, value_parser = parse_time)]
     pub until: Option<Duration>,
+
+    /// Only exchanges where the captured host was the client (its calls to dependencies;
+    /// needs a capture that recorded directions: `attach --rfcap`, `--pcapng`), with the
+    /// dependency each called
+    #[arg(long)]
+    pub outbound: bool,
+
+    /// Only the exchanges of this dependency: its Host (with or without port) or its
+    /// address:port
+    #[arg(long, value_name = "NAME")]
+    pub dependency: Option<String>,
 
     /// One JSON object per line instead of the table: the exchange records `extract` writes
     /// (docs/jsonl.md)
@@ -296,7 +308,11 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut rows = 0u64;
     let mut write_err = None;
+    let by_dependency = args.outbound || args.dependency.is_some();
     if !args.json {
+        if by_dependency {
+            write!(out, "{:<28}  ", "DEPENDENCY")?;
+        }
         writeln!(
             out,
             "{:>6}  {:<23}  {:<7} {:<48} {:>6} {:>10} {:>10}",
@@ -304,56 +320,77 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
         )?;
     }
     let policy = args.redact.policy();
-    let damaged = src.each(&|s| args.json && filter.matches(s), &mut |s, x| {
-        if !filter.matches(s) {
-            return true;
-        }
-        let res = if args.json {
-            // The one exchange record (the archive's summary is what the table shows).
-            let Some(x) = x else {
-                // Its block did not decode: reported as damage by the reader.
+    let mut undirected = 0u64;
+    let damaged = src.each(
+        &|s| (args.json || by_dependency) && filter.matches(s),
+        &mut |s, x| {
+            if !filter.matches(s) {
                 return true;
-            };
-            rows += 1;
-            let record = x.to_json(&policy);
-            serde_json::to_string(&record)
-                .map_err(std::io::Error::other)
-                .and_then(|j| writeln!(out, "{j}"))
-        } else {
-            rows += 1;
-            let status = if s.status == 0 {
-                "-".to_string()
+            }
+            let mut dependency = String::new();
+            if by_dependency {
+                let Some(x) = &x else { return true };
+                if x.traffic.is_none() {
+                    undirected += 1;
+                }
+                let d = Dependency::of(x);
+                if (args.outbound && !is_outbound(x))
+                    || args.dependency.as_deref().is_some_and(|want| !d.is(want))
+                {
+                    return true;
+                }
+                dependency = d.name();
+            }
+            let res = if args.json {
+                // The one exchange record (the archive's summary is what the table shows).
+                let Some(x) = x else {
+                    // Its block did not decode: reported as damage by the reader.
+                    return true;
+                };
+                rows += 1;
+                let record = x.to_json(&policy);
+                serde_json::to_string(&record)
+                    .map_err(std::io::Error::other)
+                    .and_then(|j| writeln!(out, "{j}"))
             } else {
-                s.status.to_string()
+                rows += 1;
+                if by_dependency {
+                    let _ = write!(out, "{dependency:<28}  ");
+                }
+                let status = if s.status == 0 {
+                    "-".to_string()
+                } else {
+                    s.status.to_string()
+                };
+                let method = if s.method.is_empty() {
+                    "-"
+                } else {
+                    s.method.as_str()
+                };
+                let path = if s.path.chars().count() > 48 {
+                    format!("{}…", s.path.chars().take(47).collect::<String>())
+                } else {
+                    s.path.clone()
+                };
+                writeln!(
+                    out,
+                    "{:>6}  {:<23}  {:<7} {:<48} {:>6} {:>8.1}ms {:>10}",
+                    s.id,
+                    format_utc(Duration::from_nanos(s.ts_ns), ' ', 3),
+                    method,
+                    path,
+                    status,
+                    s.duration_us as f64 / 1000.0,
+                    human_size(s.response_body_len)
+                )
             };
-            let method = if s.method.is_empty() {
-                "-"
-            } else {
-                s.method.as_str()
-            };
-            let path = if s.path.chars().count() > 48 {
-                format!("{}…", s.path.chars().take(47).collect::<String>())
-            } else {
-                s.path.clone()
-            };
-            writeln!(
-                out,
-                "{:>6}  {:<23}  {:<7} {:<48} {:>6} {:>8.1}ms {:>10}",
-                s.id,
-                format_utc(Duration::from_nanos(s.ts_ns), ' ', 3),
-                method,
-                path,
-                status,
-                s.duration_us as f64 / 1000.0,
-                human_size(s.response_body_len)
-            )
-        };
-        if let Err(e) = res {
-            write_err = Some(e);
-            return false;
-        }
-        true
-    })?;
+            if let Err(e) = res {
+                write_err = Some(e);
+                return false;
+            }
+            true
+        },
+    )?;
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e.into());
@@ -363,6 +400,13 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
     let _ = out.flush();
     if !args.json {
         eprintln!("{rows} exchange{}", if rows == 1 { "" } else { "s" });
+    }
+    if args.outbound && undirected > 0 {
+        eprintln!(
+            "rf-tap: warning: {undirected} exchanges have no recorded direction (a classic pcap \
+             or a VXLAN-decapsulated copy) and are left out of --outbound; capture with \
+             `attach --rfcap` or `--pcapng` to keep directions"
+        );
     }
     if damaged {
         // Everything readable was shown; the status says the input was damaged.
