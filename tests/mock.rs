@@ -65,6 +65,9 @@ fn fresh_id() -> String {
 /// answers with its own data combined with theirs.
 fn service(dependency: Arc<Mutex<String>>, v2: bool) -> impl Fn(&Seen) -> Reply + Send + Sync {
     move |q| {
+        if q.target == "/healthz" {
+            return Reply::json(200, r#"{"ok":true}"#);
+        }
         let dep = dependency.lock().unwrap().clone();
         let query = q.target.split_once('?').map(|(_, s)| s).unwrap_or("");
         let get = |k: &str| {
@@ -264,12 +267,75 @@ fn a_mock_from_captured_outbound_traffic_stands_in_for_the_dependency() {
     assert_eq!(s["missed"], 0, "{s}");
     assert_eq!(s["match_rate"], 1.0, "{s}");
 
+    // The same through a replay plan: the mock started by rf-tap, the service waited for,
+    // the inbound traffic replayed, gates checked.
+    let plan_mock = format!("{}:18082", pair.server_ip);
+    *target.lock().unwrap() = plan_mock.clone();
+    let plan = dir.path("replay.yaml");
+    let write_plan = |gate: &str| {
+        std::fs::write(
+            &plan,
+            format!(
+                "replay:\n  target: http://{svc_addr}\n  traffic: [./prod.rfcap]\n  speed: 10x\n  concurrency: 4\n\
+                 mocks:\n  - dependency: payment-api\n    listen: {plan_mock}\n    traffic: ./prod.rfcap\n\
+                 ready:\n  url: http://{svc_addr}/healthz\n  timeout: 10s\n\
+                 quality_gates:\n  status_pass_rate: \">= 0.99\"\n  body_match_rate: \">= 0.95\"\n  {gate}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_plan("mock_match_rate: \">= 0.98\"");
+    let planned = rf_tap_run(
+        Some(&pair.server_ns),
+        &[
+            "replay",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--json",
+            "--no-save",
+        ],
+    );
+    assert!(planned.status.success(), "{}", planned.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&planned.stdout).unwrap();
+    assert_eq!(v["requests"], 6, "inbound only: {v}");
+    assert_eq!(v["outbound_left_to_mocks"], 12, "{v}");
+    assert_eq!(v["diffs"], 0, "every answer equals production's: {v}");
+    assert_eq!(v["mocks"]["payment-api"]["exact"], 12, "{v}");
+    assert!(
+        v["quality_gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["passed"] == true),
+        "{v}"
+    );
+
     // Version 2 calls a fraud check nobody recorded.
     drop(svc);
     let _svc2 = in_netns(&pair.client_ns, {
         let (a, t) = (svc_addr.clone(), Arc::clone(&target));
         move || TestServer::start_on(&a, service(t, true))
     });
+    // Through the plan, the mock's misses fail its gate.
+    write_plan("unmatched_requests: \"== 0\"");
+    let planned = rf_tap_run(
+        Some(&pair.server_ns),
+        &["replay", "--plan", plan.to_str().unwrap(), "--no-save"],
+    );
+    assert_eq!(planned.status.code(), Some(1), "{}", planned.stderr);
+    assert!(
+        planned
+            .stderr
+            .contains("gate failed: unmatched_requests == 0"),
+        "{}",
+        planned.stderr
+    );
+    let table = String::from_utf8_lossy(&planned.stdout);
+    assert!(
+        table.contains("MOCKS") && table.contains("GET /fraud-check"),
+        "{table}"
+    );
+    *target.lock().unwrap() = mock_addr.to_string();
     let misses = dir.path("misses");
     let mock = start_mock(
         &pair.client_ns,
@@ -367,5 +433,42 @@ fn mock_mistakes_are_one_line_and_a_non_zero_exit() {
         let lines: Vec<&str> = out.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: {}", out.stderr);
         assert!(lines[0].contains(says), "{args:?}: {}", out.stderr);
+    }
+
+    // Plans.
+    let pcap = pcaps.to_str().unwrap();
+    let plan = dir.path("plan.yaml");
+    for (text, says) in [
+        (
+            format!("replay: {{target: 'http://127.0.0.1:9', traffic: {pcap}, sped: 2x}}"),
+            "unknown field `sped`",
+        ),
+        (
+            format!("replay: {{target: 'http://127.0.0.1:9', traffic: {pcap}}}\nquality_gates: {{mock_rate: '>= 1'}}"),
+            "unknown quality gate `mock_rate`",
+        ),
+        (
+            format!("replay: {{target: 'http://127.0.0.1:9', traffic: {pcap}}}\nquality_gates: {{requests: 'lots'}}"),
+            "needs a comparison",
+        ),
+        (
+            "replay: {target: 'http://127.0.0.1:9', traffic: /no/such.rfcap}".to_string(),
+            "/no/such.rfcap: no such file",
+        ),
+        (
+            format!("replay: {{target: 'http://127.0.0.1:9', traffic: {pcap}}}\nmocks: [{{dependency: 10.9.0.2, listen: '{busy}', traffic: {pcap}}}]"),
+            "cannot listen",
+        ),
+        (
+            format!("replay: {{target: 'http://127.0.0.1:9', traffic: {pcap}}}\nready: {{url: 'http://127.0.0.1:9/healthz', timeout: 1s}}"),
+            "never became ready",
+        ),
+    ] {
+        std::fs::write(&plan, &text).unwrap();
+        let out = rf_tap_run(None, &["replay", "--plan", plan.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{text}: {}", out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.contains("listening on")).collect();
+        assert_eq!(lines.len(), 1, "{text}: {}", out.stderr);
+        assert!(lines[0].contains(says), "{text}: {}", out.stderr);
     }
 }

@@ -158,6 +158,119 @@ fn load(
     Ok(deps)
 }
 
+/// A mock serving on its own thread (for `replay --plan`), until stopped.
+pub struct Running {
+    pub dependency: String,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a mock served, for a report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Served {
+    pub requests: u64,
+    pub exact: u64,
+    pub fuzzy: u64,
+    pub missed: u64,
+    pub misses: BTreeMap<String, u64>,
+}
+
+impl Running {
+    /// Loads the recordings, binds, and serves on a thread; errors are one line.
+    pub fn start(
+        files: &[PathBuf],
+        dependency: Option<&str>,
+        listen: SocketAddr,
+        opts: MockOptions,
+        save_misses: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut index = MockIndex::new(opts);
+        load(files, dependency, &mut index)?;
+        if index.is_empty() {
+            bail!(
+                "no exchange with a request and a response{} in {}",
+                dependency
+                    .map(|d| format!(" of dependency {d}"))
+                    .unwrap_or_default(),
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(dir) = &save_misses {
+            crate::output::create_dir(dir)?;
+        }
+        let listener = std::net::TcpListener::bind(listen)
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            index: Mutex::new(index),
+            counts: Mutex::new(Counts::default()),
+            fuzzy: false,
+            miss_status: 404,
+            save_misses,
+            recorded_latency: false,
+            redaction: Redaction::default(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, st2) = (Arc::clone(&shared), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+                    serve(l, s2, st2).await;
+                }
+            });
+        });
+        Ok(Self {
+            dependency: dependency.unwrap_or("(all)").to_string(),
+            stop,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops serving and says what was served.
+    pub fn stop(mut self) -> Served {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.served()
+    }
+
+    fn served(&self) -> Served {
+        self.shared
+            .counts
+            .lock()
+            .map(|c| Served {
+                requests: c.requests,
+                exact: c.exact,
+                fuzzy: c.fuzzy,
+                missed: c.missed,
+                misses: c.misses.clone(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn run(args: MockArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut index = MockIndex::new(MockOptions {
         ignore: args.ignore.clone(),

@@ -127,13 +127,19 @@ pub struct HttpArgs {
     pub noise_runs: u32,
 
     /// Write a JUnit XML report (one test case per endpoint)
-    #[arg(long, value_name = "FILE", requires = "target")]
+    #[arg(long, value_name = "FILE", requires = "http_mode")]
     pub junit: Option<PathBuf>,
 
     /// Exit 1 when this holds: 'success_rate<99.5%', 'p95_latency_delta>10%', 'diff_rate>1%'
     /// (see `Gates` below); repeatable
-    #[arg(long, value_name = "CONDITION", requires = "target")]
+    #[arg(long, value_name = "CONDITION", requires = "http_mode")]
     pub fail_if: Vec<Gate>,
+
+    /// Serve a dependency from captured traffic during the replay:
+    /// DEPENDENCY=FILE@ADDR:PORT (its outbound exchanges to that Host or address); the
+    /// replay then sends only inbound exchanges; repeatable
+    #[arg(long, value_name = "DEP=FILE@ADDR", requires = "target")]
+    pub mock: Vec<super::plan::MockSpec>,
 
     /// Trust the certificates in this PEM file too (HTTPS targets)
     #[arg(long, value_name = "FILE", requires = "target")]
@@ -144,7 +150,7 @@ pub struct HttpArgs {
     pub insecure: bool,
 
     /// Do not save the results next to the capture
-    #[arg(long, requires = "target")]
+    #[arg(long, requires = "http_mode")]
     pub no_save: bool,
 
     /// For the saved results and `replay diff` (what is sent to the target is not changed)
@@ -452,7 +458,148 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// `replay --plan FILE`: the plan's settings into an HTTP replay, mocks started, the
+/// service waited for.
+pub fn run_plan(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let Some(path) = args.plan.clone() else {
+        bail!("--plan FILE");
+    };
+    let file = super::plan::read(&path)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let at = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let traffic: Vec<PathBuf> = file.replay.traffic.iter().map(|p| at(p)).collect();
+    let Some(first) = traffic.first() else {
+        bail!("{}: replay.traffic names no file", path.display());
+    };
+    for t in &traffic {
+        if !t.exists() {
+            bail!(
+                "{}: replay.traffic {}: no such file",
+                path.display(),
+                t.display()
+            );
+        }
+    }
+    args.input = Some(first.clone());
+    args.http.target = Some(file.replay.target.clone());
+    if let Some(s) = &file.replay.speed {
+        args.speed = Some(super::parse_speed(s).map_err(|e| anyhow::anyhow!("replay.speed: {e}"))?);
+    }
+    if let Some(c) = file.replay.concurrency {
+        args.http.concurrency = c.max(1);
+    }
+    let gates = file
+        .quality_gates
+        .iter()
+        .map(|(k, v)| super::plan::PlanGate::parse(k, v))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let specs: Vec<super::plan::MockSpec> = file
+        .mocks
+        .iter()
+        .flat_map(|m| {
+            m.traffic.iter().map(|t| super::plan::MockSpec {
+                dependency: m.dependency.clone(),
+                traffic: at(t),
+                listen: m.listen,
+            })
+        })
+        .collect();
+    let mocks = super::plan::start_mocks(&specs)?;
+    if let Some(r) = &file.ready {
+        // On failure the mocks are dropped, which stops them.
+        super::plan::wait_ready(&r.url, super::plan::ready_timeout(r)?)?;
+    }
+    run_with(
+        args,
+        Some(super::plan::Plan {
+            traffic,
+            mocks,
+            gates,
+        }),
+    )
+}
+
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let plan = if args.http.mock.is_empty() {
+        None
+    } else {
+        Some(super::plan::Plan {
+            traffic: args.input.iter().cloned().collect(),
+            mocks: super::plan::start_mocks(&args.http.mock)?,
+            gates: Vec::new(),
+        })
+    };
+    run_with(args, plan)
+}
+
+/// Visits the exchanges of several files in time order (one reader thread per file, a
+/// merge of their heads), leaving out the outbound ones (the mocks answer those); returns
+/// whether any file was damaged.
+fn visit_merged(
+    files: &[PathBuf],
+    visit: &mut dyn FnMut(rf_tap_engine::http::exchange::Exchange) -> bool,
+    outbound_left: &mut u64,
+) -> anyhow::Result<bool> {
+    use std::sync::mpsc::sync_channel;
+    let mut heads = Vec::new();
+    let mut readers = Vec::new();
+    for f in files {
+        let (tx, rx) = sync_channel::<rf_tap_engine::http::exchange::Exchange>(256);
+        let f = f.clone();
+        readers.push(std::thread::spawn(move || -> anyhow::Result<bool> {
+            let src = Source::open(&f)?;
+            src.each(&|_| true, &mut |_, x| match x {
+                Some(x) => tx.send(x).is_ok(),
+                None => true,
+            })
+        }));
+        heads.push((rx, None));
+    }
+    let mut stopped = false;
+    loop {
+        for (rx, head) in heads.iter_mut() {
+            if head.is_none() {
+                *head = rx.recv().ok();
+            }
+        }
+        let next = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, h))| h.as_ref().map(|x| (i, x.start().ts)))
+            .min_by_key(|(_, ts)| *ts)
+            .map(|(i, _)| i);
+        let Some(i) = next else { break };
+        let Some(x) = heads[i].1.take() else { break };
+        if rf_tap_engine::mock::is_outbound(&x) {
+            *outbound_left += 1;
+            continue;
+        }
+        if !visit(x) {
+            stopped = true;
+            break;
+        }
+    }
+    // Readers blocked on a full channel end when their receiver goes.
+    drop(heads);
+    let mut damaged = false;
+    for r in readers {
+        match r.join() {
+            Ok(Ok(d)) => damaged |= d,
+            Ok(Err(e)) if !stopped => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(damaged)
+}
+
+fn run_with(args: ReplayArgs, mut plan: Option<super::plan::Plan>) -> anyhow::Result<ExitCode> {
     let run_started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -559,22 +706,26 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         label,
         redaction: h.redact.policy(),
     };
+    let mut outbound_left = 0u64;
+    let plan_files: Option<Vec<PathBuf>> = plan.as_ref().map(|p| p.traffic.clone());
     let end = runner::run(
         &cfg,
         shared,
         &mut |visit| {
-            source
-                .each(&|_| true, &mut |_, x| match x {
+            match &plan_files {
+                Some(files) => visit_merged(files, visit, &mut outbound_left),
+                None => source.each(&|_| true, &mut |_, x| match x {
                     Some(x) => visit(x),
                     None => true,
-                })
-                .and_then(|damaged| {
-                    if damaged {
-                        // Everything readable was visited; the damage was reported above.
-                        anyhow::bail!("damaged (the readable exchanges were replayed)")
-                    }
-                    Ok(())
-                })
+                }),
+            }
+            .and_then(|damaged| {
+                if damaged {
+                    // Everything readable was visited; the damage was reported above.
+                    anyhow::bail!("damaged (the readable exchanges were replayed)")
+                }
+                Ok(())
+            })
         },
         saver,
         Arc::clone(&stop),
@@ -588,6 +739,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .map(|e| format!("the capture is unreadable past a point: {e}")));
     let summary = Summary::new(url, &end.tally, end.elapsed, stopped);
+    // The mocks stop once the replay is over; what they served goes into the report.
+    let mut served: Vec<(String, crate::cli::mock::Served)> = Vec::new();
+    let mut plan_gates: Vec<(super::plan::PlanGate, bool, Result<f64, &'static str>)> = Vec::new();
+    if let Some(p) = plan.as_mut() {
+        for m in p.mocks.drain(..) {
+            let name = m.dependency.clone();
+            served.push((name, m.stop()));
+        }
+        for g in &p.gates {
+            let (ok, v) = g.check(&summary, &served);
+            plan_gates.push((g.clone(), ok, v));
+        }
+    }
     let gates: Vec<(GateResult, &'static str)> = h
         .fail_if
         .iter()
@@ -601,6 +765,25 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         "gates".into(),
         serde_json::to_value(gates.iter().map(|(g, _)| g).collect::<Vec<_>>())?,
     );
+    if plan.is_some() {
+        record.insert(
+            "mocks".into(),
+            Value::Object(served.iter().map(|(n, m)| (n.clone(), json!(m))).collect()),
+        );
+        record.insert("outbound_left_to_mocks".into(), json!(outbound_left));
+        record.insert(
+            "quality_gates".into(),
+            Value::Array(
+                plan_gates
+                    .iter()
+                    .map(|(g, ok, v)| {
+                        json!({"gate": g.text, "passed": ok,
+                               "value": v.as_ref().ok(), "why": v.as_ref().err()})
+                    })
+                    .collect(),
+            ),
+        );
+    }
     saver.write(&ResultRecord::Summary(record.clone()));
     if let Some(mut out) = saver.out.take() {
         if let Err(e) = out.flush() {
@@ -636,6 +819,42 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             &speed_text,
             h.concurrency,
         );
+        if plan.is_some() {
+            print!("{}", super::plan::mock_table(&served));
+            if outbound_left > 0 {
+                println!(
+                    "  {outbound_left} outbound exchanges of the traffic were left to the mocks"
+                );
+            }
+            if !plan_gates.is_empty() {
+                println!("\nQUALITY GATES");
+                for (g, ok, v) in &plan_gates {
+                    println!(
+                        "  {:<4} {}{}",
+                        if *ok { "pass" } else { "FAIL" },
+                        g.text,
+                        match v {
+                            Ok(v) => format!(" (measured {v:.4})"),
+                            Err(w) => format!(" ({w})"),
+                        }
+                    );
+                }
+            }
+        }
+    }
+    let failed_plan: Vec<String> = plan_gates
+        .iter()
+        .filter(|(_, ok, _)| !ok)
+        .map(|(g, _, v)| match v {
+            Ok(v) => format!("{} (measured {v:.4})", g.text),
+            Err(w) => format!("{} ({w})", g.text),
+        })
+        .collect();
+    for g in &failed_plan {
+        eprintln!("rf-tap: gate failed: {g}");
+    }
+    if !failed_plan.is_empty() {
+        return Ok(ExitCode::from(1));
     }
     let failed_gates: Vec<&GateResult> =
         gates.iter().map(|(g, _)| g).filter(|g| g.failed).collect();

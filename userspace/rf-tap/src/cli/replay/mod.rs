@@ -9,6 +9,7 @@
 pub mod diff;
 pub mod http;
 pub mod packet;
+pub mod plan;
 pub mod results;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -20,6 +21,7 @@ use crate::cli::units::parse_duration;
 
 #[derive(Debug, Args)]
 #[command(
+    group = clap::ArgGroup::new("http_mode").args(["target", "plan"]).multiple(false),
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     after_help = "\
@@ -55,8 +57,13 @@ pub struct ReplayArgs {
     pub command: Option<ReplayCommand>,
 
     /// Capture to replay: pcap or pcapng (packets or HTTP), or .rfcap (HTTP, with --target)
-    #[arg(required = true)]
+    #[arg(required_unless_present = "plan")]
     pub input: Option<PathBuf>,
+
+    /// Run a replay plan (YAML): mocks of the dependencies from captured outbound traffic,
+    /// a readiness check, the inbound traffic replayed against the target, quality gates
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["input", "target"])]
+    pub plan: Option<PathBuf>,
 
     /// Replay at N times the recorded speed (2x, 0.5x, 2)
     #[arg(long, visible_alias = "multiplier", value_name = "FACTOR", value_parser = parse_speed,
@@ -127,6 +134,9 @@ fn packet_option_given(m: &ArgMatches) -> Option<String> {
 pub fn run(args: ReplayArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
     if let Some(ReplayCommand::Diff(d)) = args.command {
         return diff::run(d);
+    }
+    if args.plan.is_some() {
+        return http::run_plan(args);
     }
     if args.http.target.is_some() {
         if let Some(flag) = matches.and_then(packet_option_given) {

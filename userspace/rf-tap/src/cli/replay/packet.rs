@@ -44,7 +44,7 @@ pub struct PacketArgs {
         short = 'i',
         long,
         value_name = "IFACE",
-        required_unless_present_any = ["write", "target"],
+        required_unless_present_any = ["write", "target", "plan"],
         conflicts_with_all = ["write", "target"]
     )]
     pub iface: Option<String>,
