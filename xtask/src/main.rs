@@ -4,6 +4,7 @@ mod bench_extract;
 mod bench_http_replay;
 mod bench_mirror;
 mod bench_mirror_live;
+mod bench_mock;
 mod bench_replay;
 mod bench_sink;
 mod demo;
@@ -124,6 +125,16 @@ enum Bench {
         /// 64-byte frames per run
         #[arg(long, default_value_t = 2_000_000)]
         packets: u32,
+    },
+    /// Mock server requests/s on one core beside nginx serving the same bytes
+    Mock {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Response body size in bytes
+        #[arg(long, default_value_t = 512)]
+        body: usize,
     },
     /// HTTP replay: --topspeed requests/s vs wrk on nginx, 10x schedule accuracy, memory
     HttpReplay {
@@ -256,6 +267,11 @@ fn main() -> anyhow::Result<()> {
                 Bench::Sink { rounds, packets } => {
                     bench_sink::sink(&bin, rounds.max(1), packets.max(1000))
                 }
+                Bench::Mock {
+                    rounds,
+                    seconds,
+                    body,
+                } => bench_mock::mock(&bin, rounds.max(1), seconds.max(1), body),
                 Bench::HttpReplay { rounds, requests } => {
                     bench_http_replay::http_replay(&bin, rounds.max(1), requests.max(100))
                 }
