@@ -940,3 +940,116 @@ fn replay_against_nginx_matches_production() {
         f.stderr
     );
 }
+
+const OLD_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImlhdCI6MTc2MzcxOTIwMCwiZXhwIjoxNzYzNzIyODAwfQ.c2lnbmF0dXJl";
+
+#[test]
+fn shift_time_moves_timestamps_by_the_captures_age_and_signs_jwts_again() {
+    use base64::Engine as _;
+    let dir = TempDir::new("shift-time");
+    let pcap = dir.path("old.pcap");
+    // Captured 2025-11-21T10:00:00Z, asking for the day before.
+    let mut q = get(
+        0,
+        "/report?from=2025-11-20T10%3A00%3A00Z&ts=1763719200",
+        200,
+        "{}",
+    );
+    q.request = q.request.replace(
+        "Cookie: session=prod\r\n",
+        &format!("Authorization: Bearer {OLD_JWT}\r\nX-Sent-At: 2025-11-21T10:00:00Z\r\n"),
+    );
+    let p = post(
+        5,
+        "/search",
+        r#"{"since":"2025-11-20T10:00:00Z","at":1763719200}"#,
+    );
+    capture(&pcap, &[vec![q, p]]);
+    let srv = TestServer::start(|_| Reply::json(200, "{}"));
+    let secret = dir.path("jwt.key");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (code, v, err) = http(
+        &pcap,
+        &srv.url(),
+        &[
+            "--shift-time",
+            "--jwt-key",
+            secret.to_str().unwrap(),
+            "--allow-writes",
+            "--json",
+            "--no-save",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["shift_time"]["jwts_resigned"], 1, "{v}");
+    assert_eq!(v["shift_time"]["timestamps"], 5, "{v}");
+    let seen = srv.requests();
+    // The day before the replay, within the minute the test took.
+    let day_before = |text: &str| -> i64 {
+        let t = text.replace("%3A", ":");
+        let i = t.find("20").unwrap();
+        let s = &t[i..i + 19];
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", s, "+%s"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let from = seen[0]
+        .target
+        .split("from=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert!(
+        (day_before(from) - (now - 86_400)).abs() < 60,
+        "{}",
+        seen[0].target
+    );
+    let ts: i64 = seen[0].target.split("ts=").nth(1).unwrap().parse().unwrap();
+    assert!((ts - now).abs() < 60, "{}", seen[0].target);
+    assert!((day_before(seen[0].header("x-sent-at").unwrap()) - now).abs() < 60);
+    let body: Value = serde_json::from_slice(&seen[1].body).unwrap();
+    assert!(
+        (day_before(body["since"].as_str().unwrap()) - (now - 86_400)).abs() < 60,
+        "{body}"
+    );
+    // The JWT: fresh times, the same lifetime, a valid HS256 signature.
+    let token = seen[0]
+        .header("authorization")
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims: Value =
+        serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    assert!((iat - now).abs() < 60 && exp - iat == 3600, "{claims}");
+    let (signing, sig) = token.rsplit_once('.').unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
+    assert!(ring::hmac::verify(&key, signing.as_bytes(), &b64.decode(sig).unwrap()).is_ok());
+
+    // Without a key the token goes as captured, counted as expired.
+    let (code, v, err) = http(
+        &pcap,
+        &srv.url(),
+        &["--shift-time", "--allow-writes", "--json", "--no-save"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["shift_time"]["jwts_expired"], 1, "{v}");
+    assert_eq!(v["shift_time"]["jwts_resigned"], 0, "{v}");
+    let last = srv.requests();
+    assert!(last[last.len() - 2]
+        .header("authorization")
+        .unwrap()
+        .ends_with(OLD_JWT));
+}

@@ -23,13 +23,14 @@ use rf_tap_engine::{
 };
 use rf_tap_tests::conformance::capture_files;
 
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "pcap_reader",
     "decode",
     "reassembly",
     "http",
     "rfcap_reader",
     "extract",
+    "timeshift",
 ];
 
 const RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -147,6 +148,17 @@ fn seeds(target: &str, captures: &[PathBuf], dir: &Path) -> anyhow::Result<usize
                     s.extend_from_slice(resp);
                     put(&s)?;
                 }
+            }
+        }
+        "timeshift" => {
+            let seeds: [&[u8]; 4] = [
+                b"\x30from=2026-11-30T10:00:00.123+01:00&ts=1764000000",
+                b"\x30{\"since\":\"2026-02-28 12:00:00Z\",\"at\":1764000000123,\"a\":[1,{\"b\":\"x\"}]}",
+                b"\x30eyJhbGciOiJIUzI1NiJ9.eyJpYXQiOjE3NjQwMDAwMDAsImV4cCI6MTc2NDAwMzYwMH0.c2ln",
+                b"\x00a=1&b=2&a=3&c",
+            ];
+            for s in seeds {
+                put(s)?;
             }
         }
         "rfcap_reader" => {

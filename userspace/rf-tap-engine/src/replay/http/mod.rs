@@ -6,4 +6,5 @@ pub mod gate;
 pub mod plan;
 pub mod record;
 pub mod report;
+pub mod timeshift;
 pub mod transform;

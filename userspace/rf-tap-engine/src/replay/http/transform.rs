@@ -147,6 +147,8 @@ pub struct Transform {
     /// JSON body fields whose values are replaced by `****` before sending
     /// (`--scrub-field`: personal data that a staging target must not get).
     pub scrub: Redaction,
+    /// `--shift-time`: timestamps moved by the capture's age, JWTs re-signed.
+    pub shift: Option<std::sync::Arc<super::timeshift::TimeShift>>,
 }
 
 impl Transform {
@@ -158,6 +160,7 @@ impl Transform {
             rewrite_url: Vec::new(),
             path_prefix: String::new(),
             scrub: Redaction::only_fields(&[]),
+            shift: None,
         }
     }
 
@@ -192,7 +195,12 @@ impl Transform {
     /// Writes the HTTP/1.1 request to send into `out`.
     pub fn build(&self, req: &ReplayRequest, vars: &Vars, out: &mut Vec<u8>) {
         out.clear();
+        let mut shifted = super::timeshift::Shifted::default();
         let target = self.target(req, vars);
+        let target = match self.shift.as_deref() {
+            Some(s) => s.target(&target, &mut shifted),
+            None => target,
+        };
         out.extend_from_slice(req.method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
@@ -212,6 +220,14 @@ impl Transform {
             out.extend_from_slice(v);
             out.extend_from_slice(b"\r\n");
         };
+        let shift = self.shift.as_deref();
+        let mut captured = |out: &mut Vec<u8>, n: &str, v: &[u8]| match shift {
+            Some(s) => {
+                let moved = s.header(n, v, &mut shifted);
+                header(out, n, &moved)
+            }
+            None => header(out, n, v),
+        };
         for (n, v) in &req.headers {
             if n.eq_ignore_ascii_case("host") {
                 if wrote_host
@@ -222,13 +238,13 @@ impl Transform {
                 }
                 wrote_host = true;
                 match &self.host {
-                    HostHeader::Original => header(out, n, v),
+                    HostHeader::Original => captured(out, n, v),
                     HostHeader::Target(h) | HostHeader::Fixed(h) => header(out, n, h.as_bytes()),
                 }
                 continue;
             }
             if !dropped(n) {
-                header(out, n, v);
+                captured(out, n, v);
             }
         }
         if !wrote_host
@@ -249,6 +265,13 @@ impl Transform {
         } else {
             std::borrow::Cow::Borrowed(&req.body[..])
         };
+        let body = match shift.and_then(|s| s.json_body(&body, &mut shifted)) {
+            Some(moved) => std::borrow::Cow::Owned(moved),
+            None => body,
+        };
+        if let Some(s) = shift {
+            s.add(shifted);
+        }
         let needs_length = !body.is_empty()
             || ["POST", "PUT", "PATCH"]
                 .iter()

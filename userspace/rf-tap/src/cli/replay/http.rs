@@ -135,6 +135,18 @@ pub struct HttpArgs {
     #[arg(long, value_name = "CONDITION", requires = "http_mode")]
     pub fail_if: Vec<Gate>,
 
+    /// Move the timestamps in each request (ISO-8601 and epoch values in headers, query and
+    /// JSON bodies) by the capture's age, so that a captured `from=yesterday` still means
+    /// yesterday; JWTs in Authorization are re-signed with --jwt-key, counted as expired
+    /// otherwise
+    #[arg(long, requires = "http_mode")]
+    pub shift_time: bool,
+
+    /// Key to sign JWTs again under --shift-time: a PEM PKCS#8 RSA key (RS256) or a
+    /// secret (HS256)
+    #[arg(long, value_name = "FILE", requires = "shift_time")]
+    pub jwt_key: Option<PathBuf>,
+
     /// Serve a dependency from captured traffic during the replay:
     /// DEPENDENCY=FILE@ADDR:PORT (its outbound exchanges to that Host or address); the
     /// replay then sends only inbound exchanges; repeatable
@@ -625,6 +637,35 @@ fn run_with(args: ReplayArgs, mut plan: Option<super::plan::Plan>) -> anyhow::Re
     }
     .transform(&target);
     transform.rewrite_url = h.rewrite_url.clone();
+    if h.shift_time {
+        let files: Vec<PathBuf> = match &plan {
+            Some(p) => p.traffic.clone(),
+            None => vec![capture.to_path_buf()],
+        };
+        let mut start: Option<Duration> = None;
+        for f in &files {
+            if let Some((a, _)) = Source::open(f)?.span() {
+                start = Some(start.map_or(a, |s| s.min(a)));
+            }
+        }
+        let now = run_started.as_secs() as i64;
+        let by = start.map_or(0, |s| now - s.as_secs() as i64);
+        let key = match &h.jwt_key {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read --jwt-key {}", path.display()))?;
+                Some(
+                    rf_tap_engine::replay::http::timeshift::JwtKey::from_file_bytes(&bytes)
+                        .map_err(|e| anyhow::anyhow!("--jwt-key {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        transform.shift = Some(Arc::new(
+            rf_tap_engine::replay::http::timeshift::TimeShift::new(by, now, key),
+        ));
+    }
+    let shift = transform.shift.clone();
 
     let stop = crate::cli::stop_on_signals()?;
 
@@ -765,6 +806,14 @@ fn run_with(args: ReplayArgs, mut plan: Option<super::plan::Plan>) -> anyhow::Re
         "gates".into(),
         serde_json::to_value(gates.iter().map(|(g, _)| g).collect::<Vec<_>>())?,
     );
+    if let Some(s) = &shift {
+        let (moved, resigned, expired) = s.totals();
+        record.insert(
+            "shift_time".into(),
+            json!({"by_s": s.by, "timestamps": moved, "jwts_resigned": resigned,
+                   "jwts_expired": expired}),
+        );
+    }
     if plan.is_some() {
         record.insert(
             "mocks".into(),
@@ -819,6 +868,13 @@ fn run_with(args: ReplayArgs, mut plan: Option<super::plan::Plan>) -> anyhow::Re
             &speed_text,
             h.concurrency,
         );
+        if let Some(s) = &shift {
+            let (moved, resigned, expired) = s.totals();
+            println!(
+                "\nSHIFT TIME\n  timestamps moved by {:.1} days: {moved}; JWTs re-signed: {resigned}; JWTs expired (no --jwt-key): {expired}",
+                s.by as f64 / 86_400.0
+            );
+        }
         if plan.is_some() {
             print!("{}", super::plan::mock_table(&served));
             if outbound_left > 0 {
