@@ -117,6 +117,9 @@ fn dependency() -> impl Fn(&Seen) -> Reply + Send + Sync {
                 ),
             );
         }
+        if q.target.starts_with("/fraud-check") {
+            return Reply::json(200, r#"{"risk":"low"}"#);
+        }
         Reply::json(404, r#"{"error":"no such endpoint"}"#)
     }
 }
@@ -320,9 +323,17 @@ fn a_mock_from_captured_outbound_traffic_stands_in_for_the_dependency() {
     write_plan("unmatched_requests: \"== 0\"");
     let planned = rf_tap_run(
         Some(&pair.server_ns),
-        &["replay", "--plan", plan.to_str().unwrap(), "--no-save"],
+        &["replay", "--plan", plan.to_str().unwrap()],
     );
     assert_eq!(planned.status.code(), Some(1), "{}", planned.stderr);
+    // The artifacts stay: the results, and the misses as stubs.
+    let kept = dir.path("prod.rfcap.replay/misses-payment-api");
+    assert_eq!(
+        std::fs::read_dir(&kept).map(|d| d.count()).unwrap_or(0),
+        6,
+        "{}",
+        kept.display()
+    );
     assert!(
         planned
             .stderr

@@ -67,6 +67,11 @@ pub struct MockArgs {
     #[arg(long, value_name = "CODE", default_value_t = 404)]
     pub miss_status: u16,
 
+    /// Send a request nothing matches to this real service instead (http://HOST:PORT[/PATH];
+    /// counted as missed and passed through)
+    #[arg(long, value_name = "URL", conflicts_with = "miss_status")]
+    pub passthrough: Option<String>,
+
     /// Save each missed request as a stub file in DIR
     #[arg(long, value_name = "DIR")]
     pub save_misses: Option<PathBuf>,
@@ -104,6 +109,7 @@ struct Counts {
     fuzzy_scores: Vec<f64>,
     misses: BTreeMap<String, u64>,
     saved: u64,
+    passed_through: u64,
 }
 
 struct Shared {
@@ -114,6 +120,96 @@ struct Shared {
     save_misses: Option<PathBuf>,
     recorded_latency: bool,
     redaction: Redaction,
+    /// `--passthrough`: (host:port, path prefix).
+    passthrough: Option<(String, String)>,
+}
+
+/// `http://host:port[/path]` → (host:port, path without its final slash).
+fn passthrough_of(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--passthrough {url}: only http:// services"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if host.is_empty() {
+        bail!("--passthrough {url}: no host");
+    }
+    let host = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    Ok((host, path.to_string()))
+}
+
+/// Sends `q` to the passthrough service and returns its answer, framed as a recording is.
+async fn forward(to: &(String, String), q: &Request) -> Vec<u8> {
+    let (host, prefix) = to;
+    let work = async {
+        let mut c = tokio::net::TcpStream::connect(host.as_str()).await?;
+        let mut out = format!(
+            "{} {prefix}{} HTTP/1.1\r\nHost: {host}\r\n",
+            q.method, q.target
+        )
+        .into_bytes();
+        let skip = [
+            "host",
+            "connection",
+            "keep-alive",
+            "content-length",
+            "transfer-encoding",
+            "content-encoding",
+            "expect",
+        ];
+        for (n, v) in q.headers.iter() {
+            if !skip.iter().any(|s| n.eq_ignore_ascii_case(s)) {
+                out.extend_from_slice(n.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(
+            format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                q.body.data.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&q.body.data);
+        c.write_all(&out).await?;
+        let mut parser = MessageParser::new(Side::Server, Limits::default());
+        let methods: VecDeque<String> = [q.method.clone()].into();
+        let mut parsed = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = c.read(&mut buf).await?;
+            if n == 0 {
+                parser.close(&mut parsed);
+            } else {
+                parser.data(&buf[..n], Origin::default(), &methods, &mut parsed);
+            }
+            if let Some(r) = parsed.iter().find_map(|p| match p {
+                Parsed::Response(r) => Some(r.clone()),
+                _ => None,
+            }) {
+                return Ok::<_, std::io::Error>(response_bytes(
+                    &r,
+                    q.method.eq_ignore_ascii_case("HEAD"),
+                ));
+            }
+            if n == 0 {
+                return Err(std::io::Error::other("closed before a whole response"));
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), work).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => miss_bytes(502, &format!("passthrough to {host} failed: {e}")),
+        Err(_) => miss_bytes(504, &format!("passthrough to {host} timed out")),
+    }
 }
 
 /// Loads every exchange with a request and a response (of `dependency` when given).
@@ -174,6 +270,8 @@ pub struct Served {
     pub fuzzy: u64,
     pub missed: u64,
     pub misses: BTreeMap<String, u64>,
+    /// Where the misses were saved as stubs.
+    pub saved_in: Option<PathBuf>,
 }
 
 impl Running {
@@ -214,6 +312,7 @@ impl Running {
             save_misses,
             recorded_latency: false,
             redaction: Redaction::default(),
+            passthrough: None,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, st2) = (Arc::clone(&shared), Arc::clone(&stop));
@@ -257,6 +356,7 @@ impl Running {
                 fuzzy: c.fuzzy,
                 missed: c.missed,
                 misses: c.misses.clone(),
+                saved_in: self.shared.save_misses.clone(),
             })
             .unwrap_or_default()
     }
@@ -294,6 +394,11 @@ pub fn run(args: MockArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(dir) = &args.save_misses {
         crate::output::create_dir(dir)?;
     }
+    let passthrough = args
+        .passthrough
+        .as_deref()
+        .map(passthrough_of)
+        .transpose()?;
     let stop = crate::cli::stop_on_signals()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -310,6 +415,7 @@ pub fn run(args: MockArgs) -> anyhow::Result<std::process::ExitCode> {
         save_misses: args.save_misses.clone(),
         recorded_latency: args.latency.is_some(),
         redaction: args.redact.policy(),
+        passthrough,
     });
     eprintln!(
         "rf-tap: mock of {recordings} recordings ({}) listening on {}; Ctrl-C to stop",
@@ -347,16 +453,22 @@ fn summary(c: &Counts, json: bool) {
             "fuzzy_scores": c.fuzzy_scores,
             "misses": c.misses,
             "saved_misses": c.saved,
+            "passed_through": c.passed_through,
         });
         println!("{v}");
         return;
     }
     eprintln!(
-        "rf-tap: mock served {} requests: {} exact, {} fuzzy, {} missed (match rate {:.1}%)",
+        "rf-tap: mock served {} requests: {} exact, {} fuzzy, {} missed{} (match rate {:.1}%)",
         c.requests,
         c.exact,
         c.fuzzy,
         c.missed,
+        if c.passed_through > 0 {
+            format!(", {} of them passed through", c.passed_through)
+        } else {
+            String::new()
+        },
         rate * 100.0
     );
     for (endpoint, n) in &c.misses {
@@ -422,7 +534,12 @@ async fn connection(mut conn: tokio::net::TcpStream, shared: Arc<Shared>, stop: 
                 Parsed::Request(q) => {
                     head.clear();
                     continued = false;
-                    let (bytes, delay) = answer(&shared, &q);
+                    let (mut bytes, delay, pass) = answer(&shared, &q);
+                    if pass {
+                        if let Some(to) = &shared.passthrough {
+                            bytes = forward(to, &q).await;
+                        }
+                    }
                     if let Some(d) = delay {
                         // Earlier answers of a pipelined batch go first.
                         if !out.is_empty() && conn.write_all(&out).await.is_err() {
@@ -464,8 +581,9 @@ fn expects_continue(bytes: &[u8]) -> bool {
         })
 }
 
-/// The bytes answering `q`, and how long to wait before sending them.
-fn answer(shared: &Shared, q: &Request) -> (Vec<u8>, Option<Duration>) {
+/// The bytes answering `q`, how long to wait before sending them, and whether it goes to
+/// the passthrough service instead.
+fn answer(shared: &Shared, q: &Request) -> (Vec<u8>, Option<Duration>, bool) {
     let found = shared
         .index
         .lock()
@@ -481,12 +599,18 @@ fn answer(shared: &Shared, q: &Request) -> (Vec<u8>, Option<Duration>) {
         })
         .ok();
     let Some((lookup, rec, signature)) = found else {
-        return (miss_bytes(500, "the mock's index is unusable"), None);
+        return (miss_bytes(500, "the mock's index is unusable"), None, false);
     };
     let endpoint = format!("{} {}", signature.method, signature.path);
     let mut c = match shared.counts.lock() {
         Ok(c) => c,
-        Err(_) => return (miss_bytes(500, "the mock's counters are unusable"), None),
+        Err(_) => {
+            return (
+                miss_bytes(500, "the mock's counters are unusable"),
+                None,
+                false,
+            )
+        }
     };
     c.requests += 1;
     match (&lookup, rec) {
@@ -506,7 +630,7 @@ fn answer(shared: &Shared, q: &Request) -> (Vec<u8>, Option<Duration>) {
             } else {
                 None
             };
-            (response_bytes(&r.response, head), delay)
+            (response_bytes(&r.response, head), delay, false)
         }
         _ => {
             c.missed += 1;
@@ -516,13 +640,17 @@ fn answer(shared: &Shared, q: &Request) -> (Vec<u8>, Option<Duration>) {
                     c.saved += 1;
                 }
             }
+            if shared.passthrough.is_some() {
+                c.passed_through += 1;
+                return (Vec::new(), None, true);
+            }
             let body = serde_json::json!({
                 "error": "no recording matches this request",
                 "method": signature.method,
                 "path": signature.path,
                 "query": signature.query,
             });
-            (json_bytes(shared.miss_status, &body), None)
+            (json_bytes(shared.miss_status, &body), None, false)
         }
     }
 }

@@ -523,7 +523,13 @@ pub fn run_plan(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
-    let mocks = super::plan::start_mocks(&specs)?;
+    // Misses are kept as stubs beside the results (unless nothing is saved).
+    let misses = (!args.http.no_save).then(|| {
+        let mut d = first.clone().into_os_string();
+        d.push(".replay");
+        PathBuf::from(d)
+    });
+    let mocks = super::plan::start_mocks(&specs, misses.as_deref())?;
     if let Some(r) = &file.ready {
         // On failure the mocks are dropped, which stops them.
         super::plan::wait_ready(&r.url, super::plan::ready_timeout(r)?)?;
@@ -544,7 +550,18 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(super::plan::Plan {
             traffic: args.input.iter().cloned().collect(),
-            mocks: super::plan::start_mocks(&args.http.mock)?,
+            mocks: super::plan::start_mocks(
+                &args.http.mock,
+                args.input
+                    .as_ref()
+                    .filter(|_| !args.http.no_save)
+                    .map(|i| {
+                        let mut d = i.clone().into_os_string();
+                        d.push(".replay");
+                        PathBuf::from(d)
+                    })
+                    .as_deref(),
+            )?,
             gates: Vec::new(),
         })
     };

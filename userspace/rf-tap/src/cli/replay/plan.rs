@@ -246,16 +246,36 @@ pub fn read(path: &Path) -> anyhow::Result<PlanFile> {
     Ok(plan)
 }
 
-/// Starts each mock; on an error, those started are stopped (dropped).
-pub fn start_mocks(specs: &[MockSpec]) -> anyhow::Result<Vec<Running>> {
+/// Starts each mock, saving its misses as stubs under `misses` (one directory per
+/// dependency); on an error, those started are stopped (dropped).
+pub fn start_mocks(specs: &[MockSpec], misses: Option<&Path>) -> anyhow::Result<Vec<Running>> {
     let mut running = Vec::new();
     for m in specs {
+        let dir = misses.map(|d| {
+            let safe: String = m
+                .dependency
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            d.join(format!("misses-{safe}"))
+        });
+        if let Some(d) = &dir {
+            if let Some(parent) = d.parent() {
+                crate::output::create_dir(parent)?;
+            }
+        }
         let r = Running::start(
             std::slice::from_ref(&m.traffic),
             Some(&m.dependency),
             m.listen,
             MockOptions::default(),
-            None,
+            dir,
         )
         .with_context(|| format!("mock {}", m.dependency))?;
         eprintln!(
@@ -342,6 +362,11 @@ pub fn mock_table(mocks: &[(String, Served)]) -> String {
         ));
         for (endpoint, n) in &m.misses {
             o.push_str(&format!("      missed {n} × {endpoint}\n"));
+        }
+        if let Some(d) = &m.saved_in {
+            if m.missed > 0 {
+                o.push_str(&format!("      misses saved as stubs in {}\n", d.display()));
+            }
         }
     }
     o
