@@ -483,3 +483,159 @@ fn mock_mistakes_are_one_line_and_a_non_zero_exit() {
         assert!(lines[0].contains(says), "{text}: {}", out.stderr);
     }
 }
+
+/// `rf-tap mock` in this namespace on a free loopback port.
+fn local_mock(args: &[&str]) -> (Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--listen", addr.as_str(), "--json"]);
+    let mut child = std::process::Command::new(rf_tap_bin())
+        .arg("mock")
+        .args(&full)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("listening on"), "{first}");
+    std::thread::spawn(move || for _ in lines {});
+    (
+        Proc {
+            child: Some(child),
+            name: "rf-tap mock".into(),
+        },
+        addr,
+    )
+}
+
+#[test]
+fn mock_speaks_http_1_1_pipelined_chunked_and_with_recorded_latency() {
+    use rf_tap_engine::pcap::synth::SynthWriter;
+    let dir = TempDir::new("mock-wire");
+    let pcap = dir.path("rec.pcap");
+    let mut w = SynthWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
+    let t0 = Duration::from_secs(1_764_000_000);
+    let mut c = w
+        .open(
+            t0,
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:8081".parse().unwrap(),
+        )
+        .unwrap();
+    let ok = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let at = |ms| t0 + Duration::from_millis(ms);
+    w.exchange(
+        &mut c,
+        at(1),
+        b"GET /a HTTP/1.1\r\nHost: d\r\n\r\n",
+        Duration::from_millis(400),
+        ok("\"a\"").as_bytes(),
+    )
+    .unwrap();
+    w.exchange(
+        &mut c,
+        at(500),
+        b"GET /b HTTP/1.1\r\nHost: d\r\n\r\n",
+        Duration::from_millis(1),
+        ok("\"b\"").as_bytes(),
+    )
+    .unwrap();
+    let body = r#"{"q":"shoes","n":2}"#;
+    w.exchange(
+        &mut c,
+        at(600),
+        format!(
+            "POST /find HTTP/1.1\r\nHost: d\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+        Duration::from_millis(1),
+        ok("[1,2]").as_bytes(),
+    )
+    .unwrap();
+    w.close(&mut c, at(700)).unwrap();
+    w.finish().unwrap();
+
+    let read_responses = |conn: &mut TcpStream, n: usize| -> Vec<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut bodies = Vec::new();
+        while bodies.len() < n {
+            let k = conn.read(&mut buf).unwrap();
+            assert!(k > 0, "closed early");
+            got.extend_from_slice(&buf[..k]);
+            bodies.clear();
+            let mut rest = &got[..];
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut r = httparse::Response::new(&mut headers);
+                let Ok(httparse::Status::Complete(h)) = r.parse(rest) else {
+                    break;
+                };
+                let len: usize = r
+                    .headers
+                    .iter()
+                    .find(|x| x.name.eq_ignore_ascii_case("content-length"))
+                    .map(|x| std::str::from_utf8(x.value).unwrap().parse().unwrap())
+                    .unwrap_or(0);
+                if rest.len() < h + len {
+                    break;
+                }
+                bodies.push(String::from_utf8_lossy(&rest[h..h + len]).into_owned());
+                rest = &rest[h + len..];
+            }
+        }
+        bodies
+    };
+
+    let (mock, addr) = local_mock(&[pcap.to_str().unwrap()]);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Pipelined: three requests in one write, the last with a chunked JSON body whose keys
+    // come in another order; the answers come back in order on the one connection.
+    conn.write_all(
+        b"GET /b HTTP/1.1\r\nHost: m\r\n\r\nGET /a HTTP/1.1\r\nHost: m\r\n\r\n\
+          POST /find HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n\
+          8\r\n{\"n\":2, \r\nB\r\n\"q\":\"shoes\"\r\n1\r\n}\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(read_responses(&mut conn, 3), ["\"b\"", "\"a\"", "[1,2]"]);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "no recorded latency by default"
+    );
+    let s = stop_mock(mock);
+    assert_eq!(
+        (s["exact"].as_u64(), s["missed"].as_u64()),
+        (Some(3), Some(0)),
+        "{s}"
+    );
+
+    // --latency recorded: /a took 400 ms in production.
+    let (mock, addr) = local_mock(&[pcap.to_str().unwrap(), "--latency", "recorded"]);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    conn.write_all(b"GET /a HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_responses(&mut conn, 1), ["\"a\""]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(390) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    stop_mock(mock);
+}
