@@ -23,7 +23,7 @@ use rf_tap_engine::{
 };
 use rf_tap_tests::conformance::capture_files;
 
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "pcap_reader",
     "decode",
     "reassembly",
@@ -31,6 +31,7 @@ pub const TARGETS: [&str; 7] = [
     "rfcap_reader",
     "extract",
     "timeshift",
+    "hpack",
 ];
 
 const RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -148,6 +149,16 @@ fn seeds(target: &str, captures: &[PathBuf], dir: &Path) -> anyhow::Result<usize
                     s.extend_from_slice(resp);
                     put(&s)?;
                 }
+            }
+        }
+        "hpack" => {
+            // RFC 7541 C.4 and C.6, blocks joined by the target's separator.
+            let seeds: [&[u8]; 2] = [
+                b"\x82\x86\x84\x41\x8c\xf1\xe3\xc2\xe5\xf2\x3a\x6b\xa0\xab\x90\xf4\xff\xfe\x82\x86\x84\xbe\x58\x86\xa8\xeb\x10\x64\x9c\xbf",
+                b"\x3f\xe1\x01\x48\x82\x64\x02\xfe\x48\x83\x64\x0e\xff\xc1\xc0\xbf\xfe\x20\x40\x03foo\x03bar\xbe",
+            ];
+            for s in seeds {
+                put(s)?;
             }
         }
         "timeshift" => {

@@ -10,6 +10,7 @@ pub mod filter;
 pub mod flow;
 pub mod har;
 pub mod http;
+pub mod http2;
 pub mod mock;
 pub mod packet;
 pub mod pcap;
