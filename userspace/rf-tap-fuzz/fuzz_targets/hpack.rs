@@ -1,8 +1,17 @@
 //! HPACK header blocks from an untrusted stream: never a panic, the dynamic table within
-//! its limit, every string within the string limit.
+//! its limit, every string within the string limit. Then the same bytes as the frames of
+//! an HTTP/2 connection (client after its preface, server), bodies within their limit.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use rf_tap_engine::http2::hpack::{Decoder, Limits};
+use rf_tap_engine::{
+    analyzer::AppOut,
+    http::message,
+    http2::{
+        conn::H2Connection,
+        hpack::{Decoder, Limits},
+    },
+    reassembly::Origin,
+};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
@@ -22,5 +31,33 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(d.table_size() <= 4096);
+    }
+    let mut h2 = H2Connection::new(message::Limits {
+        max_head: 4096,
+        keep_body: 4096,
+    });
+    let mut out = AppOut::default();
+    let mid = data.len() / 2;
+    let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    client.extend_from_slice(&data[..mid]);
+    for (i, part) in client.chunks(7).enumerate() {
+        h2.data(true, part, Origin::default(), &mut out);
+        if i % 3 == 0 {
+            h2.data(
+                false,
+                &data[mid..][..(i % 5).min(data.len() - mid)],
+                Origin::default(),
+                &mut out,
+            );
+        }
+    }
+    h2.data(false, &data[mid..], Origin::default(), &mut out);
+    h2.finish(&mut out);
+    for p in &out.paired {
+        assert!(p.request.as_ref().is_none_or(|q| q.body.data.len() <= 4096));
+        assert!(p
+            .response
+            .as_ref()
+            .is_none_or(|r| r.body.data.len() <= 4096));
     }
 });

@@ -22,6 +22,7 @@ use crate::{
         exchange::{HttpConnection, Paired},
         message::{Limits, Request},
     },
+    http2::conn::H2Connection,
     reassembly::Origin,
 };
 
@@ -140,6 +141,7 @@ pub trait Analyzer: Send {
 pub fn for_protocol(p: Protocol, limits: Limits, tunneled: bool) -> Box<dyn Analyzer> {
     match p {
         Protocol::Http1 if !tunneled => Box::new(Http1(HttpConnection::new(limits))),
+        Protocol::Http2 if !tunneled => Box::new(Http2(H2Connection::new(limits))),
         p => Box::new(Counted(p)),
     }
 }
@@ -150,6 +152,31 @@ pub struct Http1(pub HttpConnection);
 impl Analyzer for Http1 {
     fn protocol(&self) -> Protocol {
         Protocol::Http1
+    }
+
+    fn data(&mut self, from_client: bool, bytes: &[u8], origin: Origin, out: &mut AppOut) {
+        self.0.data(from_client, bytes, origin, out);
+    }
+
+    fn gap(&mut self, from_client: bool, len: u64, out: &mut AppOut) {
+        self.0.gap(from_client, len, out);
+    }
+
+    fn end(&mut self, from_client: bool, out: &mut AppOut) {
+        self.0.end(from_client, out);
+    }
+
+    fn finish(&mut self, out: &mut AppOut) {
+        self.0.finish(out);
+    }
+}
+
+/// HTTP/2 with prior knowledge (the client preface): each stream an exchange.
+pub struct Http2(pub H2Connection);
+
+impl Analyzer for Http2 {
+    fn protocol(&self) -> Protocol {
+        Protocol::Http2
     }
 
     fn data(&mut self, from_client: bool, bytes: &[u8], origin: Origin, out: &mut AppOut) {

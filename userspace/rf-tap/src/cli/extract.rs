@@ -32,8 +32,9 @@ pub enum ExtractFormat {
 Reads pcap or pcapng (any byte order, micro- or nanosecond timestamps; Ethernet, raw IP,
 Linux SLL/SLL2, BSD loopback, NFLOG, PPP, Cisco HDLC, 802.11 (bare, radiotap, PPI); VLAN,
 MPLS, PPPoE, VXLAN and Teredo decapsulated; IP fragments reassembled), reassembles TCP in
-both directions and pairs HTTP/1.x requests with their responses. Each connection's protocol
-is detected from its first bytes; HTTP/2, TLS and other protocols are counted (--stats), not
+both directions and pairs HTTP/1.x requests with their responses, and each stream of a
+cleartext HTTP/2 connection (prior knowledge) with its response. Each connection's protocol
+is detected from its first bytes; TLS and other protocols are counted (--stats), not
 decoded. With -o, the archive is written beside OUT and renamed over it once complete. Bad
 checksums are accepted. Body lengths are those of the decoded body (after chunked and
 gzip/deflate/br), as Zeek's http.log counts them.
