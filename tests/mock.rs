@@ -124,11 +124,9 @@ fn dependency() -> impl Fn(&Seen) -> Reply + Send + Sync {
     }
 }
 
-/// `rf-tap mock` in `ns`, up once it says it listens.
-fn start_mock(ns: &str, args: &[&str]) -> Proc {
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(rf_tap_bin())
+/// `rf-tap mock ARGS` run by `cmd`, up once it says it listens.
+fn spawn_mock(mut cmd: std::process::Command, args: &[&str]) -> Proc {
+    let mut child = cmd
         .arg("mock")
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -144,6 +142,13 @@ fn start_mock(ns: &str, args: &[&str]) -> Proc {
         child: Some(child),
         name: "rf-tap mock".into(),
     }
+}
+
+/// `rf-tap mock` in `ns`, up once it says it listens.
+fn start_mock(ns: &str, args: &[&str]) -> Proc {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(rf_tap_bin());
+    spawn_mock(cmd, args)
 }
 
 /// Stops the mock as a user would (SIGTERM) and returns its JSON summary.
@@ -494,23 +499,8 @@ fn local_mock(args: &[&str]) -> (Proc, String) {
     let addr = format!("127.0.0.1:{port}");
     let mut full: Vec<&str> = args.to_vec();
     full.extend(["--listen", addr.as_str(), "--json"]);
-    let mut child = std::process::Command::new(rf_tap_bin())
-        .arg("mock")
-        .args(&full)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(err).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("listening on"), "{first}");
-    std::thread::spawn(move || for _ in lines {});
     (
-        Proc {
-            child: Some(child),
-            name: "rf-tap mock".into(),
-        },
+        spawn_mock(std::process::Command::new(rf_tap_bin()), &full),
         addr,
     )
 }

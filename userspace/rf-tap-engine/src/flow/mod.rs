@@ -915,8 +915,20 @@ mod tests {
     /// One GET and its 200 on a connection with a handshake, as raw IP packets, each with
     /// whether the client sent it.
     fn conversation() -> Vec<(bool, Vec<u8>)> {
+        packets(&[
+            (true, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            (false, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ])
+    }
+
+    /// A connection from its handshake on, as raw IP packets with whether the client sent
+    /// each: every part is sent by the client (`true`) or the server, acknowledging
+    /// everything before it.
+    fn packets(parts: &[(bool, &[u8])]) -> Vec<(bool, Vec<u8>)> {
         let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-        let pkt = |from_client: bool, seq: u32, ack: u32, syn: bool, payload: &[u8]| {
+        let (mut cseq, mut sseq) = (101u32, 501u32);
+        let mut frames = Vec::new();
+        let mut pkt = |from_client: bool, seq: u32, ack: u32, syn: bool, payload: &[u8]| {
             let (src, dst, sp, dp) = if from_client {
                 (c, s, 41_000, 80)
             } else {
@@ -927,16 +939,20 @@ mod tests {
             b = if ack > 0 { b.ack(ack) } else { b };
             let mut v = Vec::new();
             b.write(&mut v, payload).unwrap();
-            (from_client, v)
+            frames.push((from_client, v));
         };
-        let q = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        vec![
-            pkt(true, 100, 0, true, b""),
-            pkt(false, 500, 101, true, b""),
-            pkt(true, 101, 501, false, q),
-            pkt(false, 501, 101 + q.len() as u32, false, r),
-        ]
+        pkt(true, 100, 0, true, b"");
+        pkt(false, 500, 101, true, b"");
+        for (from_client, data) in parts {
+            if *from_client {
+                pkt(true, cseq, sseq, false, data);
+                cseq += data.len() as u32;
+            } else {
+                pkt(false, sseq, cseq, false, data);
+                sseq += data.len() as u32;
+            }
+        }
+        frames
     }
 
     fn exchanges_seen(frames: &[(Vec<u8>, Option<PacketDirection>)]) -> Vec<Exchange> {
@@ -1010,39 +1026,11 @@ mod tests {
         assert_eq!(x[0].traffic, None);
     }
 
-    /// A connection from its handshake on: each part is sent by the client (`true`) or the
-    /// server, acknowledging everything before it.
+    /// [`packets`] through an extractor: its exchanges and counters.
     fn talk(parts: &[(bool, &[u8])]) -> (Vec<Exchange>, ExtractStats) {
-        let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-        let (mut cseq, mut sseq) = (101u32, 501u32);
-        let mut frames = Vec::new();
-        let mut pkt = |from_client: bool, seq: u32, ack: u32, syn: bool, payload: &[u8]| {
-            let (src, dst, sp, dp) = if from_client {
-                (c, s, 41_000, 80)
-            } else {
-                (s, c, 80, 41_000)
-            };
-            let mut b = etherparse::PacketBuilder::ipv4(src, dst, 64).tcp(sp, dp, seq, 1000);
-            b = if syn { b.syn() } else { b };
-            b = if ack > 0 { b.ack(ack) } else { b };
-            let mut v = Vec::new();
-            b.write(&mut v, payload).unwrap();
-            frames.push(v);
-        };
-        pkt(true, 100, 0, true, b"");
-        pkt(false, 500, 101, true, b"");
-        for (from_client, data) in parts {
-            if *from_client {
-                pkt(true, cseq, sseq, false, data);
-                cseq += data.len() as u32;
-            } else {
-                pkt(false, sseq, cseq, false, data);
-                sseq += data.len() as u32;
-            }
-        }
         let mut x = Extractor::new(ExtractConfig::default());
         let mut out: Vec<Exchange> = Vec::new();
-        for (n, f) in frames.iter().enumerate() {
+        for (n, (_, f)) in packets(parts).iter().enumerate() {
             x.frame(&frame(f, n as u64 + 1), &mut out);
         }
         x.finish(&mut out);

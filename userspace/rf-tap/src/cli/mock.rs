@@ -212,12 +212,14 @@ async fn forward(to: &(String, String), q: &Request) -> Vec<u8> {
     }
 }
 
-/// Loads every exchange with a request and a response (of `dependency` when given).
+/// The index of every exchange with a request and a response (of `dependency` when given),
+/// and how many each dependency gave; having none is an error.
 fn load(
     files: &[PathBuf],
     dependency: Option<&str>,
-    index: &mut MockIndex,
-) -> anyhow::Result<BTreeMap<String, u64>> {
+    opts: MockOptions,
+) -> anyhow::Result<(MockIndex, BTreeMap<String, u64>)> {
+    let mut index = MockIndex::new(opts);
     let mut deps: BTreeMap<String, u64> = BTreeMap::new();
     let mut take = |x: &Exchange, index: &mut MockIndex| {
         let d = Dependency::of(x);
@@ -234,13 +236,13 @@ fn load(
                 .with_context(|| format!("cannot read {}", f.display()))?;
             let x: Exchange = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a stub (an exchange in JSON)", f.display()))?;
-            take(&x, index);
+            take(&x, &mut index);
             continue;
         }
         let src = Source::open(f)?;
         let damaged = src.each(&|_| true, &mut |_, x| {
             if let Some(x) = x {
-                take(&x, index);
+                take(&x, &mut index);
             }
             true
         })?;
@@ -251,7 +253,20 @@ fn load(
             );
         }
     }
-    Ok(deps)
+    if index.is_empty() {
+        bail!(
+            "no exchange with a request and a response{} in {}",
+            dependency
+                .map(|d| format!(" of dependency {d}"))
+                .unwrap_or_default(),
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok((index, deps))
 }
 
 /// A mock serving on its own thread (for `replay --plan`), until stopped.
@@ -283,21 +298,7 @@ impl Running {
         opts: MockOptions,
         save_misses: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        let mut index = MockIndex::new(opts);
-        load(files, dependency, &mut index)?;
-        if index.is_empty() {
-            bail!(
-                "no exchange with a request and a response{} in {}",
-                dependency
-                    .map(|d| format!(" of dependency {d}"))
-                    .unwrap_or_default(),
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        let (index, _) = load(files, dependency, opts)?;
         if let Some(dir) = &save_misses {
             crate::output::create_dir(dir)?;
         }
@@ -372,25 +373,11 @@ impl Drop for Running {
 }
 
 pub fn run(args: MockArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut index = MockIndex::new(MockOptions {
+    let opts = MockOptions {
         ignore: args.ignore.clone(),
         by_host: args.by_host,
-    });
-    let deps = load(&args.files, args.dependency.as_deref(), &mut index)?;
-    if index.is_empty() {
-        bail!(
-            "no exchange with a request and a response{} in {}",
-            args.dependency
-                .as_ref()
-                .map(|d| format!(" of dependency {d}"))
-                .unwrap_or_default(),
-            args.files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    };
+    let (index, deps) = load(&args.files, args.dependency.as_deref(), opts)?;
     if let Some(dir) = &args.save_misses {
         crate::output::create_dir(dir)?;
     }
@@ -766,16 +753,7 @@ fn http_date(t: SystemTime) -> String {
         .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = rf_tap_engine::query::civil_from_days(days);
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -524,11 +524,7 @@ pub fn run_plan(mut args: ReplayArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     // Misses are kept as stubs beside the results (unless nothing is saved).
-    let misses = (!args.http.no_save).then(|| {
-        let mut d = first.clone().into_os_string();
-        d.push(".replay");
-        PathBuf::from(d)
-    });
+    let misses = (!args.http.no_save).then(|| super::results::results_dir(first));
     let mocks = super::plan::start_mocks(&specs, misses.as_deref())?;
     if let Some(r) = &file.ready {
         // On failure the mocks are dropped, which stops them.
@@ -553,13 +549,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             mocks: super::plan::start_mocks(
                 &args.http.mock,
                 args.input
-                    .as_ref()
+                    .as_deref()
                     .filter(|_| !args.http.no_save)
-                    .map(|i| {
-                        let mut d = i.clone().into_os_string();
-                        d.push(".replay");
-                        PathBuf::from(d)
-                    })
+                    .map(super::results::results_dir)
                     .as_deref(),
             )?,
             gates: Vec::new(),

@@ -231,7 +231,8 @@ pub struct Plan {
     pub gates: Vec<PlanGate>,
 }
 
-/// Reads a plan file: the replay's settings, and the plan's own parts (mocks not started).
+/// Reads a plan file: the replay's settings, and the plan's own parts (mocks not started;
+/// its paths, relative to the plan's directory, are resolved by the caller).
 pub fn read(path: &Path) -> anyhow::Result<PlanFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the plan {}", path.display()))?;
@@ -242,7 +243,6 @@ pub fn read(path: &Path) -> anyhow::Result<PlanFile> {
             e.to_string().lines().next().unwrap_or("not a plan")
         )
     })?;
-    // Paths in the plan are relative to the plan's own directory.
     Ok(plan)
 }
 
