@@ -203,6 +203,62 @@ impl Drop for NetPair {
     }
 }
 
+/// The interpreter of the project's Python environment (`target/pyenv`, made by `cargo
+/// xtask setup`) with the tests' peers' packages. Missing: the test skips with a message,
+/// or fails under `CI=true`.
+pub fn pyenv_python(test: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let py = target.join("pyenv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{test}: {} missing under CI=true: run `cargo xtask setup`",
+            py.display()
+        );
+    }
+    eprintln!(
+        "skipped: {test} needs {} (`cargo xtask setup`)",
+        py.display()
+    );
+    None
+}
+
+/// A test peer in `tests/peers/` run by `python` inside `ns`, up once it prints `ready`.
+pub fn python_peer(ns: &str, python: &Path, script: &str, args: &[&str]) -> Proc {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(script);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(python)
+        .arg(&path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let _ = tx.send(first);
+        for _ in lines {}
+    });
+    let proc = Proc {
+        child: Some(child),
+        name: script.into(),
+    };
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    assert_eq!(first, "ready", "{script} did not start");
+    proc
+}
+
 /// A child process killed (by its own PID) on drop.
 pub struct Proc {
     pub child: Option<Child>,
@@ -228,6 +284,11 @@ impl Drop for Proc {
 /// (`master_process off`): the PID the guard kills is the whole server, so no worker can be
 /// left behind.
 pub fn nginx(ns: &str, dir: &TempDir, listen: &[String]) -> Proc {
+    nginx_with(ns, dir, listen, "")
+}
+
+/// [`nginx`] with more directives in its `http` block (`gzip on;`, say).
+pub fn nginx_with(ns: &str, dir: &TempDir, listen: &[String], http: &str) -> Proc {
     let root = dir.path("www");
     fs::create_dir_all(&root).unwrap();
     let listens: String = listen.iter().map(|l| format!("listen {l};\n")).collect();
@@ -235,7 +296,7 @@ pub fn nginx(ns: &str, dir: &TempDir, listen: &[String]) -> Proc {
     let conf = format!(
         "master_process off;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; keepalive_requests 100000;\n\
+         http {{ access_log off; keepalive_requests 100000; {http}\n\
          client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
          uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
          server {{ {listens} root {}; location / {{ }} }} }}\n",

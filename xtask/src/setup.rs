@@ -3,7 +3,9 @@
 //! - Debian packages used by the build, tests, demo and benchmarks (only when one is missing);
 //! - the `rust-src` component (for `-Z build-std=core` in the eBPF build);
 //! - bpf-linker 0.13.0, built against rustc's own LLVM through a directory of symlinks that
-//!   is kept next to cargo's binaries (the linker finds LLVM through it at run time).
+//!   is kept next to cargo's binaries (the linker finds LLVM through it at run time);
+//! - a project-local Python environment (`target/pyenv`) with the packages of the tests'
+//!   peers (grpcio, h2).
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +32,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // promtool checks the live mirror's /metrics (Debian ships it with prometheus).
     ("promtool", "prometheus"),
+    // h2load and nghttp make multiplexed HTTP/2 traffic (tests and `bench extract --h2`).
+    ("h2load", "nghttp2-client"),
+    ("nghttp", "nghttp2-client"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -179,9 +184,64 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Python packages the tests' peers use (a gRPC server and client, an `Upgrade: h2c`
+/// server), pinned, installed into `target/pyenv`.
+const PY_PACKAGES: &[&str] = &["grpcio==1.85.3", "h2==4.4.1"];
+
+/// The project-local Python environment (tests find its interpreter here).
+pub fn pyenv_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target/pyenv")
+}
+
+fn python_env() -> anyhow::Result<()> {
+    let dir = pyenv_dir();
+    let python = dir.join("bin/python");
+    let stamp = dir.join(".packages");
+    let want = PY_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) && python.exists() {
+        println!("setup: python test peers present ({})", dir.display());
+        return Ok(());
+    }
+    println!("setup: python test peers into {}", dir.display());
+    let venv = |_: ()| {
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !venv(()) {
+        // Debian's python3 keeps venv in its own package.
+        if !is_root() {
+            bail!("python3 -m venv failed: run `sudo apt-get install python3-venv`");
+        }
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "python3-venv",
+            ]))?;
+        if !venv(()) {
+            bail!("python3 -m venv {} failed", dir.display());
+        }
+    }
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(PY_PACKAGES))?;
+    std::fs::write(&stamp, want).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(())
+}
+
 pub fn setup() -> anyhow::Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    python_env()?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! HPACK header blocks from an untrusted stream: never a panic, the dynamic table within
 //! its limit, every string within the string limit. Then the same bytes as the frames of
-//! an HTTP/2 connection (client after its preface, server), bodies within their limit.
+//! an HTTP/2 connection (client after its preface, server), bodies within their limit; and
+//! as a connection joined mid-stream (frames found by their shape), with a gap.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rf_tap_engine::{
@@ -53,6 +54,18 @@ fuzz_target!(|data: &[u8]| {
     }
     h2.data(false, &data[mid..], Origin::default(), &mut out);
     h2.finish(&mut out);
+    let mut joined = H2Connection::mid_stream(message::Limits {
+        max_head: 4096,
+        keep_body: 4096,
+    });
+    for (i, part) in data.chunks(11).enumerate() {
+        joined.data(i % 2 == 0, part, Origin::default(), &mut out);
+        if i == 3 {
+            joined.gap(true, 100, &mut out);
+        }
+    }
+    joined.finish(&mut out);
+    let _ = rf_tap_engine::http2::conn::find_frames(data, 0, true);
     for p in &out.paired {
         assert!(p.request.as_ref().is_none_or(|q| q.body.data.len() <= 4096));
         assert!(p

@@ -12,8 +12,11 @@
 //! a TLS record is TLS. A client that matches nothing waits for the server's first bytes
 //! (or the end of its stream). Anything else is opaque on a connection
 //! seen from its SYN, or inside a tunnel. On a connection picked up mid-stream, the first
-//! bytes may be the middle of an HTTP body, so undecided bytes go to HTTP/1, which finds the
-//! next message start again. At most [`MAX_SNIFF`] bytes per direction are held while
+//! bytes may be the middle of an HTTP body, so undecided bytes go to HTTP/2 when either
+//! direction starts with a run of HTTP/2 frames (two whole frames chained by their
+//! lengths, or one filling each direction's bytes exactly; a run that more bytes may
+//! confirm waits for them), and otherwise to HTTP/1, which finds the next message start
+//! again. At most [`MAX_SNIFF`] bytes per direction are held while
 //! deciding.
 
 use super::Protocol;
@@ -164,6 +167,13 @@ fn request_line(b: &[u8]) -> Verdict {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum H2Frames {
+    Yes,
+    Maybe,
+    No,
+}
+
 /// One connection's detection state: the first bytes of each direction, in arrival order.
 #[derive(Debug, Default)]
 pub struct Detector {
@@ -203,6 +213,14 @@ impl Detector {
             }
         }
         let limit = self.held_bytes.iter().any(|n| *n >= MAX_SNIFF);
+        if !self.from_start {
+            match self.h2_frames(&c, &s) {
+                H2Frames::Yes => return Some(Protocol::Http2),
+                // A frame run that more bytes may confirm: wait for them.
+                H2Frames::Maybe if !forced && !limit => return None,
+                _ => {}
+            }
+        }
         // An unknown client may still be answered by an HTTP server (a request line
         // httparse takes but detection does not know): wait for the server's first bytes.
         let waiting = (vc == Verdict::NeedMore && !c.is_empty())
@@ -216,6 +234,36 @@ impl Detector {
         } else {
             Protocol::Http1
         })
+    }
+
+    /// HTTP/2 frames found by their header shape in the first bytes of a connection joined
+    /// mid-stream (no preface): two whole frames chained from the first byte of either
+    /// direction, or one whole frame filling each direction's bytes exactly.
+    fn h2_frames(&self, c: &[u8], s: &[u8]) -> H2Frames {
+        use crate::http2::conn::{find_frames, Frames};
+        let verdict = |b: &[u8]| match find_frames(b, 0, true) {
+            Frames::At(_) => H2Frames::Yes,
+            Frames::NeedMore(0) if !b.is_empty() => H2Frames::Maybe,
+            _ => H2Frames::No,
+        };
+        let (vc, vs) = (verdict(c), verdict(s));
+        if vc == H2Frames::Yes || vs == H2Frames::Yes {
+            return H2Frames::Yes;
+        }
+        let one_exact = |b: &[u8]| matches!(find_frames(b, 0, false), Frames::At(0));
+        if !c.is_empty() && !s.is_empty() && one_exact(c) && one_exact(s) {
+            return H2Frames::Yes;
+        }
+        if vc == H2Frames::Maybe || vs == H2Frames::Maybe {
+            H2Frames::Maybe
+        } else {
+            H2Frames::No
+        }
+    }
+
+    /// The client's first bytes are the HTTP/2 preface (not a pickup mid-stream).
+    pub fn preface_seen(&self) -> bool {
+        self.joined(true).starts_with(H2_PREFACE)
     }
 }
 

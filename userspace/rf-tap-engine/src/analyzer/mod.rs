@@ -6,8 +6,8 @@
 //! as Zeek's dynamic protocol detection does; an analyzer can give the stream up (an HTTP
 //! upgrade, a CONNECT tunnel), and detection then runs again on what follows.
 //!
-//! HTTP/1 ([`Http1`]) turns the streams into exchanges. TLS, HTTP/2 (until its analyzer
-//! lands) and everything else are counted per protocol ([`Counted`]), never parsed as HTTP.
+//! HTTP/1 ([`Http1`]) and HTTP/2 ([`Http2`]) turn the streams into exchanges. TLS and
+//! everything else are counted per protocol ([`Counted`]), never parsed as HTTP.
 //!
 //! Adding an analyzer: a [`Protocol`] variant, a detection rule in [`detect`], a type that
 //! implements [`Analyzer`], and its construction in [`for_protocol`].
@@ -121,6 +121,9 @@ pub struct Switch {
     pub client: Vec<u8>,
     pub server: Vec<u8>,
     pub origin: Origin,
+    /// `Upgrade: h2c` answered 101: the connection goes on as HTTP/2 (not a tunnel), and
+    /// this request is its stream 1.
+    pub h2c: Option<Request>,
 }
 
 /// One connection's application analyzer. Stream events come in order per direction; the
@@ -138,9 +141,18 @@ pub trait Analyzer: Send {
 
 /// The analyzer for a detected protocol. Inside a tunnel only counting is done, as the
 /// exchanges of a tunnel are its outer CONNECT or upgrade.
-pub fn for_protocol(p: Protocol, limits: Limits, tunneled: bool) -> Box<dyn Analyzer> {
+/// `mid_stream`: HTTP/2 found by its frames, without the client preface.
+pub fn for_protocol(
+    p: Protocol,
+    limits: Limits,
+    tunneled: bool,
+    mid_stream: bool,
+) -> Box<dyn Analyzer> {
     match p {
         Protocol::Http1 if !tunneled => Box::new(Http1(HttpConnection::new(limits))),
+        Protocol::Http2 if !tunneled && mid_stream => {
+            Box::new(Http2(H2Connection::mid_stream(limits)))
+        }
         Protocol::Http2 if !tunneled => Box::new(Http2(H2Connection::new(limits))),
         p => Box::new(Counted(p)),
     }
@@ -171,7 +183,8 @@ impl Analyzer for Http1 {
     }
 }
 
-/// HTTP/2 with prior knowledge (the client preface): each stream an exchange.
+/// HTTP/2 (prior knowledge, `Upgrade: h2c`, or frames found mid-stream): each stream an
+/// exchange.
 pub struct Http2(pub H2Connection);
 
 impl Analyzer for Http2 {

@@ -372,8 +372,15 @@ impl Delivery<'_> {
     fn decide(&mut self, app: &mut App, tunneled: &mut bool, forced: bool) {
         let App::Detecting(d) = app else { return };
         let Some(p) = d.decide(forced) else { return };
+        let mid_stream = p == analyzer::Protocol::Http2 && !d.preface_seen();
         let held = std::mem::take(&mut d.held);
-        self.activate(app, p, *tunneled);
+        self.counts(*tunneled).get_mut(p).connections += 1;
+        *app = App::Active(analyzer::for_protocol(
+            p,
+            self.limits,
+            *tunneled,
+            mid_stream,
+        ));
         for (from_client, bytes, origin) in held {
             self.data(app, tunneled, from_client, &bytes, origin);
         }
@@ -382,7 +389,7 @@ impl Delivery<'_> {
     /// The connection's protocol is known: counted, and its analyzer takes over.
     fn activate(&mut self, app: &mut App, p: analyzer::Protocol, tunneled: bool) {
         self.counts(tunneled).get_mut(p).connections += 1;
-        *app = App::Active(analyzer::for_protocol(p, self.limits, tunneled));
+        *app = App::Active(analyzer::for_protocol(p, self.limits, tunneled, false));
     }
 
     /// The analyzer gave the stream up: detection again, on the inside of the tunnel.
@@ -392,6 +399,16 @@ impl Delivery<'_> {
         };
         if let App::Active(a) = app {
             a.finish(self.out);
+        }
+        if let Some(request) = sw.h2c {
+            // Upgraded to HTTP/2 in the clear: the same connection, parsed on as HTTP/2.
+            self.counts(*tunneled).http2.connections += 1;
+            *app = App::Active(Box::new(analyzer::Http2(
+                crate::http2::conn::H2Connection::upgraded(self.limits, request),
+            )));
+            self.data(app, tunneled, true, &sw.client, sw.origin);
+            self.data(app, tunneled, false, &sw.server, sw.origin);
+            return;
         }
         *tunneled = true;
         *app = App::Detecting(Detector::new(true));
@@ -1035,6 +1052,121 @@ mod tests {
         }
         x.finish(&mut out);
         (out, x.stats)
+    }
+
+    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HEADERS with `:status` 200 (static index 8), ending the stream unless data follows.
+    fn h2_ok(stream: u32, end: bool) -> Vec<u8> {
+        h2_frame(1, 0x4 | u8::from(end), stream, &[0x88])
+    }
+
+    /// HEADERS of a GET (static `:method GET`) with a literal `:path`.
+    fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+        let mut b = vec![0x82, 0x04, path.len() as u8];
+        b.extend_from_slice(path.as_bytes());
+        h2_frame(1, 0x5, stream, &b)
+    }
+
+    #[test]
+    fn upgrade_h2c_goes_on_as_http2_with_the_upgraded_request_as_stream_1() {
+        let req = b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        let mut switched =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        switched.extend(h2_frame(4, 0, 0, &[]));
+        switched.extend(h2_ok(1, false));
+        switched.extend(h2_frame(0, 1, 1, b"hi"));
+        let mut preface = analyzer::detect::H2_PREFACE.to_vec();
+        preface.extend(h2_frame(4, 0, 0, &[]));
+        preface.extend(h2_get(3, "/two"));
+        let (x, stats) = talk(&[
+            (true, req),
+            (false, &switched),
+            (true, &preface),
+            (false, &h2_ok(3, true)),
+        ]);
+        let got: Vec<_> = x
+            .iter()
+            .map(|x| {
+                let (q, r) = (x.request.as_ref().unwrap(), x.response.as_ref().unwrap());
+                (
+                    q.target.clone(),
+                    q.version.clone(),
+                    r.version.clone(),
+                    r.status,
+                    r.interim.clone(),
+                    String::from_utf8_lossy(&r.body.data).into_owned(),
+                    x.flags.tunnel,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/up".into(),
+                    "1.1".into(),
+                    "2".into(),
+                    200,
+                    vec![101],
+                    "hi".into(),
+                    false
+                ),
+                (
+                    "/two".into(),
+                    "2".into(),
+                    "2".into(),
+                    200,
+                    vec![],
+                    "".into(),
+                    false
+                ),
+            ]
+        );
+        assert_eq!(stats.protocols.http1.connections, 1);
+        assert_eq!(stats.protocols.http2.connections, 1);
+        assert_eq!(stats.tunneled.http2.connections, 0);
+    }
+
+    #[test]
+    fn http2_joined_mid_connection_is_found_by_its_frames() {
+        let mut client = analyzer::detect::H2_PREFACE.to_vec();
+        client.extend(h2_frame(4, 0, 0, &[]));
+        client.extend(h2_get(1, "/first"));
+        let mut answers = h2_ok(1, true);
+        answers.extend(h2_ok(3, false));
+        answers.extend(h2_frame(0, 1, 3, b"body"));
+        let all = packets(&[
+            (true, &client),
+            (true, &h2_get(3, "/second")),
+            (false, &answers),
+        ]);
+        // Joined after the handshake and the preface: no SYN, no preface.
+        let mut x = Extractor::new(ExtractConfig::default());
+        let mut out: Vec<Exchange> = Vec::new();
+        for (n, (_, f)) in all[3..].iter().enumerate() {
+            x.frame(&frame(f, n as u64 + 1), &mut out);
+        }
+        x.finish(&mut out);
+        assert_eq!(
+            x.stats.protocols.http2.connections, 1,
+            "{:?}",
+            x.stats.protocols
+        );
+        let second = out
+            .iter()
+            .find(|x| x.request.as_ref().is_some_and(|q| q.target == "/second"))
+            .expect("stream 3 as an exchange");
+        let r = second.response.as_ref().unwrap();
+        assert_eq!((r.status, &r.body.data[..]), (200, &b"body"[..]));
+        assert_eq!(second.request.as_ref().unwrap().version, "2");
     }
 
     #[test]

@@ -84,6 +84,8 @@ anomalies! {
         "bytes after a whole message that start no message (skipped; an anomaly of the flow, not an exchange)", [];
     CruftAnswered = "cruft_answered",
         "the server's error response to cruft (an anomaly of the flow, not an exchange)", [];
+    HpackUnknown = "hpack_unknown",
+        "HTTP/2 header block referring to HPACK table entries never seen (a mid-stream pickup or a gap): the fields it could not name or value are left out", [];
 }
 
 impl Anomaly {

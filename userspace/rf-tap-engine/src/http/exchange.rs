@@ -336,6 +336,26 @@ impl HttpConnection {
                 }
                 Parsed::Anomaly(a) => self.loose_anomalies.push(a),
                 Parsed::Tunnel => {
+                    // `Upgrade: h2c` answered 101: the request is stream 1 of HTTP/2 that
+                    // follows (RFC 7540 3.2), answered there; not a tunnel.
+                    let h2c = out.paired.last().is_some_and(|p| {
+                        p.response.as_ref().is_some_and(|r| {
+                            r.status == 101
+                                && r.headers
+                                    .get_str("upgrade")
+                                    .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"))
+                        })
+                    });
+                    if h2c {
+                        let request = out.paired.pop().and_then(|p| p.request);
+                        out.switch = Some(Switch {
+                            client: self.client.tunnel(),
+                            server: self.server.tunnel(),
+                            origin,
+                            h2c: Some(request.unwrap_or_default()),
+                        });
+                        continue;
+                    }
                     self.tunnel = true;
                     if let Some(last) = out.paired.last_mut() {
                         last.tunnel = true;
@@ -346,6 +366,7 @@ impl HttpConnection {
                         client: self.client.tunnel(),
                         server: self.server.tunnel(),
                         origin,
+                        h2c: None,
                     });
                 }
                 Parsed::Response(mut r) => {

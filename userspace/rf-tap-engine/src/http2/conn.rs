@@ -14,6 +14,7 @@ use super::hpack;
 use crate::{
     analyzer::AppOut,
     http::{
+        anomaly::Anomaly,
         body::BodyState,
         exchange::Paired,
         message::{Headers, Limits, Request, Response},
@@ -47,6 +48,8 @@ struct Half {
     unknown: usize,
     /// 1xx statuses before the final one (responses).
     interim: Vec<u16>,
+    /// Bytes of this half were lost in a gap: what it has is kept, but it never ends.
+    cut: bool,
 }
 
 impl Half {
@@ -60,6 +63,7 @@ impl Half {
             done: false,
             unknown: 0,
             interim: Vec::new(),
+            cut: false,
         }
     }
 
@@ -90,6 +94,8 @@ impl Half {
 
 struct Stream {
     request: Option<Half>,
+    /// Stream 1 of an upgraded connection: its request came as HTTP/1.1.
+    upgraded: Option<Request>,
     response: Option<Half>,
     reset: bool,
 }
@@ -104,34 +110,204 @@ struct Pending {
 
 struct Direction {
     buf: Vec<u8>,
+    /// The client preface is expected first (a connection seen from its start).
     preface: bool,
+    /// Frame boundaries are known. Off after a gap or on a mid-stream pickup, until
+    /// [`find_frames`] finds a run of frame headers again.
+    synced: bool,
+    /// Offsets of `buf` before this one start no frame run (so each byte is tried once).
+    scan_from: usize,
     hpack: hpack::Decoder,
     pending: Option<Pending>,
     dead: bool,
 }
 
+impl Direction {
+    fn new(preface: bool, synced: bool) -> Self {
+        let mut hpack = hpack::Decoder::default();
+        if !synced {
+            hpack.mark_lost();
+        }
+        Self {
+            buf: Vec::new(),
+            preface,
+            synced,
+            scan_from: 0,
+            hpack,
+            pending: None,
+            dead: false,
+        }
+    }
+}
+
+/// Most bytes an unsynced direction holds while looking for frames (the bytes before are
+/// dropped: no frame run started there).
+const MAX_UNSYNCED: usize = 256 << 10;
+
 pub struct H2Connection {
     dirs: [Direction; 2],
     streams: BTreeMap<u32, Stream>,
     limits: Limits,
-    /// Header blocks that could not be decoded, and references to entries never seen.
+    /// Header blocks that could not be decoded, or that referred to entries never seen.
     pub hpack_errors: u64,
+    /// Times a direction found its frames again by their header shape (a mid-stream pickup
+    /// or after a gap).
+    pub resyncs: u64,
+}
+
+/// What the bytes at one offset say about a run of frames starting there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frames {
+    /// A run of frame headers starts at this offset.
+    At(usize),
+    /// Nothing found before this offset; the bytes from it need more to decide.
+    NeedMore(usize),
+}
+
+/// The longest frame a run found by shape may hold: SETTINGS_MAX_FRAME_SIZE's initial
+/// value (RFC 9113 6.5.2). Peers that raised it are followed once in sync (up to
+/// [`MAX_FRAME`]), but a run is not looked for in frames longer than this.
+const SYNC_MAX_FRAME: usize = 16_384;
+
+/// Whether a 9-byte frame header is one a peer would send: a known type with its defined
+/// flags, the stream-zero rule of its type, the fixed lengths RFC 9113 gives, the reserved
+/// bit clear, a length within the initial maximum frame size.
+fn plausible_header(b: &[u8]) -> Option<usize> {
+    let h = &b[..9];
+    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+    let (kind, flags) = (h[3], h[4]);
+    if h[5] & 0x80 != 0 || len > SYNC_MAX_FRAME {
+        return None;
+    }
+    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+    // The payload, where these bytes hold it: fixed fields that must make sense.
+    let payload = b.get(9..9 + len);
+    let u32_at = |i: usize| {
+        payload
+            .and_then(|p| p.get(i..i + 4))
+            .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let (allowed, on_zero, len_ok) = match kind {
+        // An empty DATA frame is only sent to end a stream.
+        DATA => (END_STREAM | PADDED, false, len > 0 || flags == END_STREAM),
+        HEADERS => (END_STREAM | END_HEADERS | PADDED | PRIORITY, false, len > 0),
+        2 => (0, false, len == 5),
+        RST_STREAM => (0, false, len == 4 && u32_at(0).is_none_or(|e| e <= 0xd)),
+        4 => (
+            0x1,
+            true,
+            len % 6 == 0
+                && (flags & 1 == 0 || len == 0)
+                && payload
+                    .is_none_or(|p| p.chunks(6).all(|s| s[0] == 0 && (1..=9).contains(&s[1]))),
+        ),
+        PUSH_PROMISE => (END_HEADERS | PADDED, false, len >= 4),
+        6 => (0x1, true, len == 8),
+        7 => (0, true, len >= 8 && u32_at(4).is_none_or(|e| e <= 0xd)),
+        8 => (
+            0,
+            stream == 0,
+            len == 4 && u32_at(0).is_none_or(|i| i != 0 && i & 0x8000_0000 == 0),
+        ),
+        CONTINUATION => (END_HEADERS, false, len > 0),
+        _ => return None,
+    };
+    (flags & !allowed == 0 && (stream == 0) == on_zero && len_ok).then_some(len)
+}
+
+/// Looks for the start of a run of frames in `b` from offset `from`: two or more whole
+/// frames with plausible headers chained by their lengths, or one that ends exactly where
+/// the bytes do (segments usually end on frame ends). `strict` (protocol detection on
+/// bytes that might be anything) asks for two whole frames from the first byte on. The
+/// first offset
+/// with such a run wins; failing that, the first whose run holds so far but is too short
+/// to tell waits for more bytes.
+pub fn find_frames(b: &[u8], from: usize, strict: bool) -> Frames {
+    let mut undecided = None;
+    let mut off = from;
+    while off + 9 <= b.len() {
+        let (mut pos, mut whole) = (off, 0usize);
+        let mut holds = true;
+        while pos + 9 <= b.len() {
+            let Some(len) = plausible_header(&b[pos..]) else {
+                holds = false;
+                break;
+            };
+            if pos + 9 + len > b.len() {
+                break;
+            }
+            whole += 1;
+            pos += 9 + len;
+        }
+        let exact = pos == b.len();
+        let enough = if strict {
+            whole >= 2
+        } else {
+            whole >= 2 || (whole >= 1 && exact)
+        };
+        if enough {
+            return Frames::At(off);
+        }
+        if strict {
+            // Detection: a run from the first byte or nothing.
+            return if holds {
+                Frames::NeedMore(off)
+            } else {
+                Frames::NeedMore(b.len())
+            };
+        }
+        if holds && undecided.is_none() {
+            undecided = Some(off);
+        }
+        off += 1;
+    }
+    Frames::NeedMore(undecided.unwrap_or(off))
 }
 
 impl H2Connection {
+    /// A connection seen from its start: the client preface comes first.
     pub fn new(limits: Limits) -> Self {
-        let dir = |preface| Direction {
-            buf: Vec::new(),
-            preface,
-            hpack: hpack::Decoder::default(),
-            pending: None,
-            dead: false,
-        };
+        Self::with_dirs(
+            limits,
+            Direction::new(true, true),
+            Direction::new(false, true),
+        )
+    }
+
+    /// A connection joined mid-stream: frames are found by their header shape and the
+    /// HPACK tables start lost (entries never seen are reported unknown).
+    pub fn mid_stream(limits: Limits) -> Self {
+        Self::with_dirs(
+            limits,
+            Direction::new(false, false),
+            Direction::new(false, false),
+        )
+    }
+
+    /// A connection switched from HTTP/1.1 by `Upgrade: h2c` (RFC 7540 3.2): `request`
+    /// was sent as HTTP/1.1 and is stream 1, whose response comes as HTTP/2 after the
+    /// 101; the client's preface follows its request.
+    pub fn upgraded(limits: Limits, request: Request) -> Self {
+        let mut c = Self::new(limits);
+        c.streams.insert(
+            1,
+            Stream {
+                request: None,
+                upgraded: Some(request),
+                response: None,
+                reset: false,
+            },
+        );
+        c
+    }
+
+    fn with_dirs(limits: Limits, client: Direction, server: Direction) -> Self {
         Self {
-            dirs: [dir(true), dir(false)],
+            dirs: [client, server],
             streams: BTreeMap::new(),
             limits,
             hpack_errors: 0,
+            resyncs: 0,
         }
     }
 
@@ -144,14 +320,34 @@ impl H2Connection {
         if self.dirs[d].preface {
             let have = self.dirs[d].buf.len().min(PREFACE.len());
             if self.dirs[d].buf[..have] != PREFACE[..have] {
-                self.dirs[d].dead = true;
+                // No preface: look for frames as on a pickup.
+                self.dirs[d].preface = false;
+                self.dirs[d].synced = false;
+                self.dirs[d].hpack.mark_lost();
+            } else if have < PREFACE.len() {
                 return;
+            } else {
+                self.dirs[d].buf.drain(..PREFACE.len());
+                self.dirs[d].preface = false;
             }
-            if have < PREFACE.len() {
-                return;
+        }
+        if !self.dirs[d].synced {
+            let dir = &mut self.dirs[d];
+            match find_frames(&dir.buf, dir.scan_from, false) {
+                Frames::At(off) => {
+                    dir.buf.drain(..off);
+                    dir.synced = true;
+                    dir.scan_from = 0;
+                    self.resyncs += 1;
+                }
+                Frames::NeedMore(off) => {
+                    // Bytes before `off` start nothing; keep the rest, bounded.
+                    let drop = off.max(dir.buf.len().saturating_sub(MAX_UNSYNCED));
+                    dir.buf.drain(..drop);
+                    dir.scan_from = off - drop.min(off);
+                    return;
+                }
             }
-            self.dirs[d].buf.drain(..PREFACE.len());
-            self.dirs[d].preface = false;
         }
         let mut at = 0;
         loop {
@@ -288,17 +484,12 @@ impl H2Connection {
             // A pushed response: its request is the promise; not an exchange of its own here.
             return;
         }
+        // Fields whose name or value refers to an entry never seen are left out (never
+        // invented); the half is flagged `hpack_unknown`.
         let fields: Vec<(String, Vec<u8>)> = block
             .fields
             .into_iter()
-            .map(|f| {
-                (
-                    f.name.map_or("?".to_string(), |n| {
-                        String::from_utf8_lossy(&n).into_owned()
-                    }),
-                    f.value.unwrap_or_default(),
-                )
-            })
+            .filter_map(|f| Some((String::from_utf8_lossy(&f.name?).into_owned(), f.value?)))
             .collect();
         let Some(h) = self.half(p.stream, from_client, origin) else {
             return;
@@ -337,6 +528,7 @@ impl H2Connection {
         }
         let s = self.streams.entry(stream).or_insert(Stream {
             request: None,
+            upgraded: None,
             response: None,
             reset: false,
         });
@@ -351,7 +543,7 @@ impl H2Connection {
     fn maybe_done(&mut self, stream: u32, out: &mut AppOut) {
         let done = self.streams.get(&stream).is_some_and(|s| {
             s.reset
-                || (s.request.as_ref().is_some_and(|h| h.done)
+                || ((s.upgraded.is_some() || s.request.as_ref().is_some_and(|h| h.done))
                     && s.response.as_ref().is_some_and(|h| h.done))
         });
         if done {
@@ -361,11 +553,29 @@ impl H2Connection {
         }
     }
 
+    /// Bytes of one direction are lost: what its open streams were sending is cut (they
+    /// come out incomplete), its frames are looked for again by their header shape, and
+    /// its HPACK table is lost until a size update to 0 (entries inserted in the gap are
+    /// unknown).
     pub fn gap(&mut self, from_client: bool, _len: u64, _out: &mut AppOut) {
         let d = usize::from(!from_client);
-        self.dirs[d].dead = true;
-        self.dirs[d].buf.clear();
-        self.dirs[d].hpack.mark_lost();
+        let dir = &mut self.dirs[d];
+        dir.buf.clear();
+        dir.preface = false;
+        dir.synced = false;
+        dir.scan_from = 0;
+        dir.pending = None;
+        dir.hpack.mark_lost();
+        for s in self.streams.values_mut() {
+            let h = if from_client {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
+            if let Some(h) = h.as_mut().filter(|h| !h.done) {
+                h.cut = true;
+            }
+        }
     }
 
     pub fn end(&mut self, _from_client: bool, _out: &mut AppOut) {}
@@ -378,42 +588,50 @@ impl H2Connection {
     }
 }
 
+fn anomalies(h: &Half) -> Vec<Anomaly> {
+    if h.unknown > 0 {
+        vec![Anomaly::HpackUnknown]
+    } else {
+        Vec::new()
+    }
+}
+
 fn pair(s: Stream) -> Paired {
-    let request = s.request.map(|h| {
-        let (method, target, headers) = (
-            h.pseudo(":method").unwrap_or_default(),
-            h.pseudo(":path").unwrap_or_default(),
-            h.headers(),
-        );
-        Request {
-            method,
-            target,
+    let upgraded = s.upgraded.is_some();
+    let request = s.upgraded.or_else(|| {
+        s.request.map(|h| Request {
+            method: h.pseudo(":method").unwrap_or_default(),
+            target: h.pseudo(":path").unwrap_or_default(),
             version: "2".into(),
-            headers,
-            incomplete: !h.done,
+            headers: h.headers(),
+            incomplete: !h.done || h.cut,
             start: h.start,
             end: h.end,
-            anomalies: Vec::new(),
+            anomalies: anomalies(&h),
             body: h.body.map(BodyState::finish).unwrap_or_default(),
-        }
+        })
     });
     let response = s.response.map(|h| {
         let status = h
             .pseudo(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let headers = h.headers();
         Response {
             version: "2".into(),
             status,
             reason: String::new(),
-            headers,
+            headers: h.headers(),
             start: h.start,
             end: h.end,
-            interim: h.interim,
-            anomalies: Vec::new(),
-            incomplete: !h.done,
+            anomalies: anomalies(&h),
+            incomplete: !h.done || h.cut,
             status_text: None,
+            // The 101 that switched the connection answered this stream's request.
+            interim: if upgraded {
+                std::iter::once(101).chain(h.interim).collect()
+            } else {
+                h.interim
+            },
             body: h.body.map(BodyState::finish).unwrap_or_default(),
         }
     });
@@ -586,5 +804,129 @@ mod tests {
             .iter()
             .filter_map(|p| p.response.as_ref())
             .all(|r| r.incomplete || r.status == 0));
+    }
+
+    /// Stream 1 adds `:authority` to the dynamic table; stream 3 refers to it (index 62).
+    fn indexed_conversation() -> (Vec<u8>, Vec<u8>, usize) {
+        let mut c = PREFACE.to_vec();
+        c.extend(frame(4, 0, 0, &[]));
+        let mut b1 = vec![0x82, 0x41, 7];
+        b1.extend_from_slice(b"h2.test");
+        b1.extend(block(&[(":path", "/a")]));
+        c.extend(frame(1, END_HEADERS | END_STREAM, 1, &b1));
+        let at = c.len();
+        let mut b3 = vec![0x82, 0xbe];
+        b3.extend(block(&[(":path", "/b")]));
+        c.extend(frame(1, END_HEADERS | END_STREAM, 3, &b3));
+        let mut s = frame(4, 0, 0, &[]);
+        s.extend(frame(1, END_HEADERS | END_STREAM, 1, &[0x88]));
+        s.extend(frame(1, END_HEADERS | END_STREAM, 3, &[0x88]));
+        (c, s, at)
+    }
+
+    fn described(p: &[Paired]) -> Vec<String> {
+        let mut v: Vec<String> = p
+            .iter()
+            .map(|x| {
+                let q = x.request.as_ref();
+                format!(
+                    "{:?} {:?} {:?} {}",
+                    q.map(|q| q.target.as_str()),
+                    q.and_then(|q| q.headers.get_str("host")),
+                    q.map(|q| q.anomalies.clone()),
+                    x.response.as_ref().map_or(0, |r| r.status),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn joined_mid_stream_frames_are_found_by_shape_and_unknown_entries_flagged() {
+        let (c, s, at) = indexed_conversation();
+        let mut h = H2Connection::new(Limits::default());
+        let mut out = AppOut::default();
+        let o = Origin::default();
+        h.data(true, &c, o, &mut out);
+        h.data(false, &s, o, &mut out);
+        h.finish(&mut out);
+        assert_eq!(
+            described(&out.paired),
+            [
+                "Some(\"/a\") Some(\"h2.test\") Some([]) 200",
+                "Some(\"/b\") Some(\"h2.test\") Some([]) 200",
+            ]
+        );
+        // Joined anywhere inside stream 1's frames: stream 3 still comes out, its path from
+        // a literal, its authority (a table entry never seen) left out and flagged. The
+        // server's frames are found from any offset inside its first frame.
+        for cut in (at - 12)..at {
+            for scut in 0..9 {
+                let mut h = H2Connection::mid_stream(Limits::default());
+                let mut out = AppOut::default();
+                h.data(true, &c[cut..], o, &mut out);
+                h.data(false, &s[scut..], o, &mut out);
+                h.finish(&mut out);
+                let d = described(&out.paired);
+                assert!(
+                    d.contains(&"Some(\"/b\") None Some([HpackUnknown]) 200".to_string()),
+                    "cut {cut}/{scut}: {d:?}"
+                );
+                assert!(
+                    d.iter().all(|l| !l.contains("h2.test")),
+                    "nothing invented: {d:?}"
+                );
+            }
+        }
+        // Split into pieces after the pickup: the same.
+        let mut h = H2Connection::mid_stream(Limits::default());
+        let mut out = AppOut::default();
+        for part in c[at - 5..].chunks(3) {
+            h.data(true, part, o, &mut out);
+        }
+        h.data(false, &s, o, &mut out);
+        h.finish(&mut out);
+        assert!(described(&out.paired)
+            .contains(&"Some(\"/b\") None Some([HpackUnknown]) 200".to_string()));
+    }
+
+    #[test]
+    fn after_a_gap_frames_are_found_again_and_the_table_is_lost() {
+        let (c, s, at) = indexed_conversation();
+        let mut h = H2Connection::new(Limits::default());
+        let mut out = AppOut::default();
+        let o = Origin::default();
+        // The client's bytes from inside stream 1's frame to stream 3's are lost.
+        h.data(true, &c[..at - 10], o, &mut out);
+        h.gap(true, 10, &mut out);
+        h.data(true, &c[at..], o, &mut out);
+        h.data(false, &s, o, &mut out);
+        h.finish(&mut out);
+        let d = described(&out.paired);
+        assert!(
+            d.contains(&"Some(\"/b\") None Some([HpackUnknown]) 200".to_string()),
+            "{d:?}"
+        );
+        assert_eq!(h.resyncs, 1);
+    }
+
+    #[test]
+    fn frame_runs_are_told_from_other_bytes() {
+        let (c, s, _) = indexed_conversation();
+        assert_eq!(find_frames(&s, 0, true), Frames::At(0));
+        assert_eq!(find_frames(&c[PREFACE.len()..], 0, true), Frames::At(0));
+        for junk in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"{\"items\":[1,2,3],\"next\":null}",
+            &[0u8; 64],
+        ] {
+            assert!(
+                !matches!(find_frames(junk, 0, true), Frames::At(_)),
+                "{:?}",
+                String::from_utf8_lossy(junk)
+            );
+        }
     }
 }

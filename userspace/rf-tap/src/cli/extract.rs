@@ -290,27 +290,32 @@ fn auto_threads() -> usize {
 }
 
 /// The connections that were not turned into exchanges, by detected protocol:
-/// `connections not HTTP/1 (counted, not decoded): 1 http2, 2 tls; inside tunnels: 1 opaque`.
+/// `connections not decoded (counted only): 2 tls (encrypted: HTTPS and HTTP/2 over TLS
+/// cannot be read from packets); inside tunnels: 1 opaque`.
 fn not_http_line(s: &ExtractStats) -> Option<String> {
     use rf_tap_engine::analyzer::Protocol;
-    let list = |c: &rf_tap_engine::analyzer::ProtocolCounts, with_http1: bool| {
+    let list = |c: &rf_tap_engine::analyzer::ProtocolCounts, outer: bool| {
         Protocol::ALL
             .into_iter()
-            .filter(|p| with_http1 || *p != Protocol::Http1)
+            .filter(|p| !outer || !matches!(p, Protocol::Http1 | Protocol::Http2))
             .filter(|p| c.get(*p).connections > 0)
-            .map(|p| format!("{} {}", c.get(p).connections, p.name()))
+            .map(|p| match p {
+                Protocol::Tls => format!(
+                    "{} tls (encrypted: HTTPS and HTTP/2 over TLS cannot be read from packets)",
+                    c.get(p).connections
+                ),
+                p => format!("{} {}", c.get(p).connections, p.name()),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (outer, inner) = (list(&s.protocols, false), list(&s.tunneled, true));
+    let (outer, inner) = (list(&s.protocols, true), list(&s.tunneled, false));
     match (outer.is_empty(), inner.is_empty()) {
         (true, true) => None,
-        (false, true) => Some(format!(
-            "connections not HTTP/1 (counted, not decoded): {outer}"
-        )),
+        (false, true) => Some(format!("connections not decoded (counted only): {outer}")),
         (true, false) => Some(format!("inside tunnels (counted, not decoded): {inner}")),
         (false, false) => Some(format!(
-            "connections not HTTP/1 (counted, not decoded): {outer}; inside tunnels: {inner}"
+            "connections not decoded (counted only): {outer}; inside tunnels: {inner}"
         )),
     }
 }

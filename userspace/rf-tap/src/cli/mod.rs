@@ -52,7 +52,8 @@ pub struct Cli {
 pub enum Command {
     /// Capture packets on an interface with in-kernel filter rules, truncation and sampling
     Attach(attach::AttachArgs),
-    /// Reassemble TCP and HTTP/1.x from a capture file and print the exchanges
+    /// Reassemble TCP, HTTP/1.x and cleartext HTTP/2 from a capture file and print the
+    /// exchanges (HTTP/2 over TLS cannot be read from packets: TLS connections are counted)
     Extract(extract::ExtractArgs),
     /// List the HTTP exchanges of an .rfcap or pcap, filtered; `requests show ID FILE` for one
     Requests(requests::RequestsArgs),

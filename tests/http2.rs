@@ -1,0 +1,519 @@
+//! HTTP/2 in the clear, captured for real in network namespaces: nginx's `http2` port with
+//! nghttp (concurrent streams on one connection) and h2load (a long keep-alive connection),
+//! cross-checked with tshark's HTTP/2 dissector; the same capture with its first packets
+//! cut (a pickup mid-connection); and `Upgrade: h2c` with `curl --http2` against an h2
+//! (Python) server.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+
+use rf_tap_tests::*;
+
+fn lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn extract(pcap: &Path) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let ex = rf_tap_run(None, &["extract", "-q", "--stats", pcap.to_str().unwrap()]);
+    assert!(ex.status.success(), "{}", ex.stderr);
+    let stats = ex
+        .stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no stats in {}", ex.stderr));
+    (lines(&String::from_utf8_lossy(&ex.stdout)), stats)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status of every response tshark's HTTP/2 dissector finds.
+fn tshark_streams(pcap: &Path, port: u16) -> Vec<String> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-d",
+            &format!("tcp.port=={port},http2"),
+            "-Y",
+            "http2.headers.status",
+        ])
+        .args(["-T", "fields", "-e", "http2.headers.status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| {
+            let status = l.split('\t').next().unwrap_or("");
+            status
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn nginx_h2c_streams_match_tshark_and_a_capture_joined_mid_connection() {
+    if !privileged("nginx_h2c_streams_match_tshark_and_a_capture_joined_mid_connection") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("h2");
+    let www = dir.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let files: BTreeMap<&str, Vec<u8>> = [
+        ("p0", b"tiny\n".to_vec()),
+        ("p1", vec![b'y'; 5000]),
+        ("p2", vec![b'z'; 70_000]),
+        ("big", (0..400_000u32).map(|i| (i % 251) as u8).collect()),
+        ("t.txt", "lorem ipsum dolor ".repeat(2000).into_bytes()),
+    ]
+    .into_iter()
+    .collect();
+    for (name, body) in &files {
+        std::fs::write(www.join(name), body).unwrap();
+    }
+    let _srv = nginx_with(
+        &pair.server_ns,
+        &dir,
+        &[
+            format!("{}:80", pair.server_ip),
+            format!("{}:8080 http2", pair.server_ip),
+        ],
+        "gzip on; gzip_types text/plain; gzip_min_length 100;",
+    );
+    let pcap = dir.path("h2.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "8080",
+            "-w",
+            pcap.to_str().unwrap(),
+            "-q",
+            "--json",
+        ],
+    );
+    tap.wait_attached();
+    let base = format!("http://{}:8080", pair.server_ip);
+    // One connection, every stream at once (nghttp fetches its URIs concurrently), with
+    // gzip asked for: the text file comes compressed.
+    let mut uris: Vec<String> = Vec::new();
+    for round in 0..3 {
+        for name in files.keys() {
+            uris.push(format!("{base}/{name}?r={round}"));
+        }
+        uris.push(format!("{base}/missing?r={round}"));
+    }
+    let mut args = vec![
+        "nghttp",
+        "-n",
+        "--stat",
+        "-H",
+        "accept-encoding: gzip",
+        "-H",
+        "authorization: Bearer h2-secret-token-4711",
+    ];
+    args.extend(uris.iter().map(String::as_str));
+    let stat = in_ns(&pair.client_ns, &args);
+    // A HEAD on its own connection.
+    let head_uri = format!("{base}/p2");
+    in_ns(
+        &pair.client_ns,
+        &["nghttp", "-n", "-H", ":method: HEAD", &head_uri],
+    );
+    // A long keep-alive connection, one stream at a time (h2load -m1), for the cut below.
+    let h2load_uris: Vec<String> = ["p0", "p1", "t.txt", "missing"]
+        .iter()
+        .map(|n| format!("{base}/{n}"))
+        .collect();
+    let mut args = vec!["h2load", "-n", "120", "-c", "1", "-m", "1"];
+    args.extend(h2load_uris.iter().map(String::as_str));
+    let h2 = in_ns(&pair.client_ns, &args);
+    assert!(h2.contains("120 done") && h2.contains("90 2xx"), "{h2}");
+    std::thread::sleep(Duration::from_millis(200));
+    let fin = tap.stop();
+    assert!(fin.status.success());
+    let sum = fin.json();
+    assert_eq!(
+        json_u64(&sum, "dropped_kernel") + json_u64(&sum, "dropped_user"),
+        0,
+        "{sum}"
+    );
+
+    // nghttp's own account: status and path of each request.
+    let nghttp_truth: Vec<(String, u16)> = stat
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 7 && f[6].starts_with('/'))
+                .then(|| (f[6].to_string(), f[4].parse().ok()))
+                .and_then(|(p, c)| Some((p, c?)))
+        })
+        .collect();
+    assert_eq!(nghttp_truth.len(), uris.len(), "{stat}");
+
+    let (xs, stats) = extract(&pcap);
+    assert_eq!(stats["protocols"]["http2"]["connections"], 3, "{stats}");
+    let body_of = |uri: &str| {
+        let name = uri.trim_start_matches('/').split('?').next().unwrap();
+        files.get(name).map(|b| b.len() as u64)
+    };
+    let mut got: Vec<(String, u16)> = Vec::new();
+    for x in &xs {
+        assert_eq!(x["version"], "2", "{x}");
+        assert_eq!(x["flags"], serde_json::json!([]), "{x}");
+        assert_eq!(x["host"], format!("{}:8080", pair.server_ip), "{x}");
+        let uri = x["uri"].as_str().unwrap();
+        let status = x["status"].as_u64().unwrap() as u16;
+        if status == 200 && x["method"] == "GET" {
+            assert_eq!(
+                x["response_body_len"].as_u64(),
+                body_of(uri),
+                "body decoded whole: {x}"
+            );
+        }
+        if x["method"] == "HEAD" {
+            assert_eq!((status, x["response_body_len"].as_u64()), (200, Some(0)));
+        }
+        if uri.contains("?r=") {
+            got.push((uri.to_string(), status));
+        }
+    }
+    let (mut got_sorted, mut want) = (got.clone(), nghttp_truth.clone());
+    got_sorted.sort();
+    want.sort();
+    assert_eq!(
+        got_sorted, want,
+        "every concurrent stream, as nghttp saw it"
+    );
+    // HAR: HTTP/2, the gzip answer's headers, and the credential masked.
+    let har = rf_tap_run(
+        None,
+        &["extract", "-q", "--format", "har", pcap.to_str().unwrap()],
+    );
+    assert!(har.status.success(), "{}", har.stderr);
+    let har_text = String::from_utf8_lossy(&har.stdout).into_owned();
+    assert!(
+        !har_text.contains("h2-secret-token-4711"),
+        "credential leaked into HAR"
+    );
+    let har: serde_json::Value = serde_json::from_str(&har_text).unwrap();
+    let entry = har["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["request"]["url"]
+                .as_str()
+                .unwrap()
+                .ends_with("/t.txt?r=0")
+        })
+        .unwrap();
+    assert_eq!(entry["request"]["httpVersion"], "HTTP/2");
+    assert_eq!(entry["response"]["httpVersion"], "HTTP/2");
+    let header = |side: &str, name: &str| {
+        entry[side]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        header("response", "content-encoding").as_deref(),
+        Some("gzip")
+    );
+    assert!(
+        header("request", "authorization").is_some_and(|v| !v.contains("4711")),
+        "{entry}"
+    );
+    // The same captured streams as tshark's HTTP/2 dissector finds.
+    let mut ours: Vec<String> = xs.iter().map(|x| x["status"].to_string()).collect();
+    let mut theirs = tshark_streams(&pcap, 8080);
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "statuses: rf-tap vs tshark");
+    assert_eq!(xs.len(), uris.len() + 1 + 120);
+
+    // Joined mid-connection: the h2load connection's first 40 packets cut (its handshake,
+    // preface, SETTINGS and first streams, which filled the HPACK tables).
+    let (records, _) = read_pcap(&pcap);
+    let h2load_port = {
+        let last = records.iter().rev().find_map(|r| tcp_of(&r.data)).unwrap();
+        if last.0 == 8080 {
+            last.1
+        } else {
+            last.0
+        }
+    };
+    let mine = |r: &Record| {
+        tcp_of(&r.data).is_some_and(|(s, d, _, _)| s == h2load_port || d == h2load_port)
+    };
+    let mut skipped = 0;
+    let cut: Vec<(u64, Vec<u8>, u32)> = records
+        .iter()
+        .filter(|r| {
+            if mine(r) && skipped < 40 {
+                skipped += 1;
+                return false;
+            }
+            mine(r)
+        })
+        .map(|r| (r.ts_ns, r.data.clone(), r.orig_len))
+        .collect();
+    let cut_pcap = dir.path("cut.pcap");
+    write_pcap(&cut_pcap, 1, &cut);
+    let (xs, stats) = extract(&cut_pcap);
+    assert_eq!(stats["protocols"]["http2"]["connections"], 1, "{stats}");
+    assert!(
+        xs.len() >= 100,
+        "most of the 120 streams come out after the cut: {}",
+        xs.len()
+    );
+    let real: Vec<String> = h2load_uris
+        .iter()
+        .map(|u| u.trim_start_matches(&base).to_string())
+        .collect();
+    let mut flagged = 0;
+    let mut whole = 0;
+    for x in &xs {
+        let uri = x["uri"].as_str().unwrap_or("");
+        assert!(uri.is_empty() || real.contains(&uri.to_string()), "{x}");
+        assert!(
+            x["host"].is_null() || x["host"] == format!("{}:8080", pair.server_ip),
+            "nothing invented: {x}"
+        );
+        let unknown = x["anomalies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "hpack_unknown");
+        flagged += usize::from(unknown);
+        if !uri.is_empty() {
+            let status = x["status"].as_u64().unwrap();
+            let want = if uri == "/missing" { 404 } else { 200 };
+            assert_eq!(status, want, "{x}");
+            if status == 200 {
+                assert_eq!(x["response_body_len"].as_u64(), body_of(uri), "{x}");
+                whole += 1;
+            }
+        }
+    }
+    assert!(
+        flagged > 0,
+        "h2load's requests refer to table entries sent before the cut"
+    );
+    eprintln!(
+        "mid-connection: {} exchanges, {flagged} flagged hpack_unknown, {whole} with path and body",
+        xs.len()
+    );
+}
+
+#[test]
+fn upgrade_h2c_with_curl_is_followed_onto_http2() {
+    if !privileged("upgrade_h2c_with_curl_is_followed_onto_http2") {
+        return;
+    }
+    let Some(python) = pyenv_python("upgrade_h2c_with_curl_is_followed_onto_http2") else {
+        return;
+    };
+    let pair = NetPair::new();
+    let dir = TempDir::new("h2c");
+    let _srv = python_peer(
+        &pair.server_ns,
+        &python,
+        "h2c_server.py",
+        &[&pair.server_ip, "8081"],
+    );
+    let pcap = dir.path("h2c.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "8081",
+            "-w",
+            pcap.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    // curl asks to upgrade on its first request and reuses the HTTP/2 connection after.
+    let urls: Vec<String> = ["/size/100000", "/size/7", "/nope"]
+        .iter()
+        .map(|p| format!("http://{}:8081{p}", pair.server_ip))
+        .collect();
+    let mut args = vec![
+        "curl",
+        "-s",
+        "--http2",
+        "--max-time",
+        "10",
+        "-w",
+        "%{http_version} %{http_code} %{size_download} %{num_connects}\\n",
+    ];
+    for u in &urls {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    let said = in_ns(&pair.client_ns, &args);
+    let truth: Vec<Vec<&str>> = said.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(truth.len(), 3, "{said}");
+    assert!(truth.iter().all(|t| t[0] == "2"), "{said}");
+    assert_eq!(
+        truth.iter().map(|t| t[3]).collect::<Vec<_>>(),
+        ["1", "0", "0"],
+        "one connection: {said}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tap.stop().status.success());
+
+    let (xs, stats) = extract(&pcap);
+    assert_eq!(stats["protocols"]["http1"]["connections"], 1, "{stats}");
+    assert_eq!(stats["protocols"]["http2"]["connections"], 1, "{stats}");
+    let got: Vec<String> = xs
+        .iter()
+        .map(|x| {
+            format!(
+                "{} {} {} {}",
+                x["uri"].as_str().unwrap(),
+                x["status"],
+                x["response_body_len"],
+                x["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            // The upgraded request was sent as HTTP/1.1 (its version); its answer is HTTP/2.
+            format!("/size/100000 {} {} 1.1", truth[0][1], truth[0][2]),
+            format!("/size/7 {} {} 2", truth[1][1], truth[1][2]),
+            format!("/nope {} {} 2", truth[2][1], truth[2][2]),
+        ],
+        "the upgraded request is stream 1, answered in HTTP/2: {xs:?}"
+    );
+    assert_eq!(xs[0]["flags"], serde_json::json!([]), "{}", xs[0]);
+    assert_eq!(
+        xs[0]["info_code"], 101,
+        "the 101 that switched it: {}",
+        xs[0]
+    );
+}
+
+#[test]
+fn tls_connections_are_counted_and_named_as_what_packets_cannot_show() {
+    if !privileged("tls_connections_are_counted_and_named_as_what_packets_cannot_show") {
+        return;
+    }
+    let pair = NetPair::new();
+    let dir = TempDir::new("h2tls");
+    std::fs::create_dir_all(dir.path("www")).unwrap();
+    std::fs::write(dir.path("www/index.html"), "plain\n").unwrap();
+    let (cert, key) = (dir.path("cert.pem"), dir.path("key.pem"));
+    sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=rf-tap.test",
+        "-days",
+        "1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    let _srv = nginx_with(
+        &pair.server_ns,
+        &dir,
+        &[
+            format!("{}:80", pair.server_ip),
+            format!("{}:8443 ssl http2", pair.server_ip),
+        ],
+        &format!(
+            "ssl_certificate {}; ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let pcap = dir.path("tls.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "-w",
+            pcap.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    for _ in 0..2 {
+        let said = in_ns(
+            &pair.client_ns,
+            &[
+                "curl",
+                "-sk",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version}",
+                &format!("https://{}:8443/", pair.server_ip),
+            ],
+        );
+        assert_eq!(said, "2", "curl spoke HTTP/2 over TLS");
+    }
+    assert_eq!(pair.curl(&format!("http://{}/", pair.server_ip)), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tap.stop().status.success());
+    let ex = rf_tap_run(None, &["extract", "--stats", pcap.to_str().unwrap()]);
+    assert!(ex.status.success(), "{}", ex.stderr);
+    let xs = lines(&String::from_utf8_lossy(&ex.stdout));
+    assert_eq!(
+        xs.len(),
+        1,
+        "only the cleartext request is an exchange: {xs:?}"
+    );
+    assert!(
+        ex.stderr.contains(
+            "connections not decoded (counted only): 2 tls (encrypted: HTTPS and HTTP/2 over TLS cannot be read from packets)"
+        ),
+        "{}",
+        ex.stderr
+    );
+    let stats = ex
+        .stderr
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap();
+    assert_eq!(stats["protocols"]["tls"]["connections"], 2, "{stats}");
+}
