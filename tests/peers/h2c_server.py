@@ -91,9 +91,13 @@ def serve(sock):
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
     conn.initiate_upgrade_connection(headers.get("http2-settings", ""))
     c = Conn(sock, conn)
+    # curl 7.88 keeps at most 32 KiB that arrive right behind the 101: stream 1 is
+    # answered once the client's preface has come.
+    data = rest or sock.recv(65535)
+    if not data:
+        return
+    c.receive(data)
     c.respond(1, path)
-    if rest:
-        c.receive(rest)
     while True:
         data = sock.recv(65535)
         if not data:
@@ -109,7 +113,16 @@ def main():
     print("ready", flush=True)
     while True:
         s, _ = ls.accept()
-        threading.Thread(target=lambda: (serve(s), s.close()), daemon=True).start()
+        threading.Thread(target=run, args=(s,), daemon=True).start()
+
+
+def run(sock):
+    try:
+        serve(sock)
+    except (ConnectionError, OSError):
+        pass  # the client went away
+    finally:
+        sock.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod compare;
 pub mod filter;
 pub mod flow;
+pub mod grpc;
 pub mod har;
 pub mod http;
 pub mod http2;

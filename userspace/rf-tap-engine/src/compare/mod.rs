@@ -36,6 +36,13 @@ pub struct ResponseView {
 }
 
 impl ResponseView {
+    /// The body as JSON for comparisons: gRPC messages as field-number trees, else the
+    /// body if it parses as JSON.
+    pub fn comparable_json(&self) -> Option<serde_json::Value> {
+        crate::grpc::body_json(&self.headers, &self.body)
+            .or_else(|| serde_json::from_slice(&self.body).ok())
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.get(name)
     }
@@ -136,6 +143,11 @@ pub enum Difference {
         prod: String,
         target: String,
     },
+    /// The gRPC calls ended with different `grpc-status` (None: no status came).
+    GrpcStatus {
+        prod: Option<u32>,
+        target: Option<u32>,
+    },
 }
 
 fn short(v: &serde_json::Value) -> String {
@@ -187,6 +199,13 @@ impl fmt::Display for Difference {
             }
             Self::BodyText { line, prod, target } => {
                 write!(f, "Body differs at line {line}: {prod:?} → {target:?}")
+            }
+            Self::GrpcStatus { prod, target } => {
+                let name = |c: &Option<u32>| match c {
+                    Some(c) => format!("{} ({c})", crate::grpc::status_name(*c)),
+                    None => "none".into(),
+                };
+                write!(f, "gRPC status {} → {}", name(prod), name(target))
             }
         }
     }
@@ -244,10 +263,21 @@ pub fn compare(prod: &ResponseView, target: &ResponseView, opts: &CompareOptions
             &mut out,
         );
     }
+    let grpc = crate::grpc::is_grpc(&prod.headers) || crate::grpc::is_grpc(&target.headers);
+    if grpc {
+        let (p, t) = (
+            crate::grpc::status(&prod.headers),
+            crate::grpc::status(&target.headers),
+        );
+        if p != t {
+            push(Difference::GrpcStatus { prod: p, target: t }, &mut out);
+        }
+    }
     let ignored = |name: &str| {
         let n = name.to_ascii_lowercase();
         (!opts.all_headers && VOLATILE_HEADERS.contains(&n.as_str()))
             || opts.ignore_headers.contains(&n)
+            || (grpc && n == "grpc-status")
     };
     for (name, pv) in &prod.headers {
         if ignored(name) {
@@ -289,6 +319,31 @@ pub fn compare(prod: &ResponseView, target: &ResponseView, opts: &CompareOptions
     }
     if prod.body_incomplete {
         out.body_skipped = true;
+        return out;
+    }
+    if grpc {
+        // Messages compared as field-number trees (or JSON for application/grpc+json),
+        // their paths said as fields: `field 2.1 changed: 42 → 43`.
+        let (p, t) = (
+            crate::grpc::body_json(&prod.headers, &prod.body),
+            crate::grpc::body_json(&target.headers, &target.body),
+        );
+        let mut diffs = Vec::new();
+        json::diff(
+            &p.unwrap_or(serde_json::Value::Null),
+            &t.unwrap_or(serde_json::Value::Null),
+            &opts.ignore,
+            &mut diffs,
+        );
+        for mut d in diffs {
+            if let Difference::FieldAdded { path, .. }
+            | Difference::FieldRemoved { path, .. }
+            | Difference::FieldChanged { path, .. } = &mut d
+            {
+                *path = crate::grpc::path_words(path);
+            }
+            push(d, &mut out);
+        }
         return out;
     }
     let (pj, tj) = (prod.is_json(), target.is_json());

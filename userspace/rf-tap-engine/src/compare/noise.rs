@@ -85,9 +85,9 @@ pub fn judge(
     let mut c = match noise {
         Noise::Reruns(again) if !again.is_empty() => {
             let mut opts = opts.clone();
-            let first = serde_json::from_slice::<Value>(&target.body).ok();
+            let first = target.comparable_json();
             for a in again {
-                if let (Some(x), Ok(y)) = (&first, serde_json::from_slice::<Value>(&a.body)) {
+                if let (Some(x), Some(y)) = (&first, a.comparable_json()) {
                     let found = noise_paths(x, &y);
                     noisy += found.len();
                     opts.ignore.extend(found);

@@ -145,6 +145,9 @@ pub struct ExchangeJson<'a> {
     pub client_by: Option<ClientBy>,
     /// `"inbound"` or `"outbound"` (null when the capture did not record directions).
     pub direction: Option<Traffic>,
+    /// A gRPC call's service, method, status and message counts (only on gRPC exchanges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<crate::grpc::Call>,
 }
 
 /// The names of the flags that are set, serialized as a JSON list without allocating.
@@ -215,6 +218,7 @@ impl Exchange {
             anomalies: &self.anomalies,
             client_by: self.client_by,
             direction: self.traffic,
+            grpc: crate::grpc::call(q, r),
         }
     }
 }

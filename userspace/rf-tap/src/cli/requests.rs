@@ -321,8 +321,14 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let policy = args.redact.policy();
     let mut undirected = 0u64;
+    // gRPC rows show the call's status from its trailers: their exchanges are decoded.
+    let grpc_like = |s: &rf_tap_engine::archive::Summary| {
+        s.method == "POST"
+            && rf_tap_engine::grpc::service_method(&s.path)
+                .is_some_and(|(svc, _)| svc.contains('.'))
+    };
     let damaged = src.each(
-        &|s| (args.json || by_dependency) && filter.matches(s),
+        &|s| (args.json || by_dependency || grpc_like(s)) && filter.matches(s),
         &mut |s, x| {
             if !filter.matches(s) {
                 return true;
@@ -357,16 +363,25 @@ pub fn run(args: RequestsArgs) -> anyhow::Result<std::process::ExitCode> {
                 if by_dependency {
                     let _ = write!(out, "{dependency:<28}  ");
                 }
-                let status = if s.status == 0 {
+                let mut status = if s.status == 0 {
                     "-".to_string()
                 } else {
                     s.status.to_string()
                 };
-                let method = if s.method.is_empty() {
+                let mut method = if s.method.is_empty() {
                     "-"
                 } else {
                     s.method.as_str()
                 };
+                // A gRPC call: its method column says so, its status is grpc-status.
+                if let Some(call) = x.as_ref().and_then(|x| {
+                    rf_tap_engine::grpc::call(x.request.as_ref(), x.response.as_ref())
+                }) {
+                    method = "gRPC";
+                    if let Some(name) = call.status_name {
+                        status = name.to_string();
+                    }
+                }
                 let path = if s.path.chars().count() > 48 {
                     format!("{}…", s.path.chars().take(47).collect::<String>())
                 } else {
@@ -515,6 +530,35 @@ fn show(id: u64, file: &Path, policy: &Redaction) -> anyhow::Result<std::process
             }
         }
         None => o.push_str("< (no response)\n"),
+    }
+    if let Some(call) = rf_tap_engine::grpc::call(x.request.as_ref(), x.response.as_ref()) {
+        o.push_str(&format!(
+            "\ngRPC {}/{}: {}{}\n",
+            call.service,
+            call.method,
+            match (call.status, call.status_name) {
+                (Some(c), Some(n)) => format!("{n} ({c})"),
+                _ => "no grpc-status (the call did not end in the capture)".into(),
+            },
+            call.message.map(|m| format!(": {m}")).unwrap_or_default()
+        ));
+        for (side, h, b) in [
+            ("request", x.request.as_ref().map(|q| (&q.headers, &q.body))),
+            (
+                "response",
+                x.response.as_ref().map(|r| (&r.headers, &r.body)),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(side, hb)| hb.map(|(h, b)| (side, h, b)))
+        {
+            for (i, m) in rf_tap_engine::grpc::body_text(h, &b.data)
+                .iter()
+                .enumerate()
+            {
+                o.push_str(&format!("  {side} message {}: {m}\n", i + 1));
+            }
+        }
     }
     if !x.anomalies.is_empty() {
         o.push_str("\nanomalies:\n");
