@@ -517,3 +517,160 @@ fn tls_connections_are_counted_and_named_as_what_packets_cannot_show() {
         .unwrap();
     assert_eq!(stats["protocols"]["tls"]["connections"], 2, "{stats}");
 }
+
+/// A grpcio server (version `v`) in the server namespace.
+fn grpc_server(pair: &NetPair, python: &Path, port: &str, v: &str) -> Proc {
+    python_peer(
+        &pair.server_ns,
+        python,
+        "grpc_peer.py",
+        &["serve", &pair.server_ip, port, v],
+    )
+}
+
+/// The grpcio client's calls, one JSON object per call (what it got).
+fn grpc_calls(pair: &NetPair, python: &Path, port: &str) -> Vec<serde_json::Value> {
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/grpc_peer.py");
+    let out = in_ns(
+        &pair.client_ns,
+        &[
+            python.to_str().unwrap(),
+            peer.to_str().unwrap(),
+            "call",
+            &pair.server_ip,
+            port,
+        ],
+    );
+    lines(&out)
+}
+
+#[test]
+fn grpc_calls_are_exchanges_with_service_method_status_and_messages() {
+    if !privileged("grpc_calls_are_exchanges_with_service_method_status_and_messages") {
+        return;
+    }
+    let Some(python) =
+        pyenv_python("grpc_calls_are_exchanges_with_service_method_status_and_messages")
+    else {
+        return;
+    };
+    let pair = NetPair::new();
+    let dir = TempDir::new("grpc");
+    let _srv = grpc_server(&pair, &python, "50051", "1");
+    let pcap = dir.path("grpc.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "50051",
+            "-w",
+            pcap.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    let truth = grpc_calls(&pair, &python, "50051");
+    assert_eq!(truth.len(), 5, "{truth:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tap.stop().status.success());
+
+    let (xs, _) = extract(&pcap);
+    let got: Vec<(String, u64, Option<&str>)> = xs
+        .iter()
+        .map(|x| {
+            let g = &x["grpc"];
+            assert_eq!(g["service"], "shop.Users", "{x}");
+            assert_eq!(x["version"], "2", "{x}");
+            (
+                g["method"].as_str().unwrap().to_string(),
+                g["status"].as_u64().unwrap(),
+                g["message"].as_str(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64, Option<&str>)> = truth
+        .iter()
+        .map(|t| {
+            (
+                t["method"].as_str().unwrap().to_string(),
+                t["code"].as_u64().unwrap(),
+                t["details"].as_str().filter(|d| !d.is_empty()),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "each call with its grpc-status and grpc-message");
+    // tshark's HTTP/2 dissector sees the same calls.
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-d", "tcp.port==50051,http2", "-Y", "http2.headers.path"])
+        .args(["-T", "fields", "-e", "http2.headers.path"])
+        .output()
+        .unwrap();
+    let mut theirs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let mut ours: Vec<String> = xs
+        .iter()
+        .map(|x| x["uri"].as_str().unwrap().into())
+        .collect();
+    theirs.sort();
+    ours.sort();
+    assert_eq!(ours, theirs);
+
+    // `requests` names the calls and their status; `requests show` decodes the messages.
+    let table = rf_tap_run(None, &["requests", pcap.to_str().unwrap()]);
+    assert!(table.status.success(), "{}", table.stderr);
+    let rows = String::from_utf8_lossy(&table.stdout).into_owned();
+    let missing = rows
+        .lines()
+        .find(|l| l.contains("/shop.Users/Missing"))
+        .unwrap();
+    assert!(
+        missing.contains("gRPC") && missing.contains("NOT_FOUND"),
+        "{rows}"
+    );
+    let id =
+        |method: &str| xs.iter().find(|x| x["grpc"]["method"] == method).unwrap()["id"].to_string();
+    let show = |method: &str| {
+        let s = rf_tap_run(
+            None,
+            &["requests", "show", &id(method), pcap.to_str().unwrap()],
+        );
+        assert!(s.status.success(), "{}", s.stderr);
+        String::from_utf8_lossy(&s.stdout).into_owned()
+    };
+    let get = show("Get");
+    assert!(get.contains("gRPC shop.Users/Get: OK (0)"), "{get}");
+    assert!(get.contains("request message 1: 1: \"alice\""), "{get}");
+    assert!(
+        get.contains("response message 1: 1: \"alice\", 2: {1: 42}"),
+        "{get}"
+    );
+    // Server streaming, gzip-compressed by the server.
+    let list = show("List");
+    assert!(list.contains("grpc-encoding: gzip"), "{list}");
+    for i in 0..3 {
+        assert!(
+            list.contains(&format!(
+                "response message {}: (compressed) 1: {i}, 2: \"item-{i}-xxx",
+                i + 1
+            )),
+            "{list}"
+        );
+    }
+    let upload = show("Upload");
+    assert!(upload.contains("request message 3: 1: 9"), "{upload}");
+    assert!(
+        upload.contains("response message 1: 1: 3, 2: 21"),
+        "{upload}"
+    );
+    let missing = show("Missing");
+    assert!(
+        missing.contains("NOT_FOUND (5): no such user: zoe"),
+        "{missing}"
+    );
+}

@@ -404,7 +404,8 @@ pub fn path_words(path: &str) -> String {
     }
 }
 
-/// What `requests`, `requests show` and JSONL say about a gRPC call.
+/// What `requests`, `requests show` and JSONL say about a gRPC call (JSONL carries no
+/// bodies, so its messages are in `requests show` only).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Call {
     pub service: String,
@@ -412,9 +413,8 @@ pub struct Call {
     /// `grpc-status` (None: no trailers seen, the call did not end in the capture).
     pub status: Option<u32>,
     pub status_name: Option<&'static str>,
+    /// `grpc-message` (None when absent or empty).
     pub message: Option<String>,
-    pub request_messages: usize,
-    pub response_messages: usize,
 }
 
 /// The gRPC call of an exchange, if it is one.
@@ -433,15 +433,14 @@ pub fn call(
             (s.to_string(), m.to_string())
         });
     let status = response.and_then(|r| status(&r.headers));
-    let count = |h: &Headers, b: &[u8]| messages(b, h.get_str("grpc-encoding").as_deref()).len();
     Some(Call {
         service,
         method,
         status,
         status_name: status.map(status_name),
-        message: response.and_then(|r| message(&r.headers)),
-        request_messages: request.map_or(0, |q| count(&q.headers, &q.body.data)),
-        response_messages: response.map_or(0, |r| count(&r.headers, &r.body.data)),
+        message: response
+            .and_then(|r| message(&r.headers))
+            .filter(|m| !m.is_empty()),
     })
 }
 

@@ -542,6 +542,7 @@ fn show(id: u64, file: &Path, policy: &Redaction) -> anyhow::Result<std::process
             },
             call.message.map(|m| format!(": {m}")).unwrap_or_default()
         ));
+        // The messages below say what the binary bodies above hold.
         for (side, h, b) in [
             ("request", x.request.as_ref().map(|q| (&q.headers, &q.body))),
             (
