@@ -673,4 +673,71 @@ fn grpc_calls_are_exchanges_with_service_method_status_and_messages() {
         missing.contains("NOT_FOUND (5): no such user: zoe"),
         "{missing}"
     );
+
+    // Replayed against v2 over h2c: the calls of the captured connection go as streams
+    // of one connection (captured again here to count them), and v2's changes are found.
+    let _v2 = grpc_server(&pair, &python, "50052", "2");
+    let again = dir.path("replayed.pcap");
+    let mut tap = RfTap::spawn(
+        &pair.client_ns,
+        &[
+            "attach",
+            &pair.client_if,
+            "--port",
+            "50052",
+            "-w",
+            again.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    let target = format!("h2c://{}:50052", pair.server_ip);
+    let run = rf_tap_run(
+        Some(&pair.client_ns),
+        &[
+            "replay",
+            pcap.to_str().unwrap(),
+            "--target",
+            &target,
+            "--allow-writes",
+            "--json",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tap.stop().status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&run.stdout), run.stderr));
+    assert_eq!(json_u64(&summary, "requests"), 5, "{summary}");
+    assert_eq!(json_u64(&summary, "failed"), 0, "{summary}");
+    assert_eq!(
+        json_u64(&summary, "diffs"),
+        3,
+        "Get twice and Upload: {summary}"
+    );
+    let (replayed, stats) = extract(&again);
+    assert_eq!(stats["protocols"]["http2"]["connections"], 1, "{stats}");
+    assert_eq!(replayed.len(), 5, "{replayed:?}");
+    let diff = rf_tap_run(
+        None,
+        &["replay", "diff", pcap.to_str().unwrap(), "--show", "10"],
+    );
+    assert!(diff.status.success(), "{}", diff.stderr);
+    let text = String::from_utf8_lossy(&diff.stdout).into_owned();
+    assert_eq!(
+        text.matches("field 2.1 changed: 42 → 43").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("gRPC status OK (0) → INTERNAL (13)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1: \"alice\", 2: {1: 43}"),
+        "bodies as field trees: {text}"
+    );
+    assert!(
+        !text.contains("/shop.Users/List"),
+        "identical answers: {text}"
+    );
 }

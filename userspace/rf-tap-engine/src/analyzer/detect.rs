@@ -10,7 +10,9 @@
 //! and on the server's first bytes: `HTTP/` is HTTP/1 (a capture that starts between a
 //! request and its response, or a server answering a request line detection does not know),
 //! a TLS record is TLS. A client that matches nothing waits for the server's first bytes
-//! (or the end of its stream). Anything else is opaque on a connection
+//! (or the end of its stream), and a server that speaks first waits for the client's first
+//! bytes (an HTTP/2 server may send its SETTINGS before the preface arrives). Anything else
+//! is opaque on a connection
 //! seen from its SYN, or inside a tunnel. On a connection picked up mid-stream, the first
 //! bytes may be the middle of an HTTP body, so undecided bytes go to HTTP/2 when either
 //! direction starts with a run of HTTP/2 frames (two whole frames chained by their
@@ -223,9 +225,12 @@ impl Detector {
         }
         // An unknown client may still be answered by an HTTP server (a request line
         // httparse takes but detection does not know): wait for the server's first bytes.
+        // A server may speak first (an HTTP/2 server's SETTINGS before the preface has
+        // arrived, an SMTP greeting): the client's first bytes are waited for too.
         let waiting = (vc == Verdict::NeedMore && !c.is_empty())
             || (vs == Verdict::NeedMore && !s.is_empty())
-            || s.is_empty();
+            || s.is_empty()
+            || c.is_empty();
         if waiting && !forced && !limit {
             return None;
         }
@@ -325,6 +330,17 @@ mod tests {
                 .push((false, b"HTTP/1.1 400 Bad Request\r\n".to_vec(), o));
             assert_eq!(d.decide(false), Some(Protocol::Http1), "the server decides");
         }
+        // An HTTP/2 server's SETTINGS before the client's preface: the preface decides.
+        let mut d = Detector::new(true);
+        d.held.push((
+            false,
+            vec![0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100],
+            o,
+        ));
+        d.held_bytes[1] = 15;
+        assert_eq!(d.decide(false), None, "waits for the client");
+        d.held.push((true, H2_PREFACE.to_vec(), o));
+        assert_eq!(d.decide(false), Some(Protocol::Http2));
         let mut d = Detector::new(true);
         d.held.push((true, b"BREW /pot".to_vec(), o));
         assert_eq!(d.decide(false), None, "waits for the end of the line");

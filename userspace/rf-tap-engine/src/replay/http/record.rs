@@ -81,7 +81,18 @@ impl SavedResponse {
                     [n.clone(), redaction.header(n, &v).into_owned()]
                 })
                 .collect(),
-            body: body_text(&redaction.body(ct.as_deref(), &v.body), SAVED_BODY),
+            // gRPC: the messages as field trees, one per line (the bytes are binary).
+            body: if crate::grpc::is_grpc(&v.headers) {
+                let lines = crate::grpc::body_text(&v.headers, &v.body);
+                let text = if lines.is_empty() {
+                    "(no messages)".to_string()
+                } else {
+                    lines.join("\n")
+                };
+                body_text(text.as_bytes(), SAVED_BODY)
+            } else {
+                body_text(&redaction.body(ct.as_deref(), &v.body), SAVED_BODY)
+            },
             body_incomplete: v.body_incomplete,
         }
     }

@@ -1,6 +1,9 @@
-//! The HTTP/1.1 client of a replay: one keep-alive connection per captured connection, plain
-//! TCP or TLS (rustls), responses parsed by the same push parser that reads captures, so a
-//! target's response and production's are decoded (chunked, gzip, br) the same way.
+//! The HTTP client of a replay (and of the live mirror): HTTP/1.1 with one keep-alive
+//! connection per captured connection, plain TCP or TLS (rustls), responses parsed by the
+//! same push parser that reads captures, so a target's response and production's are decoded
+//! (chunked, gzip, br) the same way. An `h2c://` target is spoken to in cleartext HTTP/2
+//! with prior knowledge (the `h2` crate): the streams of one captured connection share one
+//! connection ([`H2Session`]), trailers (gRPC's `grpc-status`) join the response's headers.
 
 use std::{
     collections::VecDeque,
@@ -31,6 +34,8 @@ pub const KEEP_BODY: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct Target {
     pub tls: bool,
+    /// `h2c://`: HTTP/2 in the clear, with prior knowledge.
+    pub h2: bool,
     pub host: String,
     /// `host[:port]` as a Host header (port left out when it is the scheme's default).
     pub authority: String,
@@ -73,11 +78,17 @@ impl Target {
 
     /// The same, naming `flag` (the option the URL came with) in its errors.
     pub fn parse_flag(flag: &str, url: &str) -> anyhow::Result<Self> {
-        let bad = || format!("{flag} {url}: use http://HOST[:PORT][/PATH] or https://...");
-        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
+        let bad = || {
+            format!(
+                "{flag} {url}: use http://HOST[:PORT][/PATH], https://... or h2c://... (HTTP/2 in the clear)"
+            )
+        };
+        let (tls, h2, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, false, r)
         } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
+            (true, false, r)
+        } else if let Some(r) = url.strip_prefix("h2c://") {
+            (false, true, r)
         } else {
             bail!("{}", bad());
         };
@@ -109,6 +120,7 @@ impl Target {
         }
         Ok(Self {
             tls,
+            h2,
             authority: if port == default_port {
                 authority.split(':').next().unwrap_or(authority).to_string()
             } else {
@@ -234,6 +246,11 @@ impl Connector {
         })
     }
 
+    /// The target is `h2c://` (HTTP/2 with prior knowledge).
+    pub fn is_h2(&self) -> bool {
+        self.target.h2
+    }
+
     async fn connect(&self) -> Result<Box<dyn Io>, (FailKind, String)> {
         let mut last = (FailKind::Connect, "no address".to_string());
         for addr in &self.target.addrs {
@@ -277,6 +294,8 @@ pub struct Failure {
 pub struct Connection {
     io: Option<Box<dyn Io>>,
     buf: Vec<u8>,
+    /// To an `h2c://` target: the HTTP/2 connection (shared with other streams).
+    h2: Option<H2Session>,
 }
 
 impl Default for Connection {
@@ -284,7 +303,178 @@ impl Default for Connection {
         Self {
             io: None,
             buf: vec![0; 64 << 10],
+            h2: None,
         }
+    }
+}
+
+impl Connection {
+    /// A connection whose requests go as streams of `session` (an `h2c://` target).
+    pub fn on(session: H2Session) -> Self {
+        Self {
+            h2: Some(session),
+            ..Self::default()
+        }
+    }
+}
+
+/// One HTTP/2 connection to the target, opened on first use and again after it failed;
+/// cloned, its streams run concurrently.
+#[derive(Clone, Default)]
+pub struct H2Session(Arc<tokio::sync::Mutex<Option<h2::client::SendRequest<bytes::Bytes>>>>);
+
+/// Headers HTTP/2 does not carry (RFC 9113 8.2.2), besides Host (`:authority`).
+const NOT_IN_H2: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// The HTTP/1.1 bytes a transform built, as an HTTP/2 request and its body.
+fn h2_request(bytes: &[u8], authority: &str) -> Result<(http::Request<()>, bytes::Bytes), Failure> {
+    let bad = |why: String| Failure {
+        kind: FailKind::Garbage,
+        detail: format!("cannot send as HTTP/2: {why}"),
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut headers);
+    let head = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(bad("request head cut".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let host = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .unwrap_or(authority);
+    let uri = format!("http://{host}{}", req.path.unwrap_or("/"));
+    let mut b = http::Request::builder()
+        .method(req.method.unwrap_or("GET"))
+        .uri(uri)
+        .version(http::Version::HTTP_2);
+    let mut grpc = false;
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        if NOT_IN_H2.contains(&name.as_str()) || (name == "te" && h.value != b"trailers") {
+            continue;
+        }
+        if name == "content-type" && h.value.starts_with(b"application/grpc") {
+            grpc = true;
+        }
+        b = b.header(name, h.value);
+    }
+    if grpc
+        && !req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("te"))
+    {
+        // gRPC servers want it (the transform drops TE as hop-by-hop for HTTP/1).
+        b = b.header("te", "trailers");
+    }
+    let request = b.body(()).map_err(|e| bad(e.to_string()))?;
+    Ok((request, bytes::Bytes::copy_from_slice(&bytes[head..])))
+}
+
+impl H2Session {
+    async fn sender(
+        &self,
+        connector: &Connector,
+    ) -> Result<h2::client::SendRequest<bytes::Bytes>, Failure> {
+        let mut g = self.0.lock().await;
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let io = connector
+            .connect()
+            .await
+            .map_err(|(kind, detail)| Failure { kind, detail })?;
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, bytes::Bytes>(io)
+            .await
+            .map_err(|e| Failure {
+                kind: FailKind::Reset,
+                detail: format!("HTTP/2 handshake: {e}"),
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *g = Some(send.clone());
+        Ok(send)
+    }
+
+    async fn forget(&self) {
+        *self.0.lock().await = None;
+    }
+
+    async fn exchange(&self, connector: &Connector, request: &[u8]) -> Result<Answer, Failure> {
+        let reset = |e: h2::Error| Failure {
+            kind: if e.is_remote() || e.is_io() {
+                FailKind::Reset
+            } else {
+                FailKind::Garbage
+            },
+            detail: format!("HTTP/2: {e}"),
+        };
+        let (req, body) = h2_request(request, &connector.target.authority)?;
+        let sender = self.sender(connector).await?;
+        let mut sender = match sender.ready().await {
+            Ok(s) => s,
+            Err(e) => {
+                // The connection is gone (GOAWAY, closed): once more on a new one.
+                self.forget().await;
+                let _ = e;
+                self.sender(connector).await?.ready().await.map_err(reset)?
+            }
+        };
+        let (response, mut stream) = sender.send_request(req, body.is_empty()).map_err(reset)?;
+        if !body.is_empty() {
+            stream.send_data(body, true).map_err(reset)?;
+        }
+        let sent = Instant::now();
+        let response = response.await.map_err(reset)?;
+        let latency = sent.elapsed();
+        let (parts, mut recv) = response.into_parts();
+        let mut headers: Vec<(String, Vec<u8>)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let enc = parts
+            .headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = rf_tap_engine::http::body::BodyState::new(enc.as_deref(), KEEP_BODY);
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.map_err(reset)?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            body.push(&chunk);
+        }
+        if let Some(t) = recv.trailers().await.map_err(reset)? {
+            headers.extend(
+                t.iter()
+                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())),
+            );
+        }
+        let body = body.finish();
+        Ok(Answer {
+            latency,
+            view: ResponseView {
+                status: parts.status.as_u16(),
+                body_incomplete: body.decode_error || (body.data.len() as u64) < body.len,
+                headers: headers.into(),
+                body: body.data,
+            },
+        })
     }
 }
 
@@ -312,6 +502,16 @@ impl Connection {
         method: &str,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
+        if connector.target.h2 {
+            let session = self.h2.get_or_insert_with(H2Session::default).clone();
+            return match tokio::time::timeout(timeout, session.exchange(connector, request)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure {
+                    kind: FailKind::Timeout,
+                    detail: format!("no whole response within {timeout:?}"),
+                }),
+            };
+        }
         match tokio::time::timeout(timeout, self.exchange_inner(connector, request, method)).await {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(f)) => {

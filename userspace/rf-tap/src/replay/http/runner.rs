@@ -38,7 +38,7 @@ use rf_tap_engine::{
 };
 use tokio::sync::mpsc;
 
-use super::client::{Connection, Connector, Failure};
+use super::client::{Connection, Connector, Failure, H2Session};
 use crate::replay::clock::MonotonicClock;
 
 /// Requests queued on one connection before the dispatcher waits.
@@ -299,37 +299,65 @@ async fn replay_one(conn: &mut Connection, shared: &Shared, job: &Job, lateness:
     }
 }
 
-async fn conn_task<C: Collect>(
+fn finished<C: Collect>(d: Done, done: &SharedCollector<C>, pending: &AtomicUsize, idle: &Idle) {
+    {
+        let mut c = done.lock().unwrap_or_else(|e| e.into_inner());
+        c.tally.record(
+            &d.endpoint,
+            d.prod_status,
+            d.prod_latency_ms,
+            d.lateness,
+            &d.outcome,
+            d.problem,
+        );
+        let Collector { tally, collect } = &mut *c;
+        collect.done(tally, d.record);
+    }
+    if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        idle.notify();
+    }
+}
+
+async fn conn_task<C: Collect + 'static>(
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     pending: Arc<AtomicUsize>,
     idle: Arc<Idle>,
     done: SharedCollector<C>,
 ) {
-    let mut conn = Connection::default();
-    while let Some(job) = rx.recv().await {
-        let lateness = Instant::now().saturating_duration_since(job.due);
-        let d = replay_one(&mut conn, &shared, &job, lateness).await;
-        {
-            let mut c = done.lock().unwrap_or_else(|e| e.into_inner());
-            c.tally.record(
-                &d.endpoint,
-                d.prod_status,
-                d.prod_latency_ms,
-                d.lateness,
-                &d.outcome,
-                d.problem,
+    if shared.connector.is_h2() {
+        // HTTP/2: the captured connection's requests are streams of one connection, each
+        // sent when it is due, without waiting for the ones before (their concurrency).
+        let session = H2Session::default();
+        let mut streams = tokio::task::JoinSet::new();
+        while let Some(job) = rx.recv().await {
+            let (shared, pending, idle, done) = (
+                Arc::clone(&shared),
+                Arc::clone(&pending),
+                Arc::clone(&idle),
+                Arc::clone(&done),
             );
-            let Collector { tally, collect } = &mut *c;
-            collect.done(tally, d.record);
+            let mut conn = Connection::on(session.clone());
+            streams.spawn(async move {
+                let lateness = Instant::now().saturating_duration_since(job.due);
+                let d = replay_one(&mut conn, &shared, &job, lateness).await;
+                finished(d, &done, &pending, &idle);
+            });
+            while streams.try_join_next().is_some() {}
         }
-        if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            idle.notify();
+        while streams.join_next().await.is_some() {}
+        drop(session);
+    } else {
+        let mut conn = Connection::default();
+        while let Some(job) = rx.recv().await {
+            let lateness = Instant::now().saturating_duration_since(job.due);
+            let d = replay_one(&mut conn, &shared, &job, lateness).await;
+            finished(d, &done, &pending, &idle);
         }
+        // The connection is closed before the slot is given back, so at most
+        // `concurrency` are ever open.
+        drop(conn);
     }
-    // The connection is closed before the slot is given back, so at most `concurrency`
-    // are ever open.
-    drop(conn);
     idle.open.fetch_sub(1, Ordering::AcqRel);
     idle.notify();
 }
