@@ -741,3 +741,76 @@ fn grpc_calls_are_exchanges_with_service_method_status_and_messages() {
         "identical answers: {text}"
     );
 }
+
+#[test]
+fn grpc_is_mirrored_live_to_an_h2c_shadow_and_its_changes_found() {
+    if !privileged("grpc_is_mirrored_live_to_an_h2c_shadow_and_its_changes_found") {
+        return;
+    }
+    let Some(python) = pyenv_python("grpc_is_mirrored_live_to_an_h2c_shadow_and_its_changes_found")
+    else {
+        return;
+    };
+    let pair = NetPair::new();
+    let state = TempDir::new("grpc-mirror");
+    let _prod = grpc_server(&pair, &python, "50051", "1");
+    let _shadow = grpc_server(&pair, &python, "50052", "2");
+    let mirror = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &pair.server_ns])
+            .arg(rf_tap_bin())
+            .args(args)
+            .env("RF_TAP_STATE_DIR", &state.0)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    type Run<'a> = &'a dyn Fn(&[&str]) -> (bool, String, String);
+    struct Stop<'a>(Run<'a>);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["mirror", "stop", "grpc"]);
+        }
+    }
+    let shadow = format!("h2c://{}:50052", pair.server_ip);
+    let (ok, out, err) = mirror(&[
+        "mirror",
+        "start",
+        "grpc",
+        "--iface",
+        &pair.server_if,
+        "--port",
+        "50051",
+        "--to",
+        &shadow,
+        "--allow-writes",
+    ]);
+    assert!(ok, "{out}{err}");
+    let _stop = Stop(&mirror);
+    let truth = grpc_calls(&pair, &python, "50051");
+    assert_eq!(truth.len(), 5, "{truth:?}");
+    let stats = || {
+        let (ok, out, err) = mirror(&["mirror", "stats", "grpc", "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut v = stats();
+    while std::time::Instant::now() < deadline && v["shadow"]["requests"] != 5 {
+        std::thread::sleep(Duration::from_millis(100));
+        v = stats();
+    }
+    assert_eq!(v["production"]["requests"], 5, "{v}");
+    assert_eq!(v["shadow"]["requests"], 5, "{v}");
+    assert_eq!(v["mirrored"], 5, "{v}");
+    assert_eq!(v["diffs"], 3, "Get twice and Upload: {v}");
+    let (ok, d, err) = mirror(&["mirror", "diff", "grpc", "--show", "5"]);
+    assert!(ok, "{err}");
+    assert_eq!(d.matches("field 2.1 changed: 42 → 43").count(), 2, "{d}");
+    assert!(d.contains("gRPC status OK (0) → INTERNAL (13)"), "{d}");
+}

@@ -15,7 +15,7 @@ use crate::{
     analyzer::AppOut,
     http::{
         anomaly::Anomaly,
-        body::BodyState,
+        body::{Body, BodyState},
         exchange::Paired,
         message::{Headers, Limits, Request, Response},
     },
@@ -50,6 +50,8 @@ struct Half {
     interim: Vec<u16>,
     /// Bytes of this half were lost in a gap: what it has is kept, but it never ends.
     cut: bool,
+    /// The body, finished when the request was announced before its response.
+    finished: Option<Body>,
 }
 
 impl Half {
@@ -64,6 +66,7 @@ impl Half {
             unknown: 0,
             interim: Vec::new(),
             cut: false,
+            finished: None,
         }
     }
 
@@ -541,6 +544,19 @@ impl H2Connection {
     }
 
     fn maybe_done(&mut self, stream: u32, out: &mut AppOut) {
+        // A request that just ended is announced before its response (live mirroring).
+        if out.want_requests {
+            if let Some(h) = self
+                .streams
+                .get_mut(&stream)
+                .and_then(|s| s.request.as_mut())
+                .filter(|h| h.done && h.finished.is_none())
+            {
+                let body = h.body.take().map(BodyState::finish).unwrap_or_default();
+                h.finished = Some(body.clone());
+                out.requests.push(request_of(h, body));
+            }
+        }
         let done = self.streams.get(&stream).is_some_and(|s| {
             s.reset
                 || ((s.upgraded.is_some() || s.request.as_ref().is_some_and(|h| h.done))
@@ -596,19 +612,29 @@ fn anomalies(h: &Half) -> Vec<Anomaly> {
     }
 }
 
+fn request_of(h: &Half, body: Body) -> Request {
+    Request {
+        method: h.pseudo(":method").unwrap_or_default(),
+        target: h.pseudo(":path").unwrap_or_default(),
+        version: "2".into(),
+        headers: h.headers(),
+        incomplete: !h.done || h.cut,
+        start: h.start,
+        end: h.end,
+        anomalies: anomalies(h),
+        body,
+    }
+}
+
 fn pair(s: Stream) -> Paired {
     let upgraded = s.upgraded.is_some();
     let request = s.upgraded.or_else(|| {
-        s.request.map(|h| Request {
-            method: h.pseudo(":method").unwrap_or_default(),
-            target: h.pseudo(":path").unwrap_or_default(),
-            version: "2".into(),
-            headers: h.headers(),
-            incomplete: !h.done || h.cut,
-            start: h.start,
-            end: h.end,
-            anomalies: anomalies(&h),
-            body: h.body.map(BodyState::finish).unwrap_or_default(),
+        s.request.map(|mut h| {
+            let body = match h.finished.take() {
+                Some(b) => b,
+                None => h.body.take().map(BodyState::finish).unwrap_or_default(),
+            };
+            request_of(&h, body)
         })
     });
     let response = s.response.map(|h| {
@@ -928,5 +954,41 @@ mod tests {
                 String::from_utf8_lossy(junk)
             );
         }
+    }
+
+    #[test]
+    fn requests_are_announced_when_they_end_before_their_responses() {
+        let (c, s) = conversation();
+        let mut h = H2Connection::new(Limits::default());
+        let mut out = AppOut {
+            want_requests: true,
+            ..AppOut::default()
+        };
+        let o = Origin::default();
+        h.data(true, &c, o, &mut out);
+        let announced: Vec<(String, Vec<u8>)> = out
+            .requests
+            .iter()
+            .map(|q| (q.target.clone(), q.body.data.clone()))
+            .collect();
+        assert_eq!(
+            announced,
+            [
+                ("/a".to_string(), vec![]),
+                ("/b".to_string(), b"{\"x\":1}".to_vec())
+            ]
+        );
+        // Stream 5 was reset, not ended: only its exchange comes out. Nothing is paired yet.
+        let paired_before = out.paired.len();
+        h.data(false, &s, o, &mut out);
+        h.finish(&mut out);
+        assert_eq!(out.requests.len(), 2);
+        assert_eq!(out.paired.len() - paired_before, 2);
+        let post = out
+            .paired
+            .iter()
+            .find(|p| p.request.as_ref().is_some_and(|q| q.target == "/b"))
+            .unwrap();
+        assert_eq!(post.request.as_ref().unwrap().body.data, b"{\"x\":1}");
     }
 }
