@@ -1,5 +1,6 @@
 //! `cargo xtask bench extract`: extraction speed and memory, rf-tap beside tshark, tcpflow
-//! and httpry on the same file.
+//! and httpry on the same file; `--h2`: cleartext HTTP/2 (nginx's `http2` port loaded by
+//! h2load, many streams per connection) beside `tshark -Y http2`.
 //!
 //! The capture is made from real traffic (nginx serving JSON and larger files, wrk sending a
 //! mix of GETs and POSTs, rf-tap recording the server's interface) until it reaches the
@@ -127,6 +128,199 @@ fn make_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
     if !fin.status.success() {
         bail!("rf-tap attach failed: {}", fin.stderr);
     }
+    Ok(())
+}
+
+/// Makes a capture of real cleartext HTTP/2 of at least `mib` MiB: h2load against nginx's
+/// `http2` port (16 connections, 10 concurrent streams each, a mix of small JSON, a 14 KB
+/// JSON file, a gzip'd text file and a 404), recorded by rf-tap on the server's interface.
+fn make_h2_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
+    std::env::set_var("RF_TAP_BIN", rf_tap);
+    let pair = NetPair::new();
+    let dir = TempDir::new("bench-extract-h2");
+    let www = dir.path("www");
+    std::fs::create_dir_all(www.join("api/users"))?;
+    for u in 1..=2 {
+        std::fs::write(
+            www.join(format!("api/users/u_{u}")),
+            format!("{{\"id\":\"u_{u}\",\"name\":\"user {u}\",\"plan\":\"pro\"}}\n"),
+        )?;
+    }
+    let big: String = (0..600)
+        .map(|i| format!("{{\"n\":{i},\"name\":\"item {i}\"}},"))
+        .collect();
+    std::fs::write(www.join("big.json"), format!("[{big}{{}}]\n"))?;
+    std::fs::write(
+        www.join("notes.txt"),
+        "lorem ipsum dolor sit amet ".repeat(400),
+    )?;
+    let _srv = rf_tap_tests::nginx_with(
+        &pair.server_ns,
+        &dir,
+        &[
+            format!("{}:80", pair.server_ip),
+            format!("{}:8080 http2", pair.server_ip),
+        ],
+        "gzip on; gzip_types text/plain; http2_max_requests 100000;",
+    );
+    let out_s = out.to_str().context("path")?;
+    let mut tap = RfTap::spawn(
+        &pair.server_ns,
+        &[
+            "attach",
+            &pair.server_if,
+            "--port",
+            "8080",
+            "-q",
+            "-w",
+            out_s,
+        ],
+    );
+    tap.wait_attached();
+    let base = format!("http://{}:8080", pair.server_ip);
+    let uris: Vec<String> = [
+        "/api/users/u_1",
+        "/api/users/u_2",
+        "/big.json",
+        "/notes.txt",
+        "/missing",
+    ]
+    .iter()
+    .map(|p| format!("{base}{p}"))
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) < mib << 20 {
+        if Instant::now() > deadline {
+            bail!("the capture did not reach {mib} MiB in 10 minutes");
+        }
+        let st = Command::new("ip")
+            .args(["netns", "exec", &pair.client_ns, "h2load"])
+            .args(["-c", "16", "-m", "10", "-D", "5", "-t", "1"])
+            .args(["-H", "accept-encoding: gzip"])
+            .args(&uris)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("h2load failed");
+        }
+        eprint!(
+            "\r  capture: {} MiB of {mib}",
+            std::fs::metadata(out).map(|m| m.len() >> 20).unwrap_or(0)
+        );
+    }
+    eprintln!();
+    let fin = tap.stop();
+    if !fin.status.success() {
+        bail!("rf-tap attach failed: {}", fin.stderr);
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench extract --h2`: rf-tap extract beside `tshark -Y http2` on a capture of
+/// real h2c traffic, one core and all cores, with the exchanges each found.
+pub fn extract_h2(rf_tap: &Path, root: &Path, mib: u64, rounds: usize) -> anyhow::Result<()> {
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let capture: PathBuf = dir.join(format!("h2c-{mib}m.pcap"));
+    if std::fs::metadata(&capture)
+        .map(|m| m.len() < mib << 20)
+        .unwrap_or(true)
+    {
+        eprintln!(
+            "bench extract --h2: generating {} from real traffic (nginx http2 + h2load, recorded by rf-tap)",
+            capture.display()
+        );
+        make_h2_capture(rf_tap, &capture, mib)?;
+    }
+    let size = std::fs::metadata(&capture)?.len() as f64;
+    let c = capture.to_str().context("path")?;
+    type Tool<'a> = (&'a str, &'a str, Command);
+    let mut tools: Vec<Tool<'_>> = Vec::new();
+    let mut rf = Command::new(rf_tap);
+    rf.args(["extract", "-q", "--threads", "1", c]);
+    tools.push(("rf-tap extract (1 thread)", "exchanges", rf));
+    let mut rf_all = Command::new(rf_tap);
+    rf_all.args(["extract", "-q", "--threads", "0", c]);
+    tools.push(("rf-tap extract (all cores)", "exchanges", rf_all));
+    let mut ts = Command::new("tshark");
+    ts.args([
+        "-r",
+        c,
+        "-d",
+        "tcp.port==8080,http2",
+        "-Y",
+        "http2.headers.status",
+    ])
+    .args(["-T", "fields", "-e", "http2.headers.status"]);
+    tools.push(("tshark -Y http2", "frames with responses", ts));
+    eprintln!(
+        "bench extract --h2: {} ({:.0} MiB)",
+        capture.display(),
+        size / 1048576.0
+    );
+    std::io::copy(&mut std::fs::File::open(&capture)?, &mut std::io::sink())?;
+    let mut runs: Vec<Vec<(f64, f64, usize)>> = vec![Vec::new(); tools.len()];
+    for round in 0..rounds {
+        for ((name, _, cmd), runs) in tools.iter_mut().zip(&mut runs) {
+            eprint!("  round {}/{rounds}  {name:<28}", round + 1);
+            let r = measure(cmd)?;
+            eprintln!(" {:>7.2} s  {:>7.0} MiB peak", r.0, r.1);
+            runs.push(r);
+        }
+    }
+    // What each found: rf-tap's exchanges with a status beside tshark's response headers.
+    let out = Command::new(rf_tap).args(["extract", "-q", c]).output()?;
+    let with_status = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("\"status\":null"))
+        .count();
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            c,
+            "-d",
+            "tcp.port==8080,http2",
+            "-Y",
+            "http2.headers.status",
+        ])
+        .args(["-T", "fields", "-e", "http2.headers.status"])
+        .output()?;
+    let tshark_responses: usize = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(',').filter(|s| !s.is_empty()).count())
+        .sum();
+    println!(
+        "\nHTTP/2 extraction benchmark: {} ({:.0} MiB of real h2c traffic), medians of {rounds} runs",
+        capture.display(),
+        size / 1048576.0
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>10} {:>10}  output",
+        "tool", "seconds", "MB/s", "peak MiB", "vs tshark"
+    );
+    let mut rows = Vec::new();
+    for ((name, unit, _), mut runs) in tools.into_iter().zip(runs) {
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        rows.push((name, unit, runs[runs.len() / 2]));
+    }
+    let tshark_secs = rows
+        .iter()
+        .find(|r| r.0.starts_with("tshark"))
+        .map_or(f64::NAN, |r| r.2 .0);
+    for (name, unit, (secs, rss, lines)) in &rows {
+        println!(
+            "{:<28} {:>9.2} {:>9.1} {:>10.0} {:>9.1}x  {lines} {unit}",
+            name,
+            secs,
+            size / 1e6 / secs,
+            rss,
+            tshark_secs / secs
+        );
+    }
+    println!(
+        "responses found: rf-tap {with_status} exchanges with a status, tshark {tshark_responses} :status headers"
+    );
+    println!("goal: rf-tap extract (1 thread) >= 20x tshark -Y http2");
     Ok(())
 }
 

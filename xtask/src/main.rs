@@ -101,6 +101,9 @@ enum Bench {
         /// Keep the generated files under target/bench
         #[arg(long)]
         keep: bool,
+        /// Cleartext HTTP/2 instead (nginx http2 + h2load), beside `tshark -Y http2`
+        #[arg(long)]
+        h2: bool,
     },
     /// Packet replay: --topspeed rate and 2x timing accuracy, rf-tap vs tcpreplay
     Replay {
@@ -247,7 +250,14 @@ fn main() -> anyhow::Result<()> {
                 Bench::Extract {
                     size_mb,
                     rounds,
+                    h2: true,
+                    ..
+                } => bench_extract::extract_h2(&bin, &root(), size_mb, rounds.max(1)),
+                Bench::Extract {
+                    size_mb,
+                    rounds,
                     keep,
+                    h2: false,
                 } => bench_extract::extract(&bin, &root(), size_mb, rounds.max(1), keep),
                 Bench::Replay { rounds, packets } => {
                     bench_replay::replay(&bin, rounds.max(1), packets.max(1000))

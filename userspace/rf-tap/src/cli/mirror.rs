@@ -123,7 +123,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub iface: Option<String>,
 
-    /// A shadow's base URL (http:// or https://); repeatable, each gets its own queue and stats
+    /// A shadow's base URL (http://, https://, or h2c:// for HTTP/2 in the clear, as gRPC
+    /// services speak it); repeatable, each gets its own queue and stats
     #[arg(long = "to", value_name = "URL")]
     pub to: Vec<String>,
 

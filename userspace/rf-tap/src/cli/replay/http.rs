@@ -41,8 +41,9 @@ use crate::{
 #[derive(Debug, Args)]
 #[command(next_help_heading = "HTTP replay (--target)")]
 pub struct HttpArgs {
-    /// Send the captured HTTP requests to this URL (http:// or https://; a path is prepended
-    /// to every request) and compare the responses with production's
+    /// Send the captured HTTP requests to this URL (http://, https://, or h2c:// for HTTP/2 in
+    /// the clear with prior knowledge, as gRPC services speak it; a path is prepended to every
+    /// request) and compare the responses with production's
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
 
