@@ -23,7 +23,7 @@ use rf_tap_engine::{
 };
 use rf_tap_tests::conformance::capture_files;
 
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "pcap_reader",
     "decode",
     "reassembly",
@@ -32,6 +32,7 @@ pub const TARGETS: [&str; 8] = [
     "extract",
     "timeshift",
     "hpack",
+    "grpc",
 ];
 
 const RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -156,6 +157,16 @@ fn seeds(target: &str, captures: &[PathBuf], dir: &Path) -> anyhow::Result<usize
             let seeds: [&[u8]; 2] = [
                 b"\x82\x86\x84\x41\x8c\xf1\xe3\xc2\xe5\xf2\x3a\x6b\xa0\xab\x90\xf4\xff\xfe\x82\x86\x84\xbe\x58\x86\xa8\xeb\x10\x64\x9c\xbf",
                 b"\x3f\xe1\x01\x48\x82\x64\x02\xfe\x48\x83\x64\x0e\xff\xc1\xc0\xbf\xfe\x20\x40\x03foo\x03bar\xbe",
+            ];
+            for s in seeds {
+                put(s)?;
+            }
+        }
+        "grpc" => {
+            // An uncompressed message `1: "alice", 2: {1: 42}`, and a nested one.
+            let seeds: [&[u8]; 2] = [
+                b"\x00\x00\x00\x00\x00\x0b\x0a\x05alice\x12\x02\x08\x2a",
+                b"\x01\x00\x00\x00\x00\x06\x0a\x04\x12\x02\x08\x01",
             ];
             for s in seeds {
                 put(s)?;

@@ -44,7 +44,8 @@ enum Task {
     /// Agreement with Zeek's http.log on ../shared/corpus/http: per case and in total
     Conformance,
     /// Run the libFuzzer targets (pcap_reader, decode, reassembly, http, rfcap_reader,
-    /// extract) for a bounded time each; a crash fails and keeps the input
+    /// extract, timeshift, hpack, grpc) for a bounded time each; a crash fails and keeps the
+    /// input
     Fuzz {
         /// Seconds per target
         #[arg(long, default_value_t = 60)]

@@ -991,4 +991,165 @@ mod tests {
             .unwrap();
         assert_eq!(post.request.as_ref().unwrap().body.data, b"{\"x\":1}");
     }
+
+    /// One stream of a random conversation: what the reference says it is.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        post: bool,
+        path: String,
+        req_body: Vec<u8>,
+        status: u16,
+        resp_body: Vec<u8>,
+        trailer: bool,
+        continuation: usize,
+        pad: u8,
+        chunk: usize,
+    }
+
+    fn spec() -> impl proptest::strategy::Strategy<Value = Spec> {
+        use proptest::prelude::*;
+        (
+            any::<bool>(),
+            "[a-z]{1,12}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+            200u16..600,
+            proptest::collection::vec(any::<u8>(), 0..600),
+            any::<bool>(),
+            0usize..20,
+            0u8..12,
+            1usize..200,
+        )
+            .prop_map(
+                |(post, path, req_body, status, resp_body, trailer, continuation, pad, chunk)| {
+                    Spec {
+                        post,
+                        path: format!("/{path}"),
+                        req_body: if post { req_body } else { Vec::new() },
+                        status,
+                        resp_body,
+                        trailer,
+                        continuation,
+                        pad,
+                        chunk,
+                    }
+                },
+            )
+    }
+
+    /// A stream's frames, each direction: HEADERS (split into CONTINUATION at a point),
+    /// DATA in chunks, padded, trailers.
+    fn frames_of(id: u32, s: &Spec) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let headers = |fields: &[(&str, &str)], end: bool, split: usize| -> Vec<Vec<u8>> {
+            let b = block(fields);
+            let at = split.min(b.len());
+            let end = if end { END_STREAM } else { 0 };
+            if at == 0 || at == b.len() {
+                return vec![frame(HEADERS, END_HEADERS | end, id, &b)];
+            }
+            vec![
+                frame(HEADERS, end, id, &b[..at]),
+                frame(CONTINUATION, END_HEADERS, id, &b[at..]),
+            ]
+        };
+        let data = |body: &[u8], end: bool| -> Vec<Vec<u8>> {
+            let chunks: Vec<&[u8]> = body.chunks(s.chunk).collect();
+            let n = chunks.len();
+            chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let last = i + 1 == n && end;
+                    let flags = if last { END_STREAM } else { 0 };
+                    if s.pad > 0 {
+                        let mut p = vec![s.pad];
+                        p.extend_from_slice(c);
+                        p.extend(std::iter::repeat_n(0, usize::from(s.pad)));
+                        frame(DATA, flags | PADDED, id, &p)
+                    } else {
+                        frame(DATA, flags, id, c)
+                    }
+                })
+                .collect()
+        };
+        let method = if s.post { "POST" } else { "GET" };
+        let mut c = headers(
+            &[(":method", method), (":path", &s.path), (":scheme", "http")],
+            s.req_body.is_empty(),
+            s.continuation,
+        );
+        c.extend(data(&s.req_body, true));
+        let status = s.status.to_string();
+        let mut v = headers(
+            &[(":status", &status)],
+            s.resp_body.is_empty() && !s.trailer,
+            s.continuation,
+        );
+        v.extend(data(&s.resp_body, !s.trailer));
+        if s.trailer {
+            v.extend(headers(&[("x-done", "1")], true, 0));
+        }
+        (c, v)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Random interleavings of random streams, cut anywhere, give the exchanges the
+        /// generator says they are.
+        #[test]
+        fn random_frame_sequences_match_the_reference(
+            specs in proptest::collection::vec(spec(), 1..8),
+            order in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            cut in 1usize..300,
+        ) {
+            let mut client: Vec<std::collections::VecDeque<Vec<u8>>> = Vec::new();
+            let mut server: Vec<std::collections::VecDeque<Vec<u8>>> = Vec::new();
+            for (i, s) in specs.iter().enumerate() {
+                let (c, v) = frames_of(1 + 2 * i as u32, s);
+                client.push(c.into());
+                server.push(v.into());
+            }
+            // Interleave frames of different streams (a stream's own frames stay in order;
+            // a header block and its CONTINUATION stay together, as RFC 9113 requires).
+            let mix = |queues: &mut Vec<std::collections::VecDeque<Vec<u8>>>| {
+                let mut out = Vec::new();
+                let mut k = 0;
+                loop {
+                    let live: Vec<usize> =
+                        (0..queues.len()).filter(|i| !queues[*i].is_empty()).collect();
+                    if live.is_empty() {
+                        break out;
+                    }
+                    let pick = live[usize::from(order.get(k).copied().unwrap_or(0)) % live.len()];
+                    k += 1;
+                    let f = queues[pick].pop_front().unwrap_or_default();
+                    let joined = f[3] == HEADERS && f[4] & END_HEADERS == 0;
+                    out.extend(f);
+                    if joined {
+                        out.extend(queues[pick].pop_front().unwrap_or_default());
+                    }
+                }
+            };
+            let mut c = PREFACE.to_vec();
+            c.extend(mix(&mut client));
+            let s = mix(&mut server);
+            let got = summary(&run(&c, &s, cut));
+            let mut want: Vec<String> = specs
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} {} {:?} {} {:?} {}",
+                        if s.post { "POST" } else { "GET" },
+                        s.path,
+                        String::from_utf8_lossy(&s.req_body),
+                        None::<String>,
+                        s.status,
+                        Some(String::from_utf8_lossy(&s.resp_body).into_owned()),
+                        format!("{:?} {:?}", Vec::<u16>::new(), None::<String>),
+                    )
+                })
+                .collect();
+            want.sort();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }
