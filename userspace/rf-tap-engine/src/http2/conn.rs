@@ -1137,14 +1137,15 @@ mod tests {
                 .iter()
                 .map(|s| {
                     format!(
-                        "{} {} {} {:?} {} {:?} {}",
+                        "{} {} {} {:?} {} {:?} {:?} {:?}",
                         if s.post { "POST" } else { "GET" },
                         s.path,
                         String::from_utf8_lossy(&s.req_body),
                         None::<String>,
                         s.status,
                         Some(String::from_utf8_lossy(&s.resp_body).into_owned()),
-                        format!("{:?} {:?}", Vec::<u16>::new(), None::<String>),
+                        Vec::<u16>::new(),
+                        None::<String>,
                     )
                 })
                 .collect();
