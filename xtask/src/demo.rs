@@ -232,7 +232,72 @@ pub fn demo(root: &Path, rf_tap: &Path) -> anyhow::Result<()> {
     if !diff.status.success() {
         bail!("rf-tap replay diff failed: {}", diff.stderr);
     }
-    live_mirror(&pair, &paths, &out_dir, rf_tap)
+    live_mirror(&pair, &paths, &out_dir, rf_tap)?;
+    http2(&pair, &paths, &out_dir)
+}
+
+/// Cleartext HTTP/2: nginx's `http2` port, curl with prior knowledge, the capture's streams
+/// as exchanges.
+fn http2(pair: &NetPair, paths: &[String], out_dir: &Path) -> anyhow::Result<()> {
+    let dir = TempDir::new("demo-h2");
+    write_api(&dir)?;
+    let _srv = nginx(
+        &pair.server_ns,
+        &dir,
+        &[
+            "127.0.0.1:80".to_string(),
+            format!("{}:8080 http2", pair.server_ip),
+        ],
+    );
+    let pcap = out_dir.join("demo-h2.pcap");
+    let pcap_arg = pcap.to_str().context("output path is not UTF-8")?;
+    println!(
+        "\ndemo: HTTP/2 in the clear: rf-tap attach {} --port 8080 -w {pcap_arg}, then curl --http2-prior-knowledge",
+        pair.server_if
+    );
+    let mut tap = RfTap::spawn(
+        &pair.server_ns,
+        &[
+            "attach",
+            &pair.server_if,
+            "--port",
+            "8080",
+            "-w",
+            pcap_arg,
+            "-q",
+        ],
+    );
+    tap.wait_attached();
+    for p in paths.iter().take(4) {
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pair.client_ns,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["--http2-prior-knowledge", "--max-time", "5"])
+            .arg(format!("http://{}:8080{p}", pair.server_ip))
+            .status()?;
+        if !st.success() {
+            bail!("curl --http2-prior-knowledge failed");
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let fin = tap.stop();
+    if !fin.status.success() {
+        bail!("rf-tap attach failed: {}", fin.stderr);
+    }
+    println!("demo: rf-tap requests {pcap_arg}");
+    let table = rf_tap_tests::rf_tap_run(None, &["requests", pcap_arg]);
+    print!("{}", String::from_utf8_lossy(&table.stdout));
+    if !table.status.success() {
+        bail!("rf-tap requests failed: {}", table.stderr);
+    }
+    Ok(())
 }
 
 /// A live mirror: production's requests copied in real time to a shadow (a second nginx

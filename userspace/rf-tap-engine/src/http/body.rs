@@ -48,11 +48,94 @@ impl Write for BoundedSink {
     }
 }
 
+/// What an [`Inflater`] takes apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrap {
+    /// gzip members, one after another (RFC 1952 allows several).
+    Gzip,
+    Zlib,
+    Raw,
+}
+
+/// A streaming inflater on zlib's own state machine (flate2's `Decompress`), writing through
+/// one scratch buffer per thread into the body's sink: no per-body output buffer to allocate
+/// and clear, as flate2's `write::` decoders have.
+struct Inflater {
+    z: flate2::Decompress,
+    wrap: Wrap,
+    /// The stream (or the last gzip member) ended.
+    ended: bool,
+    out: BoundedSink,
+}
+
+impl Inflater {
+    fn new(wrap: Wrap, out: BoundedSink) -> Self {
+        Self {
+            z: Self::state(wrap),
+            wrap,
+            ended: false,
+            out,
+        }
+    }
+
+    fn state(wrap: Wrap) -> flate2::Decompress {
+        match wrap {
+            Wrap::Gzip => flate2::Decompress::new_gzip(15),
+            Wrap::Zlib => flate2::Decompress::new(true),
+            Wrap::Raw => flate2::Decompress::new(false),
+        }
+    }
+
+    fn push(&mut self, mut input: &[u8]) -> Result<(), ()> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 32 << 10]);
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            while !input.is_empty() {
+                if self.ended {
+                    if self.wrap != Wrap::Gzip {
+                        // Bytes after the end of the stream are ignored, as zlib does.
+                        return Ok(());
+                    }
+                    // Another gzip member.
+                    self.z = Self::state(Wrap::Gzip);
+                    self.ended = false;
+                }
+                let (in0, out0) = (self.z.total_in(), self.z.total_out());
+                let status = self
+                    .z
+                    .decompress(input, &mut scratch, flate2::FlushDecompress::None)
+                    .map_err(|_| ())?;
+                let used = (self.z.total_in() - in0) as usize;
+                let made = (self.z.total_out() - out0) as usize;
+                self.out.push(&scratch[..made]);
+                input = &input[used..];
+                match status {
+                    flate2::Status::StreamEnd => self.ended = true,
+                    _ if used == 0 && made == 0 => return Err(()),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The decoded bytes, or an error when the stream stopped before its end.
+    fn finish(self) -> Result<BoundedSink, ()> {
+        if self.ended || self.z.total_in() == 0 {
+            Ok(self.out)
+        } else {
+            Err(())
+        }
+    }
+}
+
 enum Decoder {
     Identity,
-    Gzip(Box<flate2::write::MultiGzDecoder<BoundedSink>>),
-    Zlib(Box<flate2::write::ZlibDecoder<BoundedSink>>),
-    Deflate(Box<flate2::write::DeflateDecoder<BoundedSink>>),
+    Gzip(Box<Inflater>),
+    Zlib(Box<Inflater>),
+    Deflate(Box<Inflater>),
     Brotli(Box<brotli_decompressor::DecompressorWriter<BoundedSink>>),
     /// `deflate` whose first bytes decide between zlib and raw deflate.
     DeflateUndecided(Vec<u8>),
@@ -96,7 +179,7 @@ impl BodyState {
         let sink = || BoundedSink::new(keep);
         let decoder = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
             Some(e) if e == "gzip" || e == "x-gzip" => {
-                Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink())))
+                Decoder::Gzip(Box::new(Inflater::new(Wrap::Gzip, sink())))
             }
             Some(e) if e == "deflate" => Decoder::DeflateUndecided(Vec::new()),
             Some(e) if e == "br" => Decoder::Brotli(Box::new(
@@ -125,9 +208,9 @@ impl BodyState {
                 self.decoded.push(b);
                 Ok(())
             }
-            Decoder::Gzip(d) => d.write_all(b),
-            Decoder::Zlib(d) => d.write_all(b),
-            Decoder::Deflate(d) => d.write_all(b),
+            Decoder::Gzip(d) | Decoder::Zlib(d) | Decoder::Deflate(d) => {
+                d.push(b).map_err(|()| std::io::Error::other("inflate"))
+            }
             Decoder::Brotli(d) => d.write_all(b),
             Decoder::DeflateUndecided(pending) => {
                 pending.extend_from_slice(b);
@@ -136,18 +219,15 @@ impl BodyState {
                     let is_zlib = head[0] & 0x0f == 8 && u16::from_be_bytes(head) % 31 == 0;
                     let bytes = std::mem::take(pending);
                     let mut next = if is_zlib {
-                        Decoder::Zlib(Box::new(flate2::write::ZlibDecoder::new(BoundedSink::new(
-                            keep,
-                        ))))
+                        Decoder::Zlib(Box::new(Inflater::new(Wrap::Zlib, BoundedSink::new(keep))))
                     } else {
                         // Servers that send raw deflate without the zlib header.
-                        Decoder::Deflate(Box::new(flate2::write::DeflateDecoder::new(
-                            BoundedSink::new(keep),
-                        )))
+                        Decoder::Deflate(Box::new(Inflater::new(Wrap::Raw, BoundedSink::new(keep))))
                     };
                     let r = match &mut next {
-                        Decoder::Zlib(d) => d.write_all(&bytes),
-                        Decoder::Deflate(d) => d.write_all(&bytes),
+                        Decoder::Zlib(d) | Decoder::Deflate(d) => d
+                            .push(&bytes)
+                            .map_err(|()| std::io::Error::other("inflate")),
                         _ => Ok(()),
                     };
                     self.decoder = next;
@@ -178,9 +258,7 @@ impl BodyState {
         let decoder = std::mem::replace(&mut self.decoder, Decoder::Failed);
         let decoded = match decoder {
             Decoder::Identity => Some(self.decoded),
-            Decoder::Gzip(d) => d.finish().ok(),
-            Decoder::Zlib(d) => d.finish().ok(),
-            Decoder::Deflate(d) => d.finish().ok(),
+            Decoder::Gzip(d) | Decoder::Zlib(d) | Decoder::Deflate(d) => d.finish().ok(),
             Decoder::Brotli(d) => d.into_inner().ok(),
             Decoder::DeflateUndecided(_) | Decoder::Failed => None,
         };

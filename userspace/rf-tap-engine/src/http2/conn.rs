@@ -149,7 +149,8 @@ const MAX_UNSYNCED: usize = 256 << 10;
 
 pub struct H2Connection {
     dirs: [Direction; 2],
-    streams: BTreeMap<u32, Stream>,
+    /// Boxed: a stream is large, and the map moves its values as it changes.
+    streams: BTreeMap<u32, Box<Stream>>,
     limits: Limits,
     /// Header blocks that could not be decoded, or that referred to entries never seen.
     pub hpack_errors: u64,
@@ -294,12 +295,12 @@ impl H2Connection {
         let mut c = Self::new(limits);
         c.streams.insert(
             1,
-            Stream {
+            Box::new(Stream {
                 request: None,
                 upgraded: Some(request),
                 response: None,
                 reset: false,
-            },
+            }),
         );
         c
     }
@@ -317,6 +318,16 @@ impl H2Connection {
     pub fn data(&mut self, from_client: bool, bytes: &[u8], origin: Origin, out: &mut AppOut) {
         let d = usize::from(!from_client);
         if self.dirs[d].dead {
+            return;
+        }
+        let dir = &self.dirs[d];
+        if dir.buf.is_empty() && dir.synced && !dir.preface {
+            // The common case: whole frames are read in place, and only a frame cut at the
+            // end of these bytes is kept for the next.
+            let used = self.frames(from_client, bytes, origin, out);
+            if !self.dirs[d].dead {
+                self.dirs[d].buf.extend_from_slice(&bytes[used..]);
+            }
             return;
         }
         self.dirs[d].buf.extend_from_slice(bytes);
@@ -352,31 +363,49 @@ impl H2Connection {
                 }
             }
         }
+        let mut buf = std::mem::take(&mut self.dirs[d].buf);
+        let used = self.frames(from_client, &buf, origin, out);
+        if self.dirs[d].dead {
+            return;
+        }
+        buf.drain(..used);
+        // A gap cannot come in the middle of this call: the buffer is still this one's.
+        self.dirs[d].buf = buf;
+    }
+
+    /// The whole frames at the start of `b`, handled in order; returns the bytes they took.
+    fn frames(&mut self, from_client: bool, b: &[u8], origin: Origin, out: &mut AppOut) -> usize {
+        let d = usize::from(!from_client);
         let mut at = 0;
-        loop {
-            let buf = &self.dirs[d].buf;
-            if buf.len() < at + 9 {
-                break;
-            }
-            let len = usize::from(buf[at]) << 16
-                | usize::from(buf[at + 1]) << 8
-                | usize::from(buf[at + 2]);
+        while b.len() >= at + 9 {
+            let len =
+                usize::from(b[at]) << 16 | usize::from(b[at + 1]) << 8 | usize::from(b[at + 2]);
             if len > MAX_FRAME {
                 self.dirs[d].dead = true;
                 self.dirs[d].buf.clear();
-                return;
+                return b.len();
             }
-            if buf.len() < at + 9 + len {
+            if b.len() < at + 9 + len {
                 break;
             }
-            let (kind, flags) = (buf[at + 3], buf[at + 4]);
-            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]])
-                & 0x7fff_ffff;
-            let payload = buf[at + 9..at + 9 + len].to_vec();
+            let (kind, flags) = (b[at + 3], b[at + 4]);
+            let stream =
+                u32::from_be_bytes([b[at + 5], b[at + 6], b[at + 7], b[at + 8]]) & 0x7fff_ffff;
+            self.frame(
+                from_client,
+                kind,
+                flags,
+                stream,
+                &b[at + 9..at + 9 + len],
+                origin,
+                out,
+            );
             at += 9 + len;
-            self.frame(from_client, kind, flags, stream, &payload, origin, out);
+            if self.dirs[d].dead {
+                return b.len();
+            }
         }
-        self.dirs[d].buf.drain(..at);
+        at
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -391,16 +420,16 @@ impl H2Connection {
         out: &mut AppOut,
     ) {
         let d = usize::from(!from_client);
-        let unpad = |p: &[u8]| -> Option<Vec<u8>> {
+        fn unpad(p: &[u8], flags: u8) -> Option<&[u8]> {
             if flags & PADDED == 0 {
-                return Some(p.to_vec());
+                return Some(p);
             }
             let pad = usize::from(*p.first()?);
-            (p.len() > pad).then(|| p[1..p.len() - pad].to_vec())
-        };
+            (p.len() > pad).then(|| &p[1..p.len() - pad])
+        }
         match kind {
             DATA => {
-                let Some(body) = unpad(p) else { return };
+                let Some(body) = unpad(p, flags) else { return };
                 let keep = self.limits.keep_body;
                 if let Some(h) = self.half(stream, from_client, origin) {
                     let enc = h
@@ -410,7 +439,7 @@ impl H2Connection {
                         .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
                     h.body
                         .get_or_insert_with(|| BodyState::new(enc.as_deref(), keep))
-                        .push(&body);
+                        .push(body);
                     h.end = origin;
                     if flags & END_STREAM != 0 {
                         h.done = true;
@@ -419,20 +448,19 @@ impl H2Connection {
                 self.maybe_done(stream, out);
             }
             HEADERS | PUSH_PROMISE => {
-                let Some(mut block) = unpad(p) else { return };
+                let Some(mut block) = unpad(p, flags) else {
+                    return;
+                };
                 if kind == HEADERS && flags & PRIORITY != 0 {
-                    if block.len() < 5 {
-                        return;
-                    }
-                    block.drain(..5);
+                    let Some(rest) = block.get(5..) else { return };
+                    block = rest;
                 }
                 let promise = kind == PUSH_PROMISE;
                 if promise {
-                    if block.len() < 4 {
-                        return;
-                    }
-                    block.drain(..4);
+                    let Some(rest) = block.get(4..) else { return };
+                    block = rest;
                 }
+                let block = block.to_vec();
                 let pending = Pending {
                     stream,
                     end_stream: flags & END_STREAM != 0,
@@ -529,11 +557,13 @@ impl H2Connection {
         if !self.streams.contains_key(&stream) && self.streams.len() >= MAX_STREAMS {
             return None;
         }
-        let s = self.streams.entry(stream).or_insert(Stream {
-            request: None,
-            upgraded: None,
-            response: None,
-            reset: false,
+        let s = self.streams.entry(stream).or_insert_with(|| {
+            Box::new(Stream {
+                request: None,
+                upgraded: None,
+                response: None,
+                reset: false,
+            })
         });
         let h = if from_client {
             &mut s.request
@@ -564,7 +594,7 @@ impl H2Connection {
         });
         if done {
             if let Some(s) = self.streams.remove(&stream) {
-                out.paired.push(pair(s));
+                out.paired.push(pair(*s));
             }
         }
     }
@@ -599,7 +629,7 @@ impl H2Connection {
     /// The connection is over: every stream still open comes out as it stands.
     pub fn finish(&mut self, out: &mut AppOut) {
         for (_, s) in std::mem::take(&mut self.streams) {
-            out.paired.push(pair(s));
+            out.paired.push(pair(*s));
         }
     }
 }

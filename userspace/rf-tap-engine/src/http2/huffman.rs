@@ -88,11 +88,99 @@ pub enum HuffmanError {
     TooLong,
 }
 
-/// Decodes `input`, at most `cap` octets of output.
+/// One step of the 4-bits-at-a-time decoder: from a tree node, a nibble leads to `next`,
+/// perhaps emitting one symbol (no code is shorter than 5 bits, so a nibble ends at most
+/// one), or fails on EOS.
+#[derive(Clone, Copy, Default)]
+struct Step {
+    next: u16,
+    sym: u8,
+    emits: bool,
+    eos: bool,
+}
+
+/// The nibble table (`[node][nibble]`) and, per node, whether input may end there: the
+/// bits since the last symbol are at most 7 and all ones (the EOS prefix, RFC 7541 5.2).
+struct Table {
+    steps: Vec<[Step; 16]>,
+    accepts: Vec<bool>,
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let t = tree();
+        let mut accepts = vec![false; t.len()];
+        // Walk the all-ones path from the root: depth 0..=7 accept.
+        let mut at = 0usize;
+        accepts[0] = true;
+        for _ in 0..7 {
+            let next = t[at][1];
+            if next >= LEAF {
+                break;
+            }
+            at = next as usize;
+            accepts[at] = true;
+        }
+        let steps = (0..t.len())
+            .map(|node| {
+                let mut row = [Step::default(); 16];
+                for (nib, step) in row.iter_mut().enumerate() {
+                    let mut at = node;
+                    for i in (0..4).rev() {
+                        let next = t[at][(nib >> i) & 1];
+                        if next >= LEAF {
+                            let sym = next - LEAF;
+                            if sym == 256 {
+                                step.eos = true;
+                                break;
+                            }
+                            step.sym = sym as u8;
+                            step.emits = true;
+                            at = 0;
+                        } else {
+                            at = next as usize;
+                        }
+                    }
+                    step.next = at as u16;
+                }
+                row
+            })
+            .collect();
+        Table { steps, accepts }
+    })
+}
+
+/// Decodes `input`, at most `cap` octets of output (four bits per table step).
 pub fn decode(input: &[u8], cap: usize, out: &mut Vec<u8>) -> Result<(), HuffmanError> {
+    let t = table();
+    let mut at = 0usize;
+    for &byte in input {
+        for nib in [byte >> 4, byte & 0xf] {
+            let step = t.steps[at][usize::from(nib)];
+            if step.eos {
+                return Err(HuffmanError::Eos);
+            }
+            if step.emits {
+                if out.len() >= cap {
+                    return Err(HuffmanError::TooLong);
+                }
+                out.push(step.sym);
+            }
+            at = usize::from(step.next);
+        }
+    }
+    if !t.accepts[at] {
+        return Err(HuffmanError::BadPadding);
+    }
+    Ok(())
+}
+
+/// The bit-at-a-time reference the table is checked against.
+#[cfg(test)]
+fn decode_bits(input: &[u8], cap: usize, out: &mut Vec<u8>) -> Result<(), HuffmanError> {
     let t = tree();
     let mut at = 0usize;
-    // Bits walked since the last symbol, and whether all of them were ones.
     let (mut pending, mut all_ones) = (0u32, true);
     for &byte in input {
         for i in (0..8).rev() {
@@ -141,4 +229,31 @@ pub fn encode(s: &[u8]) -> Vec<u8> {
         out.push(((acc << (8 - n)) | ((1 << (8 - n)) - 1)) as u8);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The nibble table decodes any bytes as the bit-by-bit tree walk does, errors
+        /// included; and what was encoded comes back.
+        #[test]
+        fn the_table_agrees_with_the_tree(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            cap in 0usize..80,
+        ) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let ra = decode(&input, cap, &mut a);
+            let rb = decode_bits(&input, cap, &mut b);
+            proptest::prop_assert_eq!(ra, rb);
+            if ra.is_ok() {
+                proptest::prop_assert_eq!(a, b);
+            }
+            let mut back = Vec::new();
+            proptest::prop_assert!(decode(&encode(&input), usize::MAX, &mut back).is_ok());
+            proptest::prop_assert_eq!(back, input);
+        }
+    }
 }
