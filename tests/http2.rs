@@ -178,6 +178,7 @@ fn nginx_h2c_streams_match_tshark_and_a_capture_joined_mid_connection() {
 
     let (xs, stats) = extract(&pcap);
     assert_eq!(stats["protocols"]["http2"]["connections"], 3, "{stats}");
+    assert_eq!(stats["flow_anomalies"], serde_json::json!({}), "{stats}");
     let body_of = |uri: &str| {
         let name = uri.trim_start_matches('/').split('?').next().unwrap();
         files.get(name).map(|b| b.len() as u64)
@@ -289,6 +290,10 @@ fn nginx_h2c_streams_match_tshark_and_a_capture_joined_mid_connection() {
     write_pcap(&cut_pcap, 1, &cut);
     let (xs, stats) = extract(&cut_pcap);
     assert_eq!(stats["protocols"]["http2"]["connections"], 1, "{stats}");
+    assert_eq!(
+        stats["flow_anomalies"]["frame_resync"], 2,
+        "each direction found its frames once: {stats}"
+    );
     assert!(
         xs.len() >= 100,
         "most of the 120 streams come out after the cut: {}",

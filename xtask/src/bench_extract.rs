@@ -30,6 +30,16 @@ fn measure_counting(cmd: &mut Command, also: u8) -> anyhow::Result<(f64, f64, us
         .spawn()
         .with_context(|| format!("cannot run {cmd:?}"))?;
     let mut out = child.stdout.take().context("stdout")?;
+    // A 1 MiB pipe, so that a tool writing much (rf-tap's JSONL) is not paced by the
+    // counter's wake-ups on a small machine.
+    // SAFETY: fcntl on a pipe descriptor we own.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&out),
+            libc::F_SETPIPE_SZ,
+            1 << 20,
+        );
+    }
     let counter = std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = vec![0u8; 1 << 16];

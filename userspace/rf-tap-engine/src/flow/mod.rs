@@ -1160,6 +1160,11 @@ mod tests {
             "{:?}",
             x.stats.protocols
         );
+        assert_eq!(
+            x.stats.flow_anomalies.get(Anomaly::FrameResync),
+            2,
+            "both directions"
+        );
         let second = out
             .iter()
             .find(|x| x.request.as_ref().is_some_and(|q| q.target == "/second"))

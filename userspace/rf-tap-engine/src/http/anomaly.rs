@@ -84,6 +84,8 @@ anomalies! {
         "bytes after a whole message that start no message (skipped; an anomaly of the flow, not an exchange)", [];
     CruftAnswered = "cruft_answered",
         "the server's error response to cruft (an anomaly of the flow, not an exchange)", [];
+    FrameResync = "frame_resync",
+        "HTTP/2 frames found again by their header shape (a connection joined mid-stream, or after a gap; an anomaly of the flow)", [];
     HpackUnknown = "hpack_unknown",
         "HTTP/2 header block referring to HPACK table entries never seen (a mid-stream pickup or a gap): the fields it could not name or value are left out", [];
 }

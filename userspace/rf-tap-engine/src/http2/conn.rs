@@ -353,6 +353,7 @@ impl H2Connection {
                     dir.synced = true;
                     dir.scan_from = 0;
                     self.resyncs += 1;
+                    out.flow_anomalies.push(Anomaly::FrameResync);
                 }
                 Frames::NeedMore(off) => {
                     // Bytes before `off` start nothing; keep the rest, bounded.
