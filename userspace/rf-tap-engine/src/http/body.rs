@@ -57,74 +57,236 @@ enum Wrap {
     Raw,
 }
 
+/// Where a gzip stream is (RFC 1952): the member header, the deflate data, or the
+/// 8-byte trailer (CRC-32 and length of the member's data).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Header,
+    Data,
+    Trailer,
+}
+
+/// Longest gzip member header held while it arrives (FEXTRA, FNAME and FCOMMENT included).
+const MAX_GZIP_HEADER: usize = 64 << 10;
+
+thread_local! {
+    /// Output scratch shared by every inflater of the thread.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 32 << 10]);
+    /// Raw inflate states given back by finished bodies, reset for the next one (a state
+    /// and its 32 KiB window are not allocated and cleared again per body).
+    static RAW_POOL: std::cell::RefCell<Vec<flate2::Decompress>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most raw inflate states a thread keeps for reuse.
+const POOL_MAX: usize = 64;
+
+fn raw_state() -> flate2::Decompress {
+    RAW_POOL
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| flate2::Decompress::new(false))
+}
+
 /// A streaming inflater on zlib's own state machine (flate2's `Decompress`), writing through
 /// one scratch buffer per thread into the body's sink: no per-body output buffer to allocate
-/// and clear, as flate2's `write::` decoders have.
+/// and clear, as flate2's `write::` decoders have. gzip is framed here (header, CRC-32 and
+/// length checked) around raw deflate, whose states are pooled per thread.
 struct Inflater {
-    z: flate2::Decompress,
+    z: Option<flate2::Decompress>,
     wrap: Wrap,
-    /// The stream (or the last gzip member) ended.
+    /// The stream (or the current gzip member's deflate data) ended.
     ended: bool,
+    member: Member,
+    /// gzip header or trailer bytes gathered so far.
+    held: Vec<u8>,
+    crc: crc32fast::Hasher,
+    member_len: u64,
     out: BoundedSink,
+}
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        if let Some(mut z) = self.z.take() {
+            if matches!(self.wrap, Wrap::Gzip | Wrap::Raw) {
+                z.reset(false);
+                RAW_POOL.with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.len() < POOL_MAX {
+                        p.push(z);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The length of a whole gzip member header at the start of `h`, if it is one; `Ok(None)`
+/// when more bytes are needed.
+fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, ()> {
+    if h.len() < 10 {
+        return if h.iter().zip([0x1f, 0x8b, 8]).all(|(a, b)| *a == b) {
+            Ok(None)
+        } else {
+            Err(())
+        };
+    }
+    if h[..3] != [0x1f, 0x8b, 8] {
+        return Err(());
+    }
+    let flags = h[3];
+    let mut at = 10;
+    if flags & 4 != 0 {
+        let Some(x) = h.get(at..at + 2) else {
+            return Ok(None);
+        };
+        at += 2 + usize::from(u16::from_le_bytes([x[0], x[1]]));
+    }
+    for bit in [8u8, 16] {
+        if flags & bit != 0 {
+            match h.get(at..).and_then(|r| r.iter().position(|c| *c == 0)) {
+                Some(z) => at += z + 1,
+                None => return Ok(None),
+            }
+        }
+    }
+    if flags & 2 != 0 {
+        at += 2;
+    }
+    Ok((h.len() >= at).then_some(at))
 }
 
 impl Inflater {
     fn new(wrap: Wrap, out: BoundedSink) -> Self {
         Self {
-            z: Self::state(wrap),
+            z: Some(match wrap {
+                Wrap::Zlib => flate2::Decompress::new(true),
+                Wrap::Gzip | Wrap::Raw => raw_state(),
+            }),
             wrap,
             ended: false,
+            member: if wrap == Wrap::Gzip {
+                Member::Header
+            } else {
+                Member::Data
+            },
+            held: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            member_len: 0,
             out,
         }
     }
 
-    fn state(wrap: Wrap) -> flate2::Decompress {
-        match wrap {
-            Wrap::Gzip => flate2::Decompress::new_gzip(15),
-            Wrap::Zlib => flate2::Decompress::new(true),
-            Wrap::Raw => flate2::Decompress::new(false),
-        }
-    }
-
     fn push(&mut self, mut input: &[u8]) -> Result<(), ()> {
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 32 << 10]);
-        }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            while !input.is_empty() {
-                if self.ended {
-                    if self.wrap != Wrap::Gzip {
-                        // Bytes after the end of the stream are ignored, as zlib does.
+        while !input.is_empty() {
+            match self.member {
+                Member::Header => {
+                    let before = self.held.len();
+                    let take = input.len().min(MAX_GZIP_HEADER - before);
+                    self.held.extend_from_slice(&input[..take]);
+                    match gzip_header_len(&self.held)? {
+                        Some(n) => {
+                            input = &input[n - before..];
+                            self.held.clear();
+                            self.member = Member::Data;
+                            self.ended = false;
+                            self.crc = crc32fast::Hasher::new();
+                            self.member_len = 0;
+                        }
+                        None if self.held.len() >= MAX_GZIP_HEADER => return Err(()),
+                        None => return Ok(()),
+                    }
+                }
+                Member::Trailer => {
+                    let take = input.len().min(8 - self.held.len());
+                    self.held.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.held.len() == 8 {
+                        let crc = u32::from_le_bytes([
+                            self.held[0],
+                            self.held[1],
+                            self.held[2],
+                            self.held[3],
+                        ]);
+                        let len = u32::from_le_bytes([
+                            self.held[4],
+                            self.held[5],
+                            self.held[6],
+                            self.held[7],
+                        ]);
+                        let got = std::mem::take(&mut self.crc).finalize();
+                        if crc != got || len != self.member_len as u32 {
+                            return Err(());
+                        }
+                        self.held.clear();
+                        // Another member may follow.
+                        self.member = Member::Header;
+                        if let Some(z) = self.z.as_mut() {
+                            z.reset(false);
+                        }
+                    }
+                }
+                Member::Data => {
+                    if self.ended {
+                        // Bytes after the end of a zlib or raw stream are ignored, as
+                        // zlib does.
                         return Ok(());
                     }
-                    // Another gzip member.
-                    self.z = Self::state(Wrap::Gzip);
-                    self.ended = false;
+                    let used = self.inflate(input)?;
+                    input = &input[used..];
+                    if self.ended && self.wrap == Wrap::Gzip {
+                        self.member = Member::Trailer;
+                    }
                 }
-                let (in0, out0) = (self.z.total_in(), self.z.total_out());
-                let status = self
-                    .z
-                    .decompress(input, &mut scratch, flate2::FlushDecompress::None)
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflates from `input` until it is used or the deflate data ends; returns the bytes
+    /// taken.
+    fn inflate(&mut self, input: &[u8]) -> Result<usize, ()> {
+        let Some(z) = self.z.as_mut() else {
+            return Err(());
+        };
+        let gzip = self.wrap == Wrap::Gzip;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut taken = 0;
+            while taken < input.len() {
+                let (in0, out0) = (z.total_in(), z.total_out());
+                let status = z
+                    .decompress(&input[taken..], &mut scratch, flate2::FlushDecompress::None)
                     .map_err(|_| ())?;
-                let used = (self.z.total_in() - in0) as usize;
-                let made = (self.z.total_out() - out0) as usize;
+                let used = (z.total_in() - in0) as usize;
+                let made = (z.total_out() - out0) as usize;
+                if gzip {
+                    self.crc.update(&scratch[..made]);
+                    self.member_len += made as u64;
+                }
                 self.out.push(&scratch[..made]);
-                input = &input[used..];
+                taken += used;
                 match status {
-                    flate2::Status::StreamEnd => self.ended = true,
+                    flate2::Status::StreamEnd => {
+                        self.ended = true;
+                        break;
+                    }
                     _ if used == 0 && made == 0 => return Err(()),
                     _ => {}
                 }
             }
-            Ok(())
+            Ok(taken)
         })
     }
 
     /// The decoded bytes, or an error when the stream stopped before its end.
-    fn finish(self) -> Result<BoundedSink, ()> {
-        if self.ended || self.z.total_in() == 0 {
-            Ok(self.out)
+    fn finish(mut self) -> Result<BoundedSink, ()> {
+        let whole = match self.wrap {
+            // Nothing at all, or whole members only.
+            Wrap::Gzip => self.member == Member::Header && self.held.is_empty(),
+            _ => self.ended || self.z.as_ref().is_some_and(|z| z.total_in() == 0),
+        };
+        if whole {
+            Ok(std::mem::take(&mut self.out))
         } else {
             Err(())
         }
@@ -305,6 +467,53 @@ mod tests {
             assert_eq!(body.data, text);
             assert_eq!(body.wire_len, bytes.len() as u64);
             assert!(!body.decode_error);
+        }
+    }
+
+    #[test]
+    fn gzip_members_headers_and_trailers_are_checked_at_every_split() {
+        let text = b"member text, member text, member text".repeat(30);
+        // A header with FEXTRA, FNAME, FCOMMENT and FHCRC, then a plain second member.
+        let mut named = flate2::GzBuilder::new()
+            .extra(b"xx".to_vec())
+            .filename("a.txt")
+            .comment("c")
+            .write(Vec::new(), flate2::Compression::fast());
+        named.write_all(&text).unwrap();
+        let mut two = named.finish().unwrap();
+        let mut plain = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        plain.write_all(b"second").unwrap();
+        let mut plain = plain.finish().unwrap();
+        // FHCRC on the second: the flag and two header-CRC bytes (skipped, not checked).
+        plain[3] |= 2;
+        plain.splice(10..10, [0x12, 0x34]);
+        two.extend(plain);
+        for split in 1..40 {
+            let mut b = BodyState::new(Some("gzip"), 1 << 20);
+            for c in two.chunks(split) {
+                b.push(c);
+            }
+            let body = b.finish();
+            assert!(!body.decode_error, "split {split}");
+            assert_eq!(body.len, text.len() as u64 + 6, "split {split}");
+            assert!(body.data.ends_with(b"second"));
+        }
+        // A wrong CRC, a wrong length, a cut trailer: decode errors.
+        for (at, what) in [(two.len() - 5, "length"), (two.len() - 9, "crc")] {
+            let mut bad = two.clone();
+            bad[at] ^= 0xff;
+            let mut b = BodyState::new(Some("gzip"), 1 << 20);
+            b.push(&bad);
+            assert!(b.finish().decode_error, "{what}");
+        }
+        let mut b = BodyState::new(Some("gzip"), 1 << 20);
+        b.push(&two[..two.len() - 3]);
+        assert!(b.finish().decode_error, "cut trailer");
+        // Many bodies in a row reuse pooled states and stay right.
+        for _ in 0..200 {
+            let mut b = BodyState::new(Some("gzip"), 16);
+            b.push(&two);
+            assert_eq!(b.finish().len, text.len() as u64 + 6);
         }
     }
 
