@@ -65,6 +65,37 @@ fn measure_counting(cmd: &mut Command, also: u8) -> anyhow::Result<(f64, f64, us
     Ok((secs, usage.ru_maxrss as f64 / 1024.0, lines, others))
 }
 
+/// One measured run: seconds, peak RSS in MiB, output lines, and the commas among them.
+type Run = (f64, f64, usize, usize);
+
+/// Runs every tool `rounds` times, rounds going over the tools in turn (a noisy moment hits
+/// all of them alike), `before` called ahead of each run with the tool's name; returns each
+/// tool's median run.
+fn median_runs(
+    tools: &mut [(&str, &str, Command)],
+    rounds: usize,
+    mut before: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Run>> {
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); tools.len()];
+    for round in 0..rounds {
+        for ((name, _, cmd), runs) in tools.iter_mut().zip(&mut runs) {
+            eprint!("  round {}/{rounds}  {name:<28}", round + 1);
+            before(name)?;
+            // tshark prints a frame's several values on one line, comma-separated.
+            let r = measure_counting(cmd, b',')?;
+            eprintln!(" {:>7.2} s  {:>7.0} MiB peak", r.0, r.1);
+            runs.push(r);
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            r[r.len() / 2]
+        })
+        .collect())
+}
+
 const WRK_SCRIPT: &str = r#"
 local paths = {"/api/users/u_1", "/api/users/u_2", "/api/orders?page=2", "/health", "/static/big.json", "/missing"}
 local i = 0
@@ -103,17 +134,7 @@ fn make_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
     let _srv = nginx(&pair.server_ns, &dir, &[format!("{}:80", pair.server_ip)]);
     let script = dir.path("mix.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
-    let out_s = out.to_str().context("path")?;
-    let mut tap = RfTap::spawn(
-        &pair.server_ns,
-        &["attach", &pair.server_if, "--port", "80", "-q", "-w", out_s],
-    );
-    tap.wait_attached();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) < mib << 20 {
-        if Instant::now() > deadline {
-            bail!("the capture did not reach {mib} MiB in 10 minutes");
-        }
+    record_until(&pair, "80", out, mib, || {
         let st = Command::new("ip")
             .args([
                 "netns",
@@ -134,6 +155,31 @@ fn make_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
         if !st.success() {
             bail!("wrk failed");
         }
+        Ok(())
+    })
+}
+
+/// Records `port` on the server's interface with `rf-tap attach -w out`, running `load` (one
+/// bounded burst of client traffic) until the file holds `mib` MiB, for at most 10 minutes.
+fn record_until(
+    pair: &NetPair,
+    port: &str,
+    out: &Path,
+    mib: u64,
+    mut load: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let out_s = out.to_str().context("path")?;
+    let mut tap = RfTap::spawn(
+        &pair.server_ns,
+        &["attach", &pair.server_if, "--port", port, "-q", "-w", out_s],
+    );
+    tap.wait_attached();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) < mib << 20 {
+        if Instant::now() > deadline {
+            bail!("the capture did not reach {mib} MiB in 10 minutes");
+        }
+        load()?;
         eprint!(
             "\r  capture: {} MiB of {mib}",
             std::fs::metadata(out).map(|m| m.len() >> 20).unwrap_or(0)
@@ -179,20 +225,6 @@ fn make_h2_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
         ],
         "gzip on; gzip_types text/plain; http2_max_requests 100000;",
     );
-    let out_s = out.to_str().context("path")?;
-    let mut tap = RfTap::spawn(
-        &pair.server_ns,
-        &[
-            "attach",
-            &pair.server_if,
-            "--port",
-            "8080",
-            "-q",
-            "-w",
-            out_s,
-        ],
-    );
-    tap.wait_attached();
     let base = format!("http://{}:8080", pair.server_ip);
     let uris: Vec<String> = [
         "/api/users/u_1",
@@ -204,11 +236,7 @@ fn make_h2_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
     .iter()
     .map(|p| format!("{base}{p}"))
     .collect();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) < mib << 20 {
-        if Instant::now() > deadline {
-            bail!("the capture did not reach {mib} MiB in 10 minutes");
-        }
+    record_until(&pair, "8080", out, mib, || {
         let st = Command::new("ip")
             .args(["netns", "exec", &pair.client_ns, "h2load"])
             .args(["-c", "16", "-m", "10", "-D", "5", "-t", "1"])
@@ -219,17 +247,8 @@ fn make_h2_capture(rf_tap: &Path, out: &Path, mib: u64) -> anyhow::Result<()> {
         if !st.success() {
             bail!("h2load failed");
         }
-        eprint!(
-            "\r  capture: {} MiB of {mib}",
-            std::fs::metadata(out).map(|m| m.len() >> 20).unwrap_or(0)
-        );
-    }
-    eprintln!();
-    let fin = tap.stop();
-    if !fin.status.success() {
-        bail!("rf-tap attach failed: {}", fin.stderr);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `cargo xtask bench extract --h2`: rf-tap extract beside `tshark -Y http2` on a capture of
@@ -275,20 +294,12 @@ pub fn extract_h2(rf_tap: &Path, root: &Path, mib: u64, rounds: usize) -> anyhow
         size / 1048576.0
     );
     std::io::copy(&mut std::fs::File::open(&capture)?, &mut std::io::sink())?;
-    let mut runs: Vec<Vec<(f64, f64, usize)>> = vec![Vec::new(); tools.len()];
-    let mut tshark_responses = 0;
-    for round in 0..rounds {
-        for ((name, _, cmd), runs) in tools.iter_mut().zip(&mut runs) {
-            eprint!("  round {}/{rounds}  {name:<28}", round + 1);
-            // tshark prints a frame's several :status values on one line, comma-separated.
-            let (secs, rss, lines, commas) = measure_counting(cmd, b',')?;
-            if name.starts_with("tshark") {
-                tshark_responses = lines + commas;
-            }
-            eprintln!(" {secs:>7.2} s  {rss:>7.0} MiB peak");
-            runs.push((secs, rss, lines));
-        }
-    }
+    let medians = median_runs(&mut tools, rounds, |_| Ok(()))?;
+    let tshark_responses = tools
+        .iter()
+        .zip(&medians)
+        .find(|((name, _, _), _)| name.starts_with("tshark"))
+        .map_or(0, |(_, r)| r.2 + r.3);
     // What rf-tap found: its exchanges with a status, beside tshark's :status headers.
     let out = Command::new(rf_tap).args(["extract", "-q", c]).output()?;
     let with_status = String::from_utf8_lossy(&out.stdout)
@@ -304,11 +315,11 @@ pub fn extract_h2(rf_tap: &Path, root: &Path, mib: u64, rounds: usize) -> anyhow
         "{:<28} {:>9} {:>9} {:>10} {:>10}  output",
         "tool", "seconds", "MB/s", "peak MiB", "vs tshark"
     );
-    let mut rows = Vec::new();
-    for ((name, unit, _), mut runs) in tools.into_iter().zip(runs) {
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        rows.push((name, unit, runs[runs.len() / 2]));
-    }
+    let rows: Vec<(&str, &str, (f64, f64, usize))> = tools
+        .into_iter()
+        .zip(medians)
+        .map(|((name, unit, _), (secs, rss, lines, _))| (name, unit, (secs, rss, lines)))
+        .collect();
     let tshark_secs = rows
         .iter()
         .find(|r| r.0.starts_with("tshark"))
@@ -512,26 +523,19 @@ pub fn extract(
     // Warm the page cache, so that no tool pays for reading the disk.
     std::io::copy(&mut std::fs::File::open(&capture)?, &mut std::io::sink())?;
     // Rounds go over every tool in turn, so a noisy moment hits all of them alike.
-    let mut runs: Vec<Vec<(f64, f64, usize)>> = vec![Vec::new(); tools.len()];
-    for round in 0..rounds {
-        for ((name, _, cmd), runs) in tools.iter_mut().zip(&mut runs) {
-            eprint!("  round {}/{rounds}  {name:<28}", round + 1);
-            if name.starts_with("tcpflow") {
-                // Each tcpflow run starts from an empty directory.
-                let _ = std::fs::remove_dir_all(&flowdir);
-                std::fs::create_dir_all(&flowdir)?;
-            }
-            let r = measure(cmd)?;
-            eprintln!(" {:>7.2} s  {:>7.0} MiB peak", r.0, r.1);
-            runs.push(r);
+    let medians = median_runs(&mut tools, rounds, |name| {
+        if name.starts_with("tcpflow") {
+            // Each tcpflow run starts from an empty directory.
+            let _ = std::fs::remove_dir_all(&flowdir);
+            std::fs::create_dir_all(&flowdir)?;
         }
-    }
-    let mut rows = Vec::new();
-    for ((name, unit, _), mut runs) in tools.into_iter().zip(runs) {
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (secs, rss, lines) = runs[runs.len() / 2];
-        rows.push((name, unit, secs, rss, lines));
-    }
+        Ok(())
+    })?;
+    let rows: Vec<_> = tools
+        .into_iter()
+        .zip(medians)
+        .map(|((name, unit, _), (secs, rss, lines, _))| (name, unit, secs, rss, lines))
+        .collect();
     let _ = std::fs::remove_dir_all(&flowdir);
     let half = dir.join("half-open-100k.pcap");
     make_half_open(&half, 100_000)?;
